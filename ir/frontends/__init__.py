@@ -1,0 +1,1 @@
+"""Frontends: PyTorch (torch.export) and ONNX (onnx + onnx-graphsurgeon) into the IR."""

@@ -1,0 +1,653 @@
+"""PyTorch frontend: ``trace(model, example_inputs)`` → IR, through ``torch.export``.
+
+The exported program is an fx graph of ATen ops (no decompositions, so ``aten.conv2d``,
+``aten.linear``, ``aten.batch_norm`` … stay whole). Each ATen op maps to IR ops through
+``ATEN_MAP``; parameters and buffers become constants named by their module path
+(``layer1.0.conv1.weight``); every node keeps the module path in ``meta["loc"]``. An op
+that does not map raises one ``TraceError`` naming the ATen op, the module path and the
+source line, and no graph is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..graph import Graph, IRError, Value
+from ..types import TensorType, dtype_from_torch
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+
+class TraceError(IRError):
+    """A model that cannot be brought into the IR."""
+
+
+class _Ctx:
+    """State while converting one exported program."""
+
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.env: dict[str, Any] = {}  # fx node name -> Value | tuple[Value] | python value
+        self.node: torch.fx.Node | None = None
+        self.loc: str | None = None
+
+    def v(self, arg) -> Value:
+        if isinstance(arg, torch.fx.Node):
+            val = self.env[arg.name]
+            if not isinstance(val, Value):
+                raise TraceError(f"{self.where()}: operand {arg.name} is not a single tensor")
+            return val
+        raise TraceError(f"{self.where()}: expected a tensor operand, got {arg!r}")
+
+    def scalar(self, x, like: Value) -> Value:
+        """A 0-d constant for a python number, in the dtype of the tensor it meets."""
+        if isinstance(x, torch.fx.Node):
+            return self.v(x)
+        dtype = like.dtype if like.type.is_float or isinstance(x, int) else "f32"
+        from ..types import to_numpy_dtype
+
+        return self.g.add_constant(np.array(x, dtype=to_numpy_dtype(dtype)),
+                                   self.g.fresh_name(f"{self.node.name}_scalar"))
+
+    def emit(self, op: str, inputs: list[Value], attrs: dict | None = None, name: str | None = None):
+        n = self.g.add_node(op, inputs, attrs or {}, names=[self.g.fresh_name(name or self.node.name)],
+                            loc=self.loc)
+        return n.output
+
+    def emit_multi(self, op: str, inputs: list[Value], attrs: dict, count: int):
+        base = self.node.name
+        names = [self.g.fresh_name(base if i == 0 else f"{base}_{i}") for i in range(count)]
+        # fresh_name does not reserve; make the names distinct among themselves
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            while n in seen:
+                n = n + "_"
+            names[i] = n
+            seen.add(n)
+        return tuple(self.g.add_node(op, inputs, attrs, names=names, loc=self.loc).outputs)
+
+    def out_shape(self) -> tuple[int, ...]:
+        val = self.node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            raise TraceError(f"{self.where()}: no static output shape recorded")
+        try:
+            return tuple(int(d) for d in val.shape)
+        except (TypeError, ValueError):
+            raise TraceError(f"{self.where()}: output shape {tuple(val.shape)} is not static") from None
+
+    def where(self) -> str:
+        n = self.node
+        if n is None:
+            return "trace"
+        line = _source_line(n)
+        return (f"{n.target} at {self.loc or '<top>'}" + (f" ({line})" if line else ""))
+
+
+def _source_line(n: torch.fx.Node) -> str:
+    st = n.meta.get("stack_trace") or ""
+    lines = [s.strip() for s in st.strip().splitlines() if s.strip().startswith("File ")]
+    return lines[-1] if lines else ""
+
+
+def _module_path(n: torch.fx.Node) -> str | None:
+    stack = n.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    # torch.export writes paths like "L['self'].layer1[0].conv1" in some versions
+    path = path.replace("L['self'].", "").replace("L['self']", "")
+    import re
+
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\[['\"]([^'\"]+)['\"]\]", r".\1", path)
+    return path.strip(".") or None
+
+
+def _pair(x, n: int = 2) -> tuple[int, ...]:
+    if isinstance(x, int):
+        return (x,) * n
+    x = tuple(int(i) for i in x)
+    return x * n if len(x) == 1 else x
+
+
+# ============================================================================ op mapping
+Handler = Callable[[_Ctx, tuple, dict], Any]
+ATEN_MAP: dict[Any, Handler] = {}
+
+
+def _maps(*targets):
+    def deco(fn):
+        for t in targets:
+            ATEN_MAP[t] = fn
+        return fn
+
+    return deco
+
+
+def _arg(args, kwargs, i, name, default=None):
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
+@_maps(aten.conv2d.default)
+def _conv2d(c, a, k):
+    x, w = c.v(a[0]), c.v(a[1])
+    b = _arg(a, k, 2, "bias")
+    ins = [x, w] + ([c.v(b)] if b is not None else [])
+    return c.emit("conv2d", ins, {
+        "stride": _pair(_arg(a, k, 3, "stride", 1)), "padding": _pair(_arg(a, k, 4, "padding", 0)),
+        "dilation": _pair(_arg(a, k, 5, "dilation", 1)), "groups": int(_arg(a, k, 6, "groups", 1))})
+
+
+@_maps(aten.conv2d.padding)
+def _conv2d_padding(c, a, k):
+    pad = _arg(a, k, 4, "padding", "valid")
+    w = c.v(a[1])
+    if pad == "valid":
+        p = (0, 0)
+    else:
+        dil = _pair(_arg(a, k, 5, "dilation", 1))
+        total = [d * (s - 1) for d, s in zip(dil, w.shape[2:])]
+        if any(t % 2 for t in total):
+            raise TraceError(f"{c.where()}: padding='same' with an even kernel needs asymmetric "
+                             f"padding, which conv2d does not support")
+        p = tuple(t // 2 for t in total)
+    b = _arg(a, k, 2, "bias")
+    ins = [c.v(a[0]), w] + ([c.v(b)] if b is not None else [])
+    return c.emit("conv2d", ins, {"stride": _pair(_arg(a, k, 3, "stride", 1)), "padding": p,
+                                  "dilation": _pair(_arg(a, k, 5, "dilation", 1)),
+                                  "groups": int(_arg(a, k, 6, "groups", 1))})
+
+
+@_maps(aten.convolution.default)
+def _convolution(c, a, k):
+    x, w, b, stride, padding, dilation, transposed, output_padding, groups = a[:9]
+    if len(w.meta["val"].shape) != 4:
+        raise TraceError(f"{c.where()}: only 2-D convolutions are supported")
+    ins = [c.v(x), c.v(w)] + ([c.v(b)] if b is not None else [])
+    attrs = {"stride": _pair(stride), "padding": _pair(padding), "dilation": _pair(dilation),
+             "groups": int(groups)}
+    if transposed:
+        attrs["output_padding"] = _pair(output_padding)
+        return c.emit("conv_transpose2d", ins, attrs)
+    return c.emit("conv2d", ins, attrs)
+
+
+@_maps(aten.conv_transpose2d.input)
+def _conv_t(c, a, k):
+    b = _arg(a, k, 2, "bias")
+    ins = [c.v(a[0]), c.v(a[1])] + ([c.v(b)] if b is not None else [])
+    return c.emit("conv_transpose2d", ins, {
+        "stride": _pair(_arg(a, k, 3, "stride", 1)), "padding": _pair(_arg(a, k, 4, "padding", 0)),
+        "output_padding": _pair(_arg(a, k, 5, "output_padding", 0)),
+        "groups": int(_arg(a, k, 6, "groups", 1)), "dilation": _pair(_arg(a, k, 7, "dilation", 1))})
+
+
+@_maps(aten.linear.default)
+def _linear(c, a, k):
+    b = _arg(a, k, 2, "bias")
+    return c.emit("linear", [c.v(a[0]), c.v(a[1])] + ([c.v(b)] if b is not None else []))
+
+
+@_maps(aten.matmul.default, aten.bmm.default, aten.mm.default)
+def _matmul(c, a, k):
+    return c.emit("matmul", [c.v(a[0]), c.v(a[1])])
+
+
+@_maps(aten.addmm.default)
+def _addmm(c, a, k):
+    if _arg(a, k, 3, "beta", 1) != 1 or _arg(a, k, 4, "alpha", 1) != 1:
+        raise TraceError(f"{c.where()}: addmm with beta/alpha != 1 is not supported")
+    mm = c.emit("matmul", [c.v(a[1]), c.v(a[2])], name=f"{c.node.name}_mm")
+    return c.emit("add", [mm, c.v(a[0])])
+
+
+def _bn_params(c, w, b, channels: int, like: Value):
+    from ..types import to_numpy_dtype
+
+    npdt = to_numpy_dtype(like.dtype)
+    wv = c.v(w) if w is not None else c.g.add_constant(np.ones(channels, npdt),
+                                                       c.g.fresh_name(f"{c.node.name}_weight"))
+    bv = c.v(b) if b is not None else c.g.add_constant(np.zeros(channels, npdt),
+                                                       c.g.fresh_name(f"{c.node.name}_bias"))
+    return wv, bv
+
+
+@_maps(aten.batch_norm.default)
+def _batch_norm(c, a, k):
+    x = c.v(a[0])
+    w, b, mean, var = a[1], a[2], a[3], a[4]
+    training, eps = a[5], a[7]
+    if training:
+        raise TraceError(f"{c.where()}: batch_norm in training mode (call model.eval())")
+    if mean is None or var is None:
+        raise TraceError(f"{c.where()}: batch_norm without running statistics "
+                         f"(track_running_stats=False) is not supported")
+    wv, bv = _bn_params(c, w, b, x.shape[1], x)
+    return c.emit("batch_norm", [x, wv, bv, c.v(mean), c.v(var)], {"eps": float(eps)})
+
+
+@_maps(aten._native_batch_norm_legit_no_training.default)
+def _bn_legit(c, a, k):
+    x = c.v(a[0])
+    wv, bv = _bn_params(c, a[1], a[2], x.shape[1], x)
+    out = c.emit("batch_norm", [x, wv, bv, c.v(a[3]), c.v(a[4])], {"eps": float(a[6])})
+    return (out, None, None)
+
+
+@_maps(aten.layer_norm.default)
+def _layer_norm(c, a, k):
+    w, b = _arg(a, k, 2, "weight"), _arg(a, k, 3, "bias")
+    ins = [c.v(a[0])]
+    if w is not None:
+        ins.append(c.v(w))
+    if b is not None:
+        if w is None:
+            raise TraceError(f"{c.where()}: layer_norm with bias but no weight")
+        ins.append(c.v(b))
+    return c.emit("layer_norm", ins, {"normalized_shape": tuple(a[1]),
+                                      "eps": float(_arg(a, k, 4, "eps", 1e-5))})
+
+
+@_maps(aten.group_norm.default)
+def _group_norm(c, a, k):
+    w, b = _arg(a, k, 2, "weight"), _arg(a, k, 3, "bias")
+    ins = [c.v(a[0])] + ([c.v(w)] if w is not None else []) + ([c.v(b)] if b is not None else [])
+    if b is not None and w is None:
+        raise TraceError(f"{c.where()}: group_norm with bias but no weight")
+    return c.emit("group_norm", ins, {"num_groups": int(a[1]),
+                                      "eps": float(_arg(a, k, 4, "eps", 1e-5))})
+
+
+def _unary(op):
+    return lambda c, a, k: c.emit(op, [c.v(a[0])])
+
+
+for _t, _op in ((aten.relu.default, "relu"), (aten.relu_.default, "relu"),
+                (aten.silu.default, "silu"), (aten.silu_.default, "silu"),
+                (aten.sigmoid.default, "sigmoid"), (aten.tanh.default, "tanh"),
+                (aten.hardswish.default, "hardswish"), (aten.hardswish_.default, "hardswish"),
+                (aten.hardsigmoid.default, "hardsigmoid"), (aten.neg.default, "neg"),
+                (aten.sqrt.default, "sqrt"), (aten.exp.default, "exp"), (aten.erf.default, "erf")):
+    ATEN_MAP[_t] = _unary(_op)
+
+
+@_maps(aten.hardtanh.default, aten.hardtanh_.default)
+def _hardtanh(c, a, k):
+    return c.emit("hardtanh", [c.v(a[0])], {"min_val": float(_arg(a, k, 1, "min_val", -1.0)),
+                                           "max_val": float(_arg(a, k, 2, "max_val", 1.0))})
+
+
+@_maps(aten.relu6.default)
+def _relu6(c, a, k):
+    return c.emit("hardtanh", [c.v(a[0])], {"min_val": 0.0, "max_val": 6.0})
+
+
+@_maps(aten.clamp.default)
+def _clamp(c, a, k):
+    lo, hi = _arg(a, k, 1, "min"), _arg(a, k, 2, "max")
+    if lo is None or hi is None:
+        if lo == 0 or (lo is not None and hi is None and float(lo) == 0.0):
+            return c.emit("relu", [c.v(a[0])])
+        raise TraceError(f"{c.where()}: one-sided clamp is only supported as clamp(min=0)")
+    return c.emit("hardtanh", [c.v(a[0])], {"min_val": float(lo), "max_val": float(hi)})
+
+
+@_maps(aten.gelu.default)
+def _gelu(c, a, k):
+    return c.emit("gelu", [c.v(a[0])], {"approximate": _arg(a, k, 1, "approximate", "none")})
+
+
+@_maps(aten.softmax.int, aten._softmax.default)
+def _softmax(c, a, k):
+    return c.emit("softmax", [c.v(a[0])], {"axis": int(a[1])})
+
+
+@_maps(aten.log_softmax.int, aten._log_softmax.default)
+def _log_softmax(c, a, k):
+    return c.emit("log_softmax", [c.v(a[0])], {"axis": int(a[1])})
+
+
+def _binary(op):
+    def handler(c, a, k):
+        alpha = _arg(a, k, 2, "alpha", 1)
+        if isinstance(a[0], torch.fx.Node):
+            x = c.v(a[0])
+            y = c.scalar(a[1], x)
+        else:
+            y = c.v(a[1])
+            x = c.scalar(a[0], y)
+        if alpha != 1:
+            if op not in ("add", "sub"):
+                raise TraceError(f"{c.where()}: alpha is only meaningful for add/sub")
+            y = c.emit("mul", [y, c.scalar(alpha, y)], name=f"{c.node.name}_alpha")
+        return c.emit(op, [x, y])
+
+    return handler
+
+
+for _t, _op in ((aten.add.Tensor, "add"), (aten.add.Scalar, "add"), (aten.add_.Tensor, "add"),
+                (aten.sub.Tensor, "sub"), (aten.sub.Scalar, "sub"),
+                (aten.mul.Tensor, "mul"), (aten.mul.Scalar, "mul"), (aten.mul_.Tensor, "mul"),
+                (aten.div.Tensor, "div"), (aten.div.Scalar, "div"),
+                (aten.pow.Tensor_Scalar, "pow"), (aten.pow.Tensor_Tensor, "pow")):
+    ATEN_MAP[_t] = _binary(_op)
+
+
+@_maps(aten.rsub.Scalar, aten.rsub.Tensor)
+def _rsub(c, a, k):
+    x = c.v(a[0])
+    return c.emit("sub", [c.scalar(a[1], x), x])
+
+
+@_maps(aten.cat.default, aten.concat.default)
+def _cat(c, a, k):
+    xs = [c.v(x) for x in a[0]]
+    return c.emit("concat", xs, {"axis": int(_arg(a, k, 1, "dim", 0))})
+
+
+def _split_out(c, x: Value, sizes: list[int], dim: int):
+    return c.emit_multi("split", [x], {"axis": dim, "sizes": tuple(sizes)}, len(sizes))
+
+
+@_maps(aten.split.Tensor)
+def _split(c, a, k):
+    x = c.v(a[0])
+    size, dim = int(a[1]), int(_arg(a, k, 2, "dim", 0))
+    n = x.shape[dim]
+    sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    return _split_out(c, x, sizes, dim)
+
+
+@_maps(aten.split_with_sizes.default)
+def _split_sizes(c, a, k):
+    return _split_out(c, c.v(a[0]), [int(s) for s in a[1]], int(_arg(a, k, 2, "dim", 0)))
+
+
+@_maps(aten.chunk.default)
+def _chunk(c, a, k):
+    x, chunks, dim = c.v(a[0]), int(a[1]), int(_arg(a, k, 2, "dim", 0))
+    n = x.shape[dim]
+    size = -(-n // chunks)
+    sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    return _split_out(c, x, sizes, dim)
+
+
+@_maps(aten.unbind.int)
+def _unbind(c, a, k):
+    x, dim = c.v(a[0]), int(_arg(a, k, 1, "dim", 0))
+    parts = _split_out(c, x, [1] * x.shape[dim], dim)
+    shape = tuple(d for i, d in enumerate(x.shape) if i != dim % x.type.rank)
+    return tuple(c.emit("reshape", [p], {"shape": shape}) for p in parts)
+
+
+@_maps(aten.slice.Tensor)
+def _slice(c, a, k):
+    x = c.v(a[0])
+    dim = int(_arg(a, k, 1, "dim", 0))
+    start, end = _arg(a, k, 2, "start"), _arg(a, k, 3, "end")
+    n = x.shape[dim]
+    start = 0 if start is None else int(start)
+    end = n if end is None else min(int(end), n)
+    step = int(_arg(a, k, 4, "step", 1))
+    if start == 0 and end >= n and step == 1:
+        return x
+    return c.emit("slice", [x], {"axis": dim, "start": start, "end": end, "step": step})
+
+
+@_maps(aten.select.int)
+def _select(c, a, k):
+    x, dim, idx = c.v(a[0]), int(a[1]), int(a[2])
+    n = x.shape[dim]
+    idx = idx % n
+    s = c.emit("slice", [x], {"axis": dim, "start": idx, "end": idx + 1, "step": 1},
+               name=f"{c.node.name}_slice")
+    return c.emit("reshape", [s], {"shape": c.out_shape()})
+
+
+@_maps(aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+       aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
+       aten.view_copy.default)
+def _reshape(c, a, k):
+    x = c.v(a[0])
+    shape = c.out_shape()
+    if shape == x.shape:
+        return x
+    return c.emit("reshape", [x], {"shape": shape})
+
+
+@_maps(aten.flatten.using_ints)
+def _flatten(c, a, k):
+    return c.emit("flatten", [c.v(a[0])], {"start_dim": int(_arg(a, k, 1, "start_dim", 0)),
+                                          "end_dim": int(_arg(a, k, 2, "end_dim", -1))})
+
+
+@_maps(aten.permute.default)
+def _permute(c, a, k):
+    return c.emit("permute", [c.v(a[0])], {"perm": tuple(int(d) for d in a[1])})
+
+
+@_maps(aten.transpose.int)
+def _transpose(c, a, k):
+    x = c.v(a[0])
+    r = x.type.rank
+    d0, d1 = int(a[1]) % r, int(a[2]) % r
+    perm = list(range(r))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return c.emit("permute", [x], {"perm": tuple(perm)})
+
+
+@_maps(aten.t.default, aten.numpy_T.default)
+def _t(c, a, k):
+    x = c.v(a[0])
+    if x.type.rank < 2:
+        return x
+    return c.emit("permute", [x], {"perm": tuple(reversed(range(x.type.rank)))})
+
+
+@_maps(aten.expand.default)
+def _expand(c, a, k):
+    x = c.v(a[0])
+    shape = c.out_shape()
+    return x if shape == x.shape else c.emit("expand", [x], {"shape": shape})
+
+
+@_maps(aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default,
+       aten.lift_fresh_copy.default)
+def _alias(c, a, k):
+    return c.v(a[0])
+
+
+@_maps(aten.dropout.default, aten.dropout_.default, aten.feature_dropout.default)
+def _dropout(c, a, k):
+    if _arg(a, k, 2, "train", False):
+        raise TraceError(f"{c.where()}: dropout in training mode (call model.eval())")
+    return c.emit("dropout", [c.v(a[0])], {"p": float(_arg(a, k, 1, "p", 0.5))})
+
+
+def _pool_common(c, a, k):
+    kernel = _pair(a[1])
+    stride = _arg(a, k, 2, "stride", None)
+    stride = kernel if not stride else _pair(stride)
+    return kernel, stride, _pair(_arg(a, k, 3, "padding", 0))
+
+
+@_maps(aten.max_pool2d.default)
+def _max_pool(c, a, k):
+    kernel, stride, padding = _pool_common(c, a, k)
+    return c.emit("max_pool2d", [c.v(a[0])], {
+        "kernel": kernel, "stride": stride, "padding": padding,
+        "dilation": _pair(_arg(a, k, 4, "dilation", 1)),
+        "ceil_mode": bool(_arg(a, k, 5, "ceil_mode", False))})
+
+
+@_maps(aten.max_pool2d_with_indices.default)
+def _max_pool_idx(c, a, k):
+    out = _max_pool(c, a, k)
+    return (out, None)
+
+
+@_maps(aten.avg_pool2d.default)
+def _avg_pool(c, a, k):
+    kernel, stride, padding = _pool_common(c, a, k)
+    if _arg(a, k, 6, "divisor_override") is not None:
+        raise TraceError(f"{c.where()}: avg_pool2d divisor_override is not supported")
+    return c.emit("avg_pool2d", [c.v(a[0])], {
+        "kernel": kernel, "stride": stride, "padding": padding,
+        "ceil_mode": bool(_arg(a, k, 4, "ceil_mode", False)),
+        "count_include_pad": bool(_arg(a, k, 5, "count_include_pad", True))})
+
+
+@_maps(aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default)
+def _adaptive(c, a, k):
+    return c.emit("adaptive_avg_pool2d", [c.v(a[0])], {"output_size": _pair(a[1])})
+
+
+@_maps(aten.mean.dim, aten.sum.dim_IntList)
+def _reduce(c, a, k):
+    x = c.v(a[0])
+    dims = _arg(a, k, 1, "dim")
+    dims = tuple(range(x.type.rank)) if dims is None else tuple(int(d) for d in (
+        [dims] if isinstance(dims, int) else dims))
+    if _arg(a, k, 3, "dtype") is not None:
+        raise TraceError(f"{c.where()}: reductions with a dtype argument are not supported")
+    op = "mean" if c.node.target == aten.mean.dim else "sum"
+    return c.emit(op, [x], {"axes": dims, "keepdim": bool(_arg(a, k, 2, "keepdim", False))})
+
+
+@_maps(aten.mean.default)
+def _mean_all(c, a, k):
+    x = c.v(a[0])
+    return c.emit("mean", [x], {"axes": tuple(range(x.type.rank)), "keepdim": False})
+
+
+@_maps(aten.embedding.default)
+def _embedding(c, a, k):
+    return c.emit("embedding", [c.v(a[1]), c.v(a[0])])
+
+
+@_maps(aten._to_copy.default, aten.to.dtype)
+def _to(c, a, k):
+    x = c.v(a[0])
+    val = c.node.meta.get("val")
+    dtype = dtype_from_torch(val.dtype)
+    return x if dtype == x.dtype else c.emit("cast", [x], {"dtype": dtype})
+
+
+@_maps(operator.getitem)
+def _getitem(c, a, k):
+    src = c.env[a[0].name]
+    item = src[a[1]]
+    if item is None:
+        raise TraceError(f"{c.where()}: uses an output that the IR does not compute")
+    return item
+
+
+# ============================================================================ driver
+def _export(model, args: tuple, kwargs: dict):
+    try:
+        return torch.export.export(model, args, kwargs or None, strict=False)
+    except Exception as e:
+        name = type(e).__name__
+        text = str(e).strip().splitlines()
+        first = next((s for s in text if s.strip()), name)
+        if "data-dependent" in str(e) or "GuardOnDataDependent" in name or "Could not guard" in str(e):
+            raise TraceError(f"trace: {type(model).__name__} has data-dependent control flow "
+                             f"(a Python branch or loop on tensor values), which torch.export "
+                             f"cannot capture: {first}") from None
+        raise TraceError(f"trace: torch.export failed on {type(model).__name__}: {name}: {first}"
+                         ) from None
+
+
+def trace(model, example_inputs, *, kwargs: dict | None = None, name: str | None = None) -> Graph:
+    """``torch.nn.Module`` → IR graph. ``example_inputs`` is a tensor or a tuple of tensors;
+    keyword inputs go in ``kwargs``. The model is put in eval mode (then restored)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TraceError(f"trace expects a torch.nn.Module, got {type(model).__name__}")
+    args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    kwargs = dict(kwargs or {})
+    for i, x in enumerate(list(args) + list(kwargs.values())):
+        if not isinstance(x, torch.Tensor):
+            raise TraceError(f"trace: example input {i} is a {type(x).__name__}, not a tensor")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ep = _export(model, args, kwargs)
+    finally:
+        model.train(was_training)
+    return from_exported(ep, name=name or type(model).__name__)
+
+
+def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph:
+    """Convert an ``ExportedProgram`` (not decomposed) to the IR."""
+    sig = ep.graph_signature
+    g = Graph(name)
+    c = _Ctx(g)
+    state = dict(ep.state_dict)
+    consts = dict(getattr(ep, "constants", {}) or {})
+    lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+              **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
+    user_inputs = list(sig.user_inputs)
+    for node in ep.graph_module.graph.nodes:
+        c.node, c.loc = node, _module_path(node)
+        if node.op == "placeholder":
+            if node.name in lifted:
+                fqn = lifted[node.name]
+                t = state[fqn] if fqn in state else consts[fqn]
+                arr = t.detach().cpu().contiguous().numpy().copy()
+                c.env[node.name] = g.add_constant(arr, g.fresh_name(fqn))
+            elif node.name in user_inputs:
+                val = node.meta["val"]
+                try:
+                    t = TensorType(dtype_from_torch(val.dtype), tuple(int(d) for d in val.shape))
+                except (TypeError, ValueError):
+                    raise TraceError(f"trace: input {node.name} has a non-static shape") from None
+                c.env[node.name] = g.add_input(t, g.fresh_name(node.name))
+            else:
+                raise TraceError(f"trace: placeholder {node.name} is neither an input nor a weight")
+        elif node.op == "call_function":
+            handler = ATEN_MAP.get(node.target)
+            if handler is None:
+                raise TraceError(f"trace: cannot map ATen op {node.target} to the IR, at "
+                                 f"module {c.loc or '<top>'}"
+                                 + (f" ({_source_line(node)})" if _source_line(node) else "")
+                                 + ". Supported ops are listed in shrinkc.ir.frontends.torch.ATEN_MAP")
+            try:
+                c.env[node.name] = handler(c, tuple(node.args), dict(node.kwargs))
+            except TraceError:
+                raise
+            except IRError as e:
+                raise TraceError(f"trace: {c.where()}: {e}") from None
+            _check_type(c, node)
+        elif node.op == "output":
+            outs = node.args[0]
+            outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+            vals = []
+            for o in outs:
+                v = c.env.get(o.name) if isinstance(o, torch.fx.Node) else None
+                if not isinstance(v, Value):
+                    raise TraceError(f"trace: model output {o} is not a tensor")
+                vals.append(v)
+            g.outputs = vals
+        else:
+            raise TraceError(f"trace: unexpected fx node kind {node.op} ({node.name})")
+    # user inputs that are aliased (identity outputs) are fine; unused constants go
+    g.dce()
+    return g
+
+
+def _check_type(c: _Ctx, node: torch.fx.Node) -> None:
+    val, got = node.meta.get("val"), c.env[node.name]
+    if isinstance(val, torch.Tensor) and isinstance(got, Value):
+        want = TensorType(dtype_from_torch(val.dtype), tuple(int(d) for d in val.shape))
+        if got.type != want:
+            raise TraceError(f"trace: {c.where()}: IR type {got.type} differs from torch's {want}")

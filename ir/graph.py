@@ -1,0 +1,355 @@
+"""The IR's data structures: Value, Node, Graph.
+
+A ``Value`` is an SSA value: a graph input (no producer, no data), a constant (a weight:
+``data`` holds a numpy array), or the result of a ``Node``. A ``Node`` applies an op from
+the op table (``ir.ops``) to input values and defines output values. A ``Graph`` keeps its
+nodes in topological order and is changed only through a few verbs that keep use-lists
+right: ``add_node``, ``add_constant``, ``add_input``, ``set_input``, ``replace_all_uses``,
+``erase``, ``toposort``, ``dce``, ``clone``, ``fresh_name``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .types import TensorType, dtype_from_numpy
+
+
+class IRError(Exception):
+    """An invalid graph or an invalid use of the graph API."""
+
+
+class Value:
+    """An SSA value. ``data`` is set for constants; ``producer`` for node results."""
+
+    __slots__ = ("name", "type", "producer", "uses", "data", "encoding", "meta")
+
+    def __init__(self, name: str, type: TensorType, producer: Node | None = None,
+                 data: np.ndarray | None = None):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.uses: list[Node] = []  # one entry per operand occurrence
+        self.data = data
+        # How a constant is stored (masked, sparse, codebook, …); None = dense.
+        # See ir/encoding.py. The dense view is always ``data``.
+        self.encoding = None
+        self.meta: dict[str, Any] = {}
+
+    @property
+    def is_constant(self) -> bool:
+        return self.data is not None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this value takes in storage (its encoding's size for coded constants)."""
+        if self.encoding is not None:
+            return self.encoding.nbytes(self)
+        return self.type.nbytes
+
+    def digest(self) -> str:
+        """A short content hash of a constant (dtype, shape and bytes)."""
+        if self.data is None:
+            raise IRError(f"value %{self.name} is not a constant")
+        return array_digest(self.data)
+
+    def __repr__(self) -> str:
+        kind = "const " if self.is_constant else ""
+        return f"<Value {kind}%{self.name}: {self.type}>"
+
+
+def array_digest(array: np.ndarray) -> str:
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:12]
+
+
+class Node:
+    """One op applied to input values, defining output values."""
+
+    __slots__ = ("op", "inputs", "outputs", "attrs", "meta")
+
+    def __init__(self, op: str, inputs: Sequence[Value], outputs: Sequence[Value],
+                 attrs: dict[str, Any] | None = None, meta: dict[str, Any] | None = None):
+        self.op = op
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.attrs = dict(attrs or {})
+        self.meta = dict(meta or {})
+
+    @property
+    def name(self) -> str:
+        return self.outputs[0].name if self.outputs else f"<{self.op}>"
+
+    @property
+    def output(self) -> Value:
+        if len(self.outputs) != 1:
+            raise IRError(f"node {self.describe()} has {len(self.outputs)} outputs")
+        return self.outputs[0]
+
+    @property
+    def loc(self) -> str | None:
+        return self.meta.get("loc")
+
+    def describe(self) -> str:
+        """``conv2d_3 (layer2.0.conv1)``: how errors name a node."""
+        return f"{self.name} ({self.loc})" if self.loc else self.name
+
+    def __repr__(self) -> str:
+        return f"<Node {self.op} {self.describe()}>"
+
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+class Graph:
+    """A dataflow graph: inputs, constants, nodes in topological order, outputs."""
+
+    def __init__(self, name: str = "main"):
+        self.name = name
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self.constants: dict[str, Value] = {}
+        self.meta: dict[str, Any] = {}
+        self._names: set[str] = set()
+
+    # ---------------------------------------------------------------- names
+    def fresh_name(self, base: str = "v") -> str:
+        """A name not yet used in this graph, derived from ``base``."""
+        base = _NAME_RE.sub("_", base) or "v"
+        if base not in self._names:
+            return base
+        m = re.match(r"^(.*?)(?:_(\d+))?$", base)
+        stem, i = m.group(1), int(m.group(2) or 0)
+        while f"{stem}_{i + 1}" in self._names:
+            i += 1
+        return f"{stem}_{i + 1}"
+
+    def _claim(self, name: str | None, base: str) -> str:
+        if name is None:
+            name = self.fresh_name(base)
+        elif name in self._names:
+            raise IRError(f"name %{name} is already defined in graph {self.name}")
+        self._names.add(name)
+        return name
+
+    def values(self) -> Iterable[Value]:
+        """Every value: inputs, constants, node outputs."""
+        yield from self.inputs
+        yield from self.constants.values()
+        for n in self.nodes:
+            yield from n.outputs
+
+    def value(self, name: str) -> Value:
+        for v in self.values():
+            if v.name == name:
+                return v
+        raise KeyError(f"no value %{name} in graph {self.name}")
+
+    def node(self, name: str) -> Node:
+        """The node that defines value ``name`` (or whose loc is ``name``)."""
+        for n in self.nodes:
+            if any(o.name == name for o in n.outputs):
+                return n
+        for n in self.nodes:
+            if n.loc == name:
+                return n
+        raise KeyError(f"no node {name} in graph {self.name}")
+
+    # ---------------------------------------------------------------- building
+    def add_input(self, type: TensorType, name: str | None = None) -> Value:
+        v = Value(self._claim(name, "input"), type)
+        self.inputs.append(v)
+        return v
+
+    def add_constant(self, data, name: str | None = None) -> Value:
+        """A constant (weight) holding ``data`` (numpy array or anything np.asarray takes)."""
+        arr = np.asarray(data)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        v = Value(self._claim(name, "const"), TensorType(dtype_from_numpy(arr.dtype), arr.shape),
+                  data=arr)
+        self.constants[v.name] = v
+        return v
+
+    def add_node(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any] | None = None, *,
+                 names: Sequence[str | None] | str | None = None,
+                 types: Sequence[TensorType] | None = None, loc: str | None = None,
+                 meta: dict[str, Any] | None = None, before: Node | None = None,
+                 after: Node | None = None) -> Node:
+        """Append (or insert before/after a node) ``op(inputs) {attrs}``.
+
+        Output types are inferred from the op table unless ``types`` is given. Attributes
+        are completed with the op's defaults.
+        """
+        from . import ops  # the op table imports types only; no cycle at import time
+
+        opdef = ops.get(op)
+        attrs = opdef.complete_attrs(attrs or {}, where=op)
+        if types is None:
+            types = opdef.infer([v.type for v in inputs], attrs)
+        if isinstance(names, str):
+            names = [names]
+        names = list(names) if names is not None else [None] * len(types)
+        if len(names) != len(types):
+            raise IRError(f"{op}: {len(names)} names given for {len(types)} outputs")
+        meta = dict(meta or {})
+        if loc is not None:
+            meta["loc"] = loc
+        node = Node(op, inputs, [], attrs, meta)
+        node.outputs = [Value(self._claim(n, op), t, producer=node) for n, t in zip(names, types)]
+        for v in inputs:
+            v.uses.append(node)
+        if before is not None:
+            self.nodes.insert(self.nodes.index(before), node)
+        elif after is not None:
+            self.nodes.insert(self.nodes.index(after) + 1, node)
+        else:
+            self.nodes.append(node)
+        return node
+
+    # ---------------------------------------------------------------- rewriting
+    def set_input(self, node: Node, index: int, value: Value) -> None:
+        """Make operand ``index`` of ``node`` be ``value``."""
+        old = node.inputs[index]
+        old.uses.remove(node)
+        node.inputs[index] = value
+        value.uses.append(node)
+
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        """Every use of ``old`` (operands and graph outputs) now uses ``new``."""
+        if old is new:
+            return
+        for node in list(old.uses):
+            for i, v in enumerate(node.inputs):
+                if v is old:
+                    node.inputs[i] = new
+                    new.uses.append(node)
+        old.uses.clear()
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def erase(self, node: Node) -> None:
+        """Remove a node whose outputs are unused."""
+        for o in node.outputs:
+            if o.uses or o in self.outputs:
+                user = o.uses[0].describe() if o.uses else "the graph output"
+                raise IRError(f"cannot erase {node.describe()}: %{o.name} is used by {user}")
+        for v in node.inputs:
+            v.uses.remove(node)
+        self.nodes.remove(node)
+        for o in node.outputs:
+            self._names.discard(o.name)
+
+    def remove_constant(self, value: Value) -> None:
+        if value.uses or value in self.outputs:
+            raise IRError(f"cannot remove constant %{value.name}: still used")
+        del self.constants[value.name]
+        self._names.discard(value.name)
+
+    def toposort(self) -> None:
+        """Reorder nodes topologically (stable: keeps the current order where it can)."""
+        import networkx as nx
+
+        order = {id(n): i for i, n in enumerate(self.nodes)}
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(self.nodes)))
+        for i, n in enumerate(self.nodes):
+            for v in n.inputs:
+                if v.producer is not None and id(v.producer) in order:
+                    g.add_edge(order[id(v.producer)], i)
+        try:
+            idx = list(nx.lexicographical_topological_sort(g))
+        except nx.NetworkXUnfeasible as e:
+            cycle = nx.find_cycle(g)
+            names = " -> ".join(self.nodes[a].describe() for a, _ in cycle)
+            raise IRError(f"graph {self.name} has a cycle: {names}") from e
+        self.nodes = [self.nodes[i] for i in idx]
+
+    def dce(self) -> int:
+        """Remove nodes and constants that no output depends on. Returns how many."""
+        removed = 0
+        live = set(id(v) for v in self.outputs)
+        keep = []
+        for node in reversed(self.nodes):
+            if any(id(o) in live for o in node.outputs):
+                keep.append(node)
+                live.update(id(v) for v in node.inputs)
+            else:
+                for v in node.inputs:
+                    v.uses.remove(node)
+                for o in node.outputs:
+                    self._names.discard(o.name)
+                removed += 1
+        self.nodes = keep[::-1]
+        for v in list(self.constants.values()):
+            if not v.uses and v not in self.outputs:
+                self.remove_constant(v)
+                removed += 1
+        return removed
+
+    def clone(self, share_data: bool = False) -> Graph:
+        """A deep copy. Constant arrays are copied unless ``share_data``."""
+        g = Graph(self.name)
+        g.meta = dict(self.meta)
+        vmap: dict[int, Value] = {}
+        for v in self.inputs:
+            nv = g.add_input(v.type, v.name)
+            nv.meta = dict(v.meta)
+            vmap[id(v)] = nv
+        for v in self.constants.values():
+            nv = g.add_constant(v.data if share_data else v.data.copy(), v.name)
+            nv.encoding, nv.meta = v.encoding, dict(v.meta)
+            vmap[id(v)] = nv
+        for n in self.nodes:
+            nn_ = g.add_node(n.op, [vmap[id(v)] for v in n.inputs], n.attrs,
+                             names=[o.name for o in n.outputs], types=[o.type for o in n.outputs],
+                             meta=n.meta)
+            for o, no in zip(n.outputs, nn_.outputs):
+                no.meta = dict(o.meta)
+                vmap[id(o)] = no
+        g.outputs = [vmap[id(v)] for v in self.outputs]
+        return g
+
+    # ---------------------------------------------------------------- views
+    @property
+    def num_params(self) -> int:
+        return sum(v.type.numel for v in self.constants.values())
+
+    def to_networkx(self):
+        """A ``networkx.MultiDiGraph``: one vertex per node (keyed by the Node), one edge per
+        value use, with the value on the edge as ``value``. Graph inputs/constants are not
+        vertices; edges from them are not included."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        for n in self.nodes:
+            g.add_node(n, op=n.op)
+        for n in self.nodes:
+            for v in n.inputs:
+                if v.producer is not None:
+                    g.add_edge(v.producer, n, value=v)
+        return g
+
+    def __str__(self) -> str:
+        from .text import print_graph
+
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        return (f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.nodes)} nodes, "
+                f"{len(self.constants)} constants>")

@@ -1,0 +1,118 @@
+"""Runs a graph with each op's torch reference — with autograd, without any backend.
+
+Passes that need activations or gradients (calibration, importance scores, numeric diff,
+fine-tuning) use this; ``backends/torch.py`` compiles the same references into an fx
+GraphModule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from .graph import Graph, IRError
+from .types import to_torch_dtype
+
+
+def as_tensor(x, dtype: str | None = None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(to_torch_dtype(dtype)) if dtype is not None else t
+
+
+def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
+    """Constants as torch tensors (sharing memory with the numpy arrays where possible)."""
+    return {name: as_tensor(v.data) for name, v in graph.constants.items()}
+
+
+def bind_inputs(graph: Graph, inputs) -> list[torch.Tensor]:
+    """Accepts a tensor, a sequence of tensors/arrays, or a mapping name -> tensor."""
+    if isinstance(inputs, Mapping):
+        missing = [v.name for v in graph.inputs if v.name not in inputs]
+        if missing:
+            raise IRError(f"graph {graph.name}: missing inputs {missing}")
+        inputs = [inputs[v.name] for v in graph.inputs]
+    elif isinstance(inputs, (torch.Tensor, np.ndarray)):
+        inputs = [inputs]
+    inputs = list(inputs)
+    if len(inputs) != len(graph.inputs):
+        raise IRError(f"graph {graph.name} takes {len(graph.inputs)} inputs "
+                      f"({', '.join('%' + v.name for v in graph.inputs)}), got {len(inputs)}")
+    out = []
+    for v, x in zip(graph.inputs, inputs):
+        t = as_tensor(x)
+        if tuple(t.shape) != v.type.shape:
+            raise IRError(f"input %{v.name} expects {v.type}, got shape {tuple(t.shape)}")
+        out.append(t.to(to_torch_dtype(v.dtype)))
+    return out
+
+
+def run(graph: Graph, inputs, *, params: Mapping[str, torch.Tensor] | None = None,
+        capture: Iterable[str] | bool = (), hook: Callable[[object, list], None] | None = None,
+        ) -> list[torch.Tensor] | tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Evaluate ``graph`` on ``inputs``; returns the list of outputs.
+
+    ``params`` overrides constants by name (e.g. tensors with ``requires_grad``); gradients
+    flow through every op whose reference is differentiable. ``capture`` names values (or
+    ``True`` for all) whose tensors are returned as a second result. ``hook(node, outs)`` is
+    called after each node.
+    """
+    env: dict[int, torch.Tensor] = {}
+    for v, t in zip(graph.inputs, bind_inputs(graph, inputs)):
+        env[id(v)] = t
+    params = params or {}
+    for name, v in graph.constants.items():
+        env[id(v)] = params[name] if name in params else as_tensor(v.data)
+    want_all = capture is True
+    wanted = set() if capture is True or capture is False else set(capture)
+    captured: dict[str, torch.Tensor] = {}
+    for node in graph.nodes:
+        opdef = ops.get(node.op)
+        try:
+            out = opdef.ref(*[env[id(v)] for v in node.inputs], **node.attrs)
+        except KeyError as e:
+            raise IRError(f"node {node.describe()}: operand not computed") from e
+        except Exception as e:
+            raise IRError(f"node {node.describe()}: {node.op} failed: {e}") from e
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        for o, t in zip(node.outputs, outs):
+            env[id(o)] = t
+            if want_all or o.name in wanted:
+                captured[o.name] = t
+        if hook is not None:
+            hook(node, outs)
+    results = [env[id(v)] for v in graph.outputs]
+    if want_all or wanted:
+        for v in graph.inputs:
+            if want_all or v.name in wanted:
+                captured[v.name] = env[id(v)]
+        return results, captured
+    return results
+
+
+@torch.no_grad()
+def run_numpy(graph: Graph, inputs) -> list[np.ndarray]:
+    """``run`` without gradients, returning numpy arrays."""
+    return [t.detach().cpu().numpy() for t in run(graph, inputs)]
+
+
+def random_inputs(graph: Graph, seed: int = 0) -> list[torch.Tensor]:
+    """Random inputs matching the graph's input types (normal floats, small ints)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for v in graph.inputs:
+        if v.type.is_float:
+            out.append(torch.randn(v.shape, generator=gen).to(to_torch_dtype(v.dtype)))
+        else:
+            out.append(torch.randint(0, 8, v.shape, generator=gen).to(to_torch_dtype(v.dtype)))
+    return out
+
+
+def outputs_close(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], atol: float = 1e-5,
+                  rtol: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(
+        torch.allclose(x.float(), y.float(), atol=atol, rtol=rtol) for x, y in zip(a, b))
+
+

@@ -1,0 +1,167 @@
+"""The op table: one ``OpDef`` per op, read by everything that needs to know about ops.
+
+For each op: its operands, attributes (kinds and defaults), shape/dtype inference, cost
+(MACs; params and bytes follow from the types), and a reference implementation in torch
+(``ref(*tensors, **attrs)``). The interpreter, verifier, cost model, printer and the
+torch backend all read this one table; every other backend keys its lowerings by the same
+names. Inference runs the reference on meta tensors unless the op gives its own, so the
+two can never disagree.
+
+Op modules: ``nn`` (conv, linear, norms, pools), ``elementwise`` (activations and
+broadcasting arithmetic), ``shape`` (reshape, concat, split, …), ``quant`` (quantize,
+dequantize, cast).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..graph import IRError
+from ..types import DTYPES, TensorType, dtype_from_torch, to_torch_dtype
+
+_REQUIRED = object()
+ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype")
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute's kind and default (``REQUIRED`` when it has none)."""
+
+    kind: str
+    default: Any = _REQUIRED
+    optional: bool = False  # None is allowed
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def check(self, value: Any, where: str) -> Any:
+        """The canonical form of ``value`` (ints as tuples, floats as float) or an IRError."""
+        if value is None:
+            if self.optional:
+                return None
+            raise IRError(f"{where}: must not be none")
+        k = self.kind
+        try:
+            if k == "int" and isinstance(value, (int,)) and not isinstance(value, bool):
+                return int(value)
+            if k == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if k == "bool" and isinstance(value, bool):
+                return value
+            if k == "str" and isinstance(value, str):
+                return value
+            if k == "dtype" and value in DTYPES:
+                return value
+            if k == "ints" and isinstance(value, (list, tuple)) and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in value):
+                return tuple(int(x) for x in value)
+            if k == "floats" and isinstance(value, (list, tuple)) and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+                return tuple(float(x) for x in value)
+        except (TypeError, ValueError):
+            pass
+        raise IRError(f"{where}: expected {k}, got {value!r}")
+
+
+def _meta_infer(ref: Callable) -> Callable[[list[TensorType], dict], list[TensorType]]:
+    def infer(types: list[TensorType], attrs: dict) -> list[TensorType]:
+        args = [torch.empty(t.shape, dtype=to_torch_dtype(t.dtype), device="meta") for t in types]
+        out = ref(*args, **attrs)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [TensorType(dtype_from_torch(o.dtype), tuple(o.shape)) for o in outs]
+
+    return infer
+
+
+def _no_macs(ins: list[TensorType], outs: list[TensorType], attrs: dict) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything shrinkc knows about one op."""
+
+    name: str
+    operands: tuple[str, ...]  # names; "name?" optional (trailing), "*name" variadic
+    ref: Callable[..., Any]  # torch reference: ref(*tensors, **attrs)
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    kind: str = "other"  # unary | binary | nn | norm | pool | reduce | shape | quant | other
+    macs_fn: Callable[[list[TensorType], list[TensorType], dict], int] = _no_macs
+    infer_fn: Callable[[list[TensorType], dict], list[TensorType]] | None = None
+    check_fn: Callable[[list[TensorType], dict], str | None] | None = None  # a readable reason
+    doc: str = ""
+
+    @property
+    def arity(self) -> tuple[int, int | None]:
+        """(min, max) number of operands; max None = variadic."""
+        if any(o.startswith("*") for o in self.operands):
+            return (0, None)
+        required = sum(1 for o in self.operands if not o.endswith("?"))
+        return (required, len(self.operands))
+
+    def complete_attrs(self, attrs: dict[str, Any], where: str = "") -> dict[str, Any]:
+        where = where or self.name
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise IRError(f"{where}: unknown attribute(s) {sorted(unknown)} for op {self.name} "
+                          f"(known: {', '.join(self.attrs) or 'none'})")
+        out = {}
+        for name, spec in self.attrs.items():
+            if name in attrs:
+                out[name] = spec.check(attrs[name], f"{where}: attribute {name}")
+            elif spec.required:
+                raise IRError(f"{where}: op {self.name} needs attribute {name} ({spec.kind})")
+            else:
+                out[name] = spec.default
+        return out
+
+    def infer(self, types: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        """Output types, or an IRError saying why the operands/attrs are invalid."""
+        lo, hi = self.arity
+        if len(types) < lo or (hi is not None and len(types) > hi):
+            want = f"{lo}" if lo == hi else f"{lo}..{hi if hi is not None else ''}"
+            raise IRError(f"op {self.name} takes {want} operands "
+                          f"({', '.join(self.operands)}), got {len(types)}")
+        if self.check_fn is not None:
+            reason = self.check_fn(list(types), attrs)
+            if reason:
+                raise IRError(f"op {self.name}: {reason}")
+        fn = self.infer_fn or _meta_infer(self.ref)
+        try:
+            return fn(list(types), attrs)
+        except IRError:
+            raise
+        except Exception as e:  # torch's own shape checks, made readable
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            shapes = ", ".join(str(t) for t in types)
+            raise IRError(f"op {self.name} cannot take ({shapes}) with {attrs}: {msg}") from None
+
+    def macs(self, ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict) -> int:
+        return int(self.macs_fn(list(ins), list(outs), attrs))
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(opdef: OpDef) -> OpDef:
+    if opdef.name in OPS:
+        raise ValueError(f"op {opdef.name} registered twice")
+    OPS[opdef.name] = opdef
+    return opdef
+
+
+def get(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise IRError(f"unknown op {name!r} (known: {', '.join(sorted(OPS))})") from None
+
+
+from . import elementwise, nn, quant, shape  # noqa: E402,F401  (fill the table)
+
+__all__ = ["ATTR_KINDS", "OPS", "Attr", "OpDef", "get", "register"]

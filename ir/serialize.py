@@ -1,0 +1,88 @@
+"""Saving and loading graphs: the text form in ``NAME.shrk`` and the constants in
+``NAME.safetensors`` beside it (never pickle). Writes are atomic: a failed save leaves no
+half-written file.
+"""
+
+from __future__ import annotations
+
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .graph import Graph, IRError
+from .text import parse_graph, print_graph
+
+
+def weights_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.with_suffix(".safetensors")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(graph: Graph, path: str | os.PathLike) -> Path:
+    """Write ``path`` (text IR) and its ``.safetensors`` weights. Returns the text path."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.suffix != ".shrk":
+        raise IRError(f"{path}: a saved graph's file name ends in .shrk")
+    tensors, meta = {}, {"format": "shrinkc", "graph": graph.name}
+    for name, v in graph.constants.items():
+        arr = np.ascontiguousarray(v.data)
+        if v.dtype == "bf16":  # safetensors' numpy API has no bfloat16: store the bits
+            arr = arr.view(np.uint16)
+            meta[f"bf16:{name}"] = "1"
+        tensors[name] = arr
+    text = print_graph(graph)
+    _atomic_write(weights_path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def load(path: str | os.PathLike) -> Graph:
+    """Read a graph saved by ``save`` (checks every constant against its digest)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise IRError(f"{path}: no such file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IRError(f"{path}: cannot read IR text: {e}") from None
+    wpath = weights_path(path)
+    weights: dict[str, np.ndarray] = {}
+    if wpath.exists():
+        try:
+            with safe_open(str(wpath), framework="numpy") as f:
+                meta = f.metadata() or {}
+                for k in f.keys():
+                    arr = f.get_tensor(k)
+                    if meta.get(f"bf16:{k}"):
+                        import ml_dtypes
+
+                        arr = arr.view(ml_dtypes.bfloat16)
+                    weights[k] = arr
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise IRError(f"{wpath}: corrupt or unreadable weights file: {e}") from None
+    try:
+        return parse_graph(text, weights)
+    except IRError as e:
+        raise IRError(f"{path}: {e}") from None
+
+

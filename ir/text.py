@@ -1,0 +1,341 @@
+"""The IR's text form: a printer and a parser that round-trip exactly.
+
+::
+
+    graph "lenet" (%x: f32[1,1,28,28]) {
+      %fc1.weight: f32[300,784] = const #5f0c2a9be013
+      %scale: f32[] = const 0.5
+      %linear: f32[1,300] = linear(%flatten, %fc1.weight, %fc1.bias) loc("fc1")
+      %a: f32[1,2,4,4], %b: f32[1,2,4,4] = split(%y) {axis=1, sizes=[2,2]}
+      return %linear
+    }
+
+One statement per line; names are kept from the source so two dumps diff cleanly. Small
+constants are written inline (exactly: floats in their shortest round-trip form);
+large ones as ``#digest`` of their bytes, the data coming from a weights mapping (the
+``.safetensors`` beside a ``.shrk`` file). Attributes are printed in the op table's order,
+all of them (defaults included). Lines starting with ``//`` are comments.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import ops
+from .graph import Graph, IRError, Value, array_digest
+from .types import TensorType, to_numpy_dtype
+
+INLINE_LIMIT = 16  # constants with at most this many elements are printed inline
+
+_IDENT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+# ============================================================================ printing
+def _name(v: Value | str) -> str:
+    n = v if isinstance(v, str) else v.name
+    return f"%{n}" if _IDENT_RE.match(n) else f"%{json.dumps(n)}"
+
+
+def _scalar(x: Any, dtype: str) -> str:
+    if dtype == "bool":
+        return "true" if x else "false"
+    if dtype in ("f32", "f16", "f64", "bf16"):
+        f = float(x)
+        if np.isnan(f):
+            return "nan"
+        if np.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        if dtype == "f64":
+            s = repr(f)
+        elif dtype == "f16":
+            s = str(np.float16(x))
+        else:  # f32; bf16 values are exact f32 values
+            s = str(np.float32(f))
+        return s if any(c in s for c in ".en") else s + ".0"
+    return str(int(x))
+
+
+def format_constant(v: Value, inline_limit: int = INLINE_LIMIT) -> str:
+    if v.type.numel > inline_limit:
+        return f"#{v.digest()}"
+    flat = [_scalar(x, v.dtype) for x in np.asarray(v.data).reshape(-1).tolist()]
+    return flat[0] if v.type.rank == 0 else "[" + ", ".join(flat) + "]"
+
+
+def format_attr(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _scalar(value, "f64")
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(format_attr(x) for x in value) + "]"
+    raise IRError(f"attribute value {value!r} has no text form")
+
+
+def print_graph(graph: Graph, inline_limit: int = INLINE_LIMIT) -> str:
+    """The text form of ``graph``."""
+    params = ", ".join(f"{_name(v)}: {v.type}" for v in graph.inputs)
+    lines = [f"graph {json.dumps(graph.name)} ({params}) {{"]
+    for v in graph.constants.values():
+        lines.append(f"  {_name(v)}: {v.type} = const {format_constant(v, inline_limit)}")
+    for n in graph.nodes:
+        outs = ", ".join(f"{_name(o)}: {o.type}" for o in n.outputs)
+        line = f"  {outs} = {n.op}({', '.join(_name(v) for v in n.inputs)})"
+        if n.attrs:
+            line += " {" + ", ".join(f"{k}={format_attr(a)}" for k, a in n.attrs.items()) + "}"
+        if n.loc:
+            line += f" loc({json.dumps(n.loc)})"
+        lines.append(line)
+    lines.append("  return " + ", ".join(_name(v) for v in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ============================================================================ parsing
+_TOKEN_RE = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<name>%(?:"(?:[^"\\]|\\.)*"|[A-Za-z0-9_.\-]+))
+  | (?P<digest>\#[0-9a-f]+)
+  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<number>[-+]?(?:inf|nan|(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)))
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_\-]*)
+  | (?P<punct>[()\[\]{},:=])
+""", re.VERBOSE)
+
+
+class _Line:
+    def __init__(self, text: str, lineno: int):
+        self.lineno, self.text = lineno, text
+        self.toks: list[tuple[str, str]] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN_RE.match(text, pos)
+            if not m:
+                self.fail(f"unexpected character {text[pos]!r}")
+            if m.lastgroup != "ws":
+                self.toks.append((m.lastgroup, m.group()))
+            pos = m.end()
+        self.i = 0
+
+    def fail(self, msg: str):
+        raise IRError(f"line {self.lineno}: {msg}\n    {self.text.strip()}")
+
+    def peek(self, value: str | None = None, kind: str | None = None) -> bool:
+        if self.i >= len(self.toks):
+            return False
+        k, v = self.toks[self.i]
+        return (value is None or v == value) and (kind is None or k == kind)
+
+    def take(self, value: str | None = None, kind: str | None = None) -> str:
+        if not self.peek(value, kind):
+            got = self.toks[self.i][1] if self.i < len(self.toks) else "end of line"
+            self.fail(f"expected {value or kind}, got {got!r}")
+        self.i += 1
+        return self.toks[self.i - 1][1]
+
+    def done(self) -> bool:
+        return self.i >= len(self.toks)
+
+    def name(self) -> str:
+        tok = self.take(kind="name")[1:]
+        return json.loads(tok) if tok.startswith('"') else tok
+
+    def type(self) -> TensorType:
+        dtype = self.take(kind="ident")
+        self.take("[")
+        dims = []
+        while not self.peek("]"):
+            dims.append(int(self.take(kind="number")))
+            if not self.peek("]"):
+                self.take(",")
+        self.take("]")
+        try:
+            return TensorType(dtype, tuple(dims))
+        except (TypeError, ValueError) as e:
+            self.fail(str(e))
+
+    def literal(self) -> Any:
+        if self.peek("["):
+            self.take("[")
+            items = []
+            while not self.peek("]"):
+                items.append(self.literal())
+                if not self.peek("]"):
+                    self.take(",")
+            self.take("]")
+            return items
+        if self.peek(kind="string"):
+            return json.loads(self.take())
+        if self.peek(kind="number"):
+            s = self.take()
+            return float(s) if any(c in s for c in ".eEn") else int(s)
+        word = self.take(kind="ident")
+        if word in ("true", "false"):
+            return word == "true"
+        if word == "none":
+            return None
+        self.fail(f"expected a value, got {word!r}")
+
+
+def _parse_constant(ln: _Line, name: str, t: TensorType, weights: Mapping[str, np.ndarray] | None,
+                    missing: str, rng: np.random.Generator) -> np.ndarray:
+    npdt = to_numpy_dtype(t.dtype)
+    if ln.peek(kind="digest"):
+        digest = ln.take()[1:]
+        if weights is not None and name in weights:
+            arr = np.asarray(weights[name])
+            if arr.shape != t.shape or arr.dtype != npdt:
+                ln.fail(f"weights for %{name} are {arr.dtype}{list(arr.shape)}, expected {t}")
+            if array_digest(arr) != digest:
+                ln.fail(f"weights for %{name} do not match digest #{digest} (corrupt or "
+                        f"mismatched weights file)")
+            return arr
+        if missing == "random":
+            return (rng.standard_normal(t.shape) * 0.1).astype(npdt)
+        ln.fail(f"constant %{name} is #{digest} but no weights were given for it")
+    lit = ln.literal()
+    arr = np.asarray(lit if t.rank else lit, dtype=np.float64 if t.is_float else None)
+    if arr.size != t.numel or (t.rank == 0 and arr.ndim != 0):
+        ln.fail(f"constant %{name}: {arr.size} values for type {t}")
+    return arr.reshape(t.shape).astype(npdt)
+
+
+def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
+                missing_weights: str = "error", seed: int = 0) -> Graph:
+    """Parse the text form. ``#digest`` constants take their data from ``weights`` (checked
+    against the digest); with ``missing_weights="random"`` absent ones are filled with
+    seeded random data (for tests that care about structure)."""
+    if missing_weights not in ("error", "random"):
+        raise ValueError("missing_weights must be 'error' or 'random'")
+    rng = np.random.default_rng(seed)
+    lines = [(i + 1, s) for i, s in enumerate(text.splitlines())
+             if s.strip() and not s.strip().startswith("//")]
+    if not lines:
+        raise IRError("empty IR text")
+    ln = _Line(lines[0][1], lines[0][0])
+    ln.take("graph")
+    g = Graph(json.loads(ln.take(kind="string")))
+    env: dict[str, Value] = {}
+
+    def lookup(l: _Line, n: str) -> Value:
+        if n not in env:
+            l.fail(f"%{n} is used before it is defined")
+        return env[n]
+
+    ln.take("(")
+    while not ln.peek(")"):
+        n = ln.name()
+        ln.take(":")
+        if n in env:
+            ln.fail(f"%{n} is defined twice")
+        env[n] = g.add_input(ln.type(), n)
+        if not ln.peek(")"):
+            ln.take(",")
+    ln.take(")")
+    ln.take("{")
+    returned = False
+    for lineno, s in lines[1:]:
+        ln = _Line(s, lineno)
+        if ln.peek("}"):
+            ln.take("}")
+            if not returned:
+                ln.fail("graph has no return")
+            return g
+        if returned:
+            ln.fail("statement after return")
+        if ln.peek("return"):
+            ln.take("return")
+            outs = []
+            while not ln.done():
+                outs.append(lookup(ln, ln.name()))
+                if not ln.done():
+                    ln.take(",")
+            g.outputs = outs
+            returned = True
+            continue
+        results = []
+        while True:
+            n = ln.name()
+            ln.take(":")
+            if n in env:
+                ln.fail(f"%{n} is defined twice")
+            results.append((n, ln.type()))
+            if not ln.peek(","):
+                break
+            ln.take(",")
+        ln.take("=")
+        if ln.peek("const"):
+            ln.take("const")
+            if len(results) != 1:
+                ln.fail("a constant defines one value")
+            n, t = results[0]
+            env[n] = g.add_constant(_parse_constant(ln, n, t, weights, missing_weights, rng), n)
+        else:
+            op = ln.take(kind="ident")
+            if op not in ops.OPS:
+                ln.fail(f"unknown op {op!r}")
+            ln.take("(")
+            args = []
+            while not ln.peek(")"):
+                args.append(lookup(ln, ln.name()))
+                if not ln.peek(")"):
+                    ln.take(",")
+            ln.take(")")
+            attrs: dict[str, Any] = {}
+            if ln.peek("{"):
+                ln.take("{")
+                while not ln.peek("}"):
+                    k = ln.take(kind="ident")
+                    ln.take("=")
+                    attrs[k] = ln.literal()
+                    if not ln.peek("}"):
+                        ln.take(",")
+                ln.take("}")
+            loc = None
+            if ln.peek("loc"):
+                ln.take("loc")
+                ln.take("(")
+                loc = json.loads(ln.take(kind="string"))
+                ln.take(")")
+            try:
+                node = g.add_node(op, args, attrs, names=[r[0] for r in results],
+                                  types=[r[1] for r in results], loc=loc)
+            except IRError as e:
+                ln.fail(str(e))
+            for o in node.outputs:
+                env[o.name] = o
+        if not ln.done():
+            ln.fail(f"unexpected {ln.toks[ln.i][1]!r}")
+    raise IRError("unterminated graph: missing '}'")
+
+
+def graph_diff(a: Graph, b: Graph, data: bool = True) -> str | None:
+    """The first difference between two graphs, or None if they are equal (structure,
+    names, types, attrs, locs and — with ``data`` — constant bytes)."""
+    ta, tb = print_graph(a, inline_limit=0), print_graph(b, inline_limit=0)
+    if ta != tb:
+        for i, (la, lb) in enumerate(zip(ta.splitlines(), tb.splitlines())):
+            if la != lb:
+                return f"line {i + 1}:\n  - {la.strip()}\n  + {lb.strip()}"
+        return "one graph has more lines than the other"
+    if data:
+        for v in a.constants.values():
+            w = b.constants[v.name]
+            if not np.array_equal(v.data, w.data, equal_nan=v.type.is_float):
+                return f"constant %{v.name} differs"
+    return None
+
+
+def graphs_equal(a: Graph, b: Graph, data: bool = True) -> bool:
+    return graph_diff(a, b, data) is None

@@ -1,0 +1,1 @@
+"""Passes: the registry, the PassManager and its instruments, one file per pass."""

@@ -1,0 +1,74 @@
+"""Resolving a MODEL argument of the command line into an IR graph.
+
+MODEL is one of:
+  * ``package.module:factory`` — a Python callable returning a ``torch.nn.Module``
+    (``--input-shape`` gives the example input; default from the zoo for zoo models),
+  * ``zoo:NAME`` — a reference model from ``shrinkc.tools.zoo`` (e.g. ``zoo:resnet18``),
+  * ``FILE.shrk`` — a graph saved by ``shrinkc.save``,
+  * ``FILE.onnx`` — an ONNX model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..ir import Graph, IRError
+
+
+class ModelSpecError(IRError):
+    """A MODEL argument that does not name a loadable model."""
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(d) for d in text.lower().replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise ModelSpecError(f"--input-shape {text!r}: expected comma-separated ints like "
+                             f"1,3,32,32") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ModelSpecError(f"--input-shape {text!r}: dims must be positive")
+    return dims
+
+
+def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
+               kwargs: dict | None = None) -> Graph:
+    """The IR graph for a MODEL argument."""
+    import torch
+
+    from ..ir.frontends.torch import trace
+    from ..ir.serialize import load
+
+    path = Path(spec)
+    if spec.endswith(".shrk"):
+        return load(path)
+    if spec.endswith(".onnx"):
+        from ..ir.frontends.onnx import load_onnx
+
+        if not path.is_file():
+            raise ModelSpecError(f"{spec}: no such file")
+        shapes = {"*": input_shape} if input_shape else None
+        return load_onnx(path, input_shapes=shapes)
+    if spec.startswith("zoo:"):
+        from . import zoo
+
+        name = spec[4:]
+        model = zoo.get_model(name, **(kwargs or {}))
+        shape = input_shape or zoo.default_input_shape(name)
+    elif ":" in spec:
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelSpecError(f"{spec}: cannot import {attr} from {mod_name}: {e}") from None
+        model = factory(**(kwargs or {}))
+        if input_shape is None:
+            raise ModelSpecError(f"{spec}: give --input-shape (e.g. 1,3,32,32)")
+        shape = input_shape
+    else:
+        raise ModelSpecError(f"{spec}: MODEL must be zoo:NAME, package.module:factory, a .shrk "
+                             f"or a .onnx file")
+    torch.manual_seed(0)
+    return trace(model, (torch.randn(*shape),), name=spec.split(":")[-1])
