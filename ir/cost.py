@@ -1,8 +1,8 @@
 """Cost of nodes and graphs: MACs, FLOPs, parameters and bytes, from the op table.
 
-MACs come from each op's ``macs_fn`` (textbook formulas for conv2d / linear / matmul);
-FLOPs are ``2 * MACs`` for ops that multiply-accumulate and one per output element for
-the rest. A constant's parameters and bytes are charged to the first node that uses it
+MACs come from each op's ``macs_fn`` (textbook formulas for conv2d / conv_transpose2d /
+linear / matmul; 0 for other ops); FLOPs are ``2 * MACs`` plus each op's element-wise
+work (``flops_fn``: one per output element for activations, the window for pools, …). A constant's parameters and bytes are charged to the first node that uses it
 (shared weights count once); bytes use the constant's encoding when it has one.
 """
 
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from . import ops
 from .graph import Graph, Node
 
-MAC_OPS = frozenset({"conv2d", "conv_transpose2d", "linear", "matmul"})
 
 
 @dataclass
@@ -54,8 +53,9 @@ def graph_cost(graph: Graph) -> GraphCost:
     seen: set[int] = set()
     result = GraphCost()
     for node in graph.nodes:
-        macs = node_macs(node)
-        c = Cost(macs=macs, flops=2 * macs if node.op in MAC_OPS else macs)
+        opdef = ops.get(node.op)
+        ins, outs = [v.type for v in node.inputs], [o.type for o in node.outputs]
+        c = Cost(macs=opdef.macs(ins, outs, node.attrs), flops=opdef.flops(ins, outs, node.attrs))
         for v in node.inputs:
             if v.is_constant and id(v) not in seen:
                 seen.add(id(v))

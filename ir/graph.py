@@ -5,7 +5,7 @@ A ``Value`` is an SSA value: a graph input (no producer, no data), a constant (a
 the op table (``ir.ops``) to input values and defines output values. A ``Graph`` keeps its
 nodes in topological order and is changed only through a few verbs that keep use-lists
 right: ``add_node``, ``add_constant``, ``add_input``, ``set_input``, ``replace_all_uses``,
-``erase``, ``toposort``, ``dce``, ``clone``, ``fresh_name``.
+``erase``, ``rename``, ``toposort``, ``dce``, ``clone``, ``fresh_name``.
 """
 
 from __future__ import annotations
@@ -231,17 +231,34 @@ class Graph:
         node.inputs[index] = value
         value.uses.append(node)
 
-    def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Every use of ``old`` (operands and graph outputs) now uses ``new``."""
+    def replace_all_uses(self, old: Value, new: Value, exclude: Iterable[Node] = ()) -> None:
+        """Every use of ``old`` (operands and graph outputs) now uses ``new`` — except uses
+        by the nodes in ``exclude`` (e.g. the node that computes ``new`` from ``old``)."""
         if old is new:
             return
-        for node in list(old.uses):
+        skip = {id(n) for n in exclude}
+        for node in list(dict.fromkeys(old.uses)):
+            if id(node) in skip:
+                continue
             for i, v in enumerate(node.inputs):
                 if v is old:
                     node.inputs[i] = new
                     new.uses.append(node)
-        old.uses.clear()
+                    old.uses.remove(node)
         self.outputs = [new if v is old else v for v in self.outputs]
+
+    def rename(self, value: Value, name: str) -> None:
+        """Give ``value`` an unused ``name`` (a constant keeps its place in the table)."""
+        if name == value.name:
+            return
+        if name in self._names:
+            raise IRError(f"cannot rename %{value.name} to %{name}: the name is taken")
+        if value.is_constant and self.constants.get(value.name) is value:
+            self.constants = {(name if k == value.name else k): v
+                              for k, v in self.constants.items()}
+        self._names.discard(value.name)
+        self._names.add(name)
+        value.name = name
 
     def erase(self, node: Node) -> None:
         """Remove a node whose outputs are unused."""

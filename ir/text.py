@@ -309,10 +309,13 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
                 loc = json.loads(ln.take(kind="string"))
                 ln.take(")")
             try:
-                node = g.add_node(op, args, attrs, names=[r[0] for r in results],
-                                  types=[r[1] for r in results], loc=loc)
+                node = g.add_node(op, args, attrs, names=[r[0] for r in results], loc=loc)
             except IRError as e:
                 ln.fail(str(e))
+            declared = [r[1] for r in results]
+            if [o.type for o in node.outputs] != declared:
+                ln.fail(f"declared {', '.join(map(str, declared))} but {op} gives "
+                        f"{', '.join(str(o.type) for o in node.outputs)}")
             for o in node.outputs:
                 env[o.name] = o
         if not ln.done():

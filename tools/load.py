@@ -24,7 +24,7 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        dims = tuple(int(d) for d in text.lower().replace("x", ",").split(",") if d.strip())
+        dims = tuple(int(d) for d in text.lower().replace("x", ",").split(","))
     except ValueError:
         raise ModelSpecError(f"--input-shape {text!r}: expected comma-separated ints like "
                              f"1,3,32,32") from None

@@ -92,6 +92,8 @@ class OpDef:
     attrs: dict[str, Attr] = field(default_factory=dict)
     kind: str = "other"  # unary | binary | nn | norm | pool | reduce | shape | quant | other
     macs_fn: Callable[[list[TensorType], list[TensorType], dict], int] = _no_macs
+    # FLOPs besides 2*MACs: element-wise work (activations, norms, pools, reductions)
+    flops_fn: Callable[[list[TensorType], list[TensorType], dict], int] = _no_macs
     infer_fn: Callable[[list[TensorType], dict], list[TensorType]] | None = None
     check_fn: Callable[[list[TensorType], dict], str | None] | None = None  # a readable reason
     doc: str = ""
@@ -142,7 +144,12 @@ class OpDef:
             raise IRError(f"op {self.name} cannot take ({shapes}) with {attrs}: {msg}") from None
 
     def macs(self, ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict) -> int:
+        """Multiply-accumulates (conv, linear, matmul); 0 for other ops."""
         return int(self.macs_fn(list(ins), list(outs), attrs))
+
+    def flops(self, ins: Sequence[TensorType], outs: Sequence[TensorType], attrs: dict) -> int:
+        """Floating-point operations: 2 per MAC plus the op's element-wise work."""
+        return 2 * self.macs(ins, outs, attrs) + int(self.flops_fn(list(ins), list(outs), attrs))
 
 
 OPS: dict[str, OpDef] = {}

@@ -16,7 +16,7 @@ def _numel(i, o, a):
 
 
 def _unary(name: str, fn, doc: str, **attrs) -> None:
-    register(OpDef(name, ("x",), fn, attrs=attrs, kind="unary", macs_fn=_numel, doc=doc))
+    register(OpDef(name, ("x",), fn, attrs=attrs, kind="unary", flops_fn=_numel, doc=doc))
 
 
 def relu(x):
@@ -118,5 +118,5 @@ pow_.__name__ = "pow"
 
 for _name, _fn, _doc in (("add", add, "a + b"), ("sub", sub, "a - b"), ("mul", mul, "a * b"),
                          ("div", div, "a / b (true division)"), ("pow", pow_, "a ** b")):
-    register(OpDef(_name, ("a", "b"), _fn, kind="binary", macs_fn=_numel,
+    register(OpDef(_name, ("a", "b"), _fn, kind="binary", flops_fn=_numel,
                    doc=f"{_doc}, numpy broadcasting."))

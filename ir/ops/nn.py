@@ -118,7 +118,7 @@ def _bn_check(ts, a):
 register(OpDef(
     "batch_norm", ("x", "weight", "bias", "mean", "var"), batch_norm, kind="norm",
     attrs={"eps": Attr("float", 1e-5)}, check_fn=_bn_check,
-    macs_fn=lambda i, o, a: o[0].numel,
+    flops_fn=lambda i, o, a: o[0].numel,
     doc="inference batch norm over dim 1 with running statistics."))
 
 
@@ -129,7 +129,7 @@ def layer_norm(x, weight=None, bias=None, *, normalized_shape, eps):
 register(OpDef(
     "layer_norm", ("x", "weight?", "bias?"), layer_norm, kind="norm",
     attrs={"normalized_shape": Attr("ints"), "eps": Attr("float", 1e-5)},
-    macs_fn=lambda i, o, a: o[0].numel,
+    flops_fn=lambda i, o, a: o[0].numel,
     doc="layer norm over the trailing normalized_shape dims."))
 
 
@@ -144,7 +144,7 @@ register(OpDef(
                             and ts[0].shape[1] % a["num_groups"] == 0
                             else f"{ts[0].shape[1] if ts[0].rank > 1 else '?'} channels "
                                  f"not divisible into {a['num_groups']} groups"),
-    macs_fn=lambda i, o, a: o[0].numel,
+    flops_fn=lambda i, o, a: o[0].numel,
     doc="group norm over dim 1."))
 
 
@@ -153,7 +153,7 @@ def softmax(x, *, axis):
 
 
 register(OpDef("softmax", ("x",), softmax, kind="reduce", attrs={"axis": Attr("int", -1)},
-               macs_fn=lambda i, o, a: o[0].numel, doc="softmax along axis."))
+               flops_fn=lambda i, o, a: o[0].numel, doc="softmax along axis."))
 
 
 def log_softmax(x, *, axis):
@@ -161,7 +161,7 @@ def log_softmax(x, *, axis):
 
 
 register(OpDef("log_softmax", ("x",), log_softmax, kind="reduce",
-               attrs={"axis": Attr("int", -1)}, macs_fn=lambda i, o, a: o[0].numel,
+               attrs={"axis": Attr("int", -1)}, flops_fn=lambda i, o, a: o[0].numel,
                doc="log-softmax along axis."))
 
 
@@ -174,7 +174,7 @@ register(OpDef(
     "max_pool2d", ("x",), max_pool2d, kind="pool",
     attrs={"kernel": Attr(PAIR), "stride": Attr(PAIR), "padding": Attr(PAIR, (0, 0)),
            "dilation": Attr(PAIR, (1, 1)), "ceil_mode": Attr("bool", False)},
-    macs_fn=lambda i, o, a: o[0].numel * _prod(a["kernel"]),
+    flops_fn=lambda i, o, a: o[0].numel * _prod(a["kernel"]),
     doc="2-D max pooling."))
 
 
@@ -186,7 +186,7 @@ register(OpDef(
     "avg_pool2d", ("x",), avg_pool2d, kind="pool",
     attrs={"kernel": Attr(PAIR), "stride": Attr(PAIR), "padding": Attr(PAIR, (0, 0)),
            "ceil_mode": Attr("bool", False), "count_include_pad": Attr("bool", True)},
-    macs_fn=lambda i, o, a: o[0].numel * _prod(a["kernel"]),
+    flops_fn=lambda i, o, a: o[0].numel * _prod(a["kernel"]),
     doc="2-D average pooling."))
 
 
@@ -197,7 +197,7 @@ def adaptive_avg_pool2d(x, *, output_size):
 register(OpDef(
     "adaptive_avg_pool2d", ("x",), adaptive_avg_pool2d, kind="pool",
     attrs={"output_size": Attr(PAIR)},
-    macs_fn=lambda i, o, a: i[0].numel,
+    flops_fn=lambda i, o, a: i[0].numel,
     doc="2-D adaptive average pooling to output_size."))
 
 

@@ -65,14 +65,14 @@ register(OpDef(
     check_fn=lambda ts, a: (f"dtype must be one of {sorted(_RANGES)}" if a["dtype"] not in _RANGES
                             else (f"input must be float, got {ts[0]}" if not ts[0].is_float
                                   else _qcheck(ts, a, a["dtype"]))),
-    macs_fn=lambda i, o, a: o[0].numel,
+    flops_fn=lambda i, o, a: o[0].numel,
     doc="float -> integer: clamp(round(x / scale) + zero_point)."))
 register(OpDef(
     "dequantize", ("q", "scale", "zero_point"), dequantize, kind="quant",
     attrs={"axis": Attr("int", None, optional=True)},
     check_fn=lambda ts, a: (f"input must be an integer tensor, got {ts[0]}" if ts[0].is_float
                             else _qcheck(ts, a, ts[0].dtype)),
-    macs_fn=lambda i, o, a: o[0].numel,
+    flops_fn=lambda i, o, a: o[0].numel,
     doc="integer -> f32: (q - zero_point) * scale."))
 register(OpDef("cast", ("x",), cast, kind="unary", attrs={"dtype": Attr("dtype")},
                doc="convert the element type."))

@@ -108,7 +108,7 @@ register(OpDef("expand", ("x",), expand, kind="shape", attrs={"shape": Attr("int
                doc="broadcast to a static shape (numpy rules)."))
 register(OpDef("mean", ("x",), mean, kind="reduce",
                attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
-               macs_fn=lambda i, o, a: i[0].numel, doc="mean over axes."))
+               flops_fn=lambda i, o, a: i[0].numel, doc="mean over axes."))
 register(OpDef("sum", ("x",), sum_, kind="reduce",
                attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
-               macs_fn=lambda i, o, a: i[0].numel, doc="sum over axes."))
+               flops_fn=lambda i, o, a: i[0].numel, doc="sum over axes."))

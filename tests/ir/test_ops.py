@@ -1,0 +1,157 @@
+"""The op table: every op has inference, cost and a reference, and they agree."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shrinkc.ir import Graph, IRError, TensorType, ops
+from shrinkc.ir.cost import graph_cost, node_macs
+from shrinkc.ir.types import to_torch_dtype
+
+
+def T(shape, dtype="f32"):
+    return TensorType(dtype, tuple(shape))
+
+
+# One sample invocation per op: operand types and attributes.
+SAMPLES = {
+    "conv2d": ([T((1, 4, 9, 9)), T((6, 2, 3, 3)), T((6,))],
+               {"stride": (2, 2), "padding": (1, 1), "groups": 2}),
+    "conv_transpose2d": ([T((1, 4, 5, 5)), T((4, 3, 3, 3)), T((3,))],
+                         {"stride": (2, 2), "padding": (1, 1), "output_padding": (1, 1)}),
+    "linear": ([T((2, 5, 8)), T((3, 8)), T((3,))], {}),
+    "matmul": ([T((2, 4, 5)), T((5, 6))], {}),
+    "batch_norm": ([T((1, 3, 4, 4))] + [T((3,))] * 4, {"eps": 1e-3}),
+    "layer_norm": ([T((2, 5, 8)), T((8,)), T((8,))], {"normalized_shape": (8,)}),
+    "group_norm": ([T((1, 6, 4, 4)), T((6,)), T((6,))], {"num_groups": 3}),
+    "softmax": ([T((2, 7))], {"axis": -1}),
+    "log_softmax": ([T((2, 7))], {"axis": 1}),
+    "max_pool2d": ([T((1, 2, 9, 9))], {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)}),
+    "avg_pool2d": ([T((1, 2, 8, 8))], {"kernel": (2, 2), "stride": (2, 2)}),
+    "adaptive_avg_pool2d": ([T((1, 2, 8, 8))], {"output_size": (1, 1)}),
+    "embedding": ([T((2, 3), "i64"), T((10, 4))], {}),
+    "relu": ([T((3, 4))], {}), "hardtanh": ([T((3, 4))], {"min_val": 0.0, "max_val": 6.0}),
+    "gelu": ([T((3, 4))], {"approximate": "tanh"}), "silu": ([T((3, 4))], {}),
+    "sigmoid": ([T((3, 4))], {}), "tanh": ([T((3, 4))], {}), "hardswish": ([T((3, 4))], {}),
+    "hardsigmoid": ([T((3, 4))], {}), "identity": ([T((3, 4))], {}),
+    "dropout": ([T((3, 4))], {"p": 0.1}), "neg": ([T((3, 4))], {}), "sqrt": ([T((3, 4))], {}),
+    "exp": ([T((3, 4))], {}), "erf": ([T((3, 4))], {}),
+    "add": ([T((2, 3, 4)), T((4,))], {}), "sub": ([T((2, 1, 4)), T((3, 1))], {}),
+    "mul": ([T((2, 3)), T(())], {}), "div": ([T((2, 3)), T((2, 3))], {}),
+    "pow": ([T((2, 3)), T(())], {}),
+    "reshape": ([T((2, 3, 4))], {"shape": (6, 4)}),
+    "flatten": ([T((2, 3, 4, 5))], {"start_dim": 1}),
+    "permute": ([T((2, 3, 4))], {"perm": (0, 2, 1)}),
+    "concat": ([T((1, 2, 4)), T((1, 3, 4))], {"axis": 1}),
+    "split": ([T((1, 5, 4))], {"axis": 1, "sizes": (2, 3)}),
+    "slice": ([T((1, 10, 4))], {"axis": 1, "start": 1, "end": 9, "step": 3}),
+    "expand": ([T((1, 3, 1))], {"shape": (2, 3, 4)}),
+    "mean": ([T((2, 3, 4, 4))], {"axes": (2, 3), "keepdim": True}),
+    "sum": ([T((2, 3, 4))], {"axes": (1,)}),
+    "quantize": ([T((1, 3, 2, 2)), T((3,)), T((3,), "i8")], {"dtype": "i8", "axis": 1}),
+    "dequantize": ([T((1, 3, 2, 2), "u8"), T(()), T((), "u8")], {}),
+    "cast": ([T((3, 4))], {"dtype": "i32"}),
+}
+
+
+def sample_tensor(t: TensorType, gen: torch.Generator) -> torch.Tensor:
+    if t.dtype in ("f32", "f64", "f16", "bf16"):
+        return (torch.rand(t.shape, generator=gen) + 0.5).to(to_torch_dtype(t.dtype))
+    return torch.randint(0, 4, t.shape, generator=gen).to(to_torch_dtype(t.dtype))
+
+
+def test_samples_cover_every_op():
+    assert set(SAMPLES) == set(ops.OPS), "add a sample for new ops"
+
+
+@pytest.mark.parametrize("name", sorted(ops.OPS))
+def test_op_has_inference_cost_and_reference(name):
+    opdef = ops.get(name)
+    assert opdef.doc and callable(opdef.ref) and opdef.kind
+    types, attrs = SAMPLES[name]
+    attrs = opdef.complete_attrs(attrs)
+    inferred = opdef.infer(types, attrs)
+    gen = torch.Generator().manual_seed(0)
+    out = opdef.ref(*[sample_tensor(t, gen) for t in types], **attrs)
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    assert [TensorType.of(o) for o in outs] == inferred
+    assert opdef.macs(types, inferred, attrs) >= 0
+    for k, spec in opdef.attrs.items():
+        assert spec.kind in ops.ATTR_KINDS, f"{name}.{k}"
+
+
+def _graph_with(op, types, attrs):
+    g = Graph("t")
+    vals = [g.add_input(types[0], "x")] + [g.add_constant(np.ones(t.shape, np.float32))
+                                            for t in types[1:]]
+    n = g.add_node(op, vals, attrs)
+    g.outputs = list(n.outputs)
+    return g, n
+
+
+def test_conv2d_macs_textbook_formula():
+    # MACs = H_out * W_out * C_out * (C_in / groups) * K_h * K_w (per batch element)
+    g, n = _graph_with("conv2d", [T((2, 8, 16, 16)), T((12, 4, 3, 5))],
+                       {"stride": (2, 1), "padding": (1, 2), "groups": 2})
+    (_, c, h, w) = n.output.shape
+    assert (c, h, w) == (12, 8, 16)
+    assert node_macs(n) == 2 * h * w * 12 * 4 * 3 * 5
+    cost = graph_cost(g)
+    assert cost.total.flops == 2 * node_macs(n) and cost.params == 12 * 4 * 3 * 5
+
+
+def test_linear_macs_textbook_formula():
+    g, n = _graph_with("linear", [T((4, 7, 32)), T((10, 32)), T((10,))], {})
+    assert node_macs(n) == 4 * 7 * 10 * 32
+    assert graph_cost(g).params == 10 * 32 + 10
+
+
+def test_shared_weight_counted_once():
+    g = Graph("t")
+    x = g.add_input(T((1, 8)), "x")
+    w = g.add_constant(np.ones((8, 8), np.float32), "w")
+    a = g.add_node("linear", [x, w])
+    b = g.add_node("linear", [a.output, w])
+    g.outputs = [b.output]
+    c = graph_cost(g)
+    assert c.total.params == 64 and c.nodes[1].cost.params == 0 and c.total.macs == 128
+
+
+def test_references_match_torch():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, 6, generator=gen)
+    w = torch.randn(4, 1, 3, 3, generator=gen)
+    ref = ops.get("conv2d").ref(x, w, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=4)
+    torch.testing.assert_close(ref, F.conv2d(x, w, None, 1, 1, 1, 4))
+    bn = [torch.rand(4, generator=gen) + 0.5 for _ in range(4)]
+    torch.testing.assert_close(
+        ops.get("batch_norm").ref(x, *bn, eps=1e-5),
+        F.batch_norm(x, bn[2], bn[3], bn[0], bn[1], False, 0.0, 1e-5))
+
+
+def test_quantize_dequantize_per_channel():
+    x = torch.tensor([[0.0, 0.26, -1.0], [10.0, -10.0, 0.5]])
+    scale = torch.tensor([0.1, 0.05])
+    zp = torch.tensor([0, 3], dtype=torch.int8)
+    q = ops.get("quantize").ref(x, scale, zp, dtype="i8", axis=0)
+    assert q.dtype == torch.int8
+    assert q.tolist() == [[0, 3, -10], [127, -128, 13]]  # round-half-even, clamped
+    d = ops.get("dequantize").ref(q, scale, zp, axis=0)
+    torch.testing.assert_close(d, torch.tensor([[0.0, 0.3, -1.0], [6.2, -6.55, 0.5]]))
+
+
+def test_invalid_invocations_name_the_problem():
+    with pytest.raises(IRError, match="input .* does not match weight"):
+        ops.get("linear").infer([T((2, 5)), T((3, 4))], {})
+    with pytest.raises(IRError, match="sizes \\[2, 2\\] do not add up"):
+        ops.get("split").infer([T((1, 5))], {"axis": 1, "sizes": (2, 2)})
+    with pytest.raises(IRError, match="cannot reshape"):
+        ops.get("reshape").infer([T((2, 3))], {"shape": (4, 2)})
+    with pytest.raises(IRError, match="per-channel scale needs an axis"):
+        ops.get("quantize").infer([T((3, 2)), T((3,)), T((3,), "i8")],
+                                  {"dtype": "i8", "axis": None})
+    with pytest.raises(IRError, match="expected ints"):
+        ops.get("conv2d").complete_attrs({"stride": 2})
+    with pytest.raises(IRError, match="needs attribute normalized_shape"):
+        ops.get("layer_norm").complete_attrs({})

@@ -1,0 +1,96 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from shrinkc import TraceError, to_torch, trace
+from shrinkc.ir.verify import verify
+
+
+def test_every_reference_model_round_trips(reference_graphs, reference_names):
+    for name in reference_names:
+        model, x, g = reference_graphs(name)
+        verify(g)
+        with torch.no_grad():
+            for seed in (0, 1):
+                xi = x if seed == 0 else torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+                torch.testing.assert_close(to_torch(g)(xi), model(xi), atol=1e-5, rtol=1e-5,
+                                           msg=name)
+
+
+def test_weights_and_locations_come_from_the_module(reference_graphs):
+    model, _, g = reference_graphs("resnet18")
+    state = model.state_dict()
+    for name, v in g.constants.items():
+        if name in state:
+            assert (state[name].numpy() == v.data).all()
+    params = {k for k, _ in model.named_parameters()}
+    assert params <= set(g.constants)
+    conv = next(n for n in g.nodes if n.op == "conv2d" and n.loc and "layer2.0" in n.loc)
+    assert conv.loc.startswith("layer2.0.") and conv.inputs[1].name == f"{conv.loc}.weight"
+
+
+class _Sub(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, 1)
+
+
+class _Unmappable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = _Sub()
+
+    def forward(self, x):
+        return self.inner(x) + 1
+
+
+def test_unmappable_op_names_op_module_and_line():
+    with pytest.raises(TraceError) as e:
+        trace(_Unmappable(), (torch.randn(2, 3),))
+    msg = str(e.value)
+    assert "aten.cumsum.default" in msg and "module inner" in msg
+    assert "test_torch_frontend.py" in msg and "return torch.cumsum(x, 1)" not in msg
+
+
+def test_non_module_is_refused():
+    with pytest.raises(TraceError, match="expects a torch.nn.Module, got function"):
+        trace(lambda x: x, (torch.randn(1),))
+    with pytest.raises(TraceError, match="example input 0 is a list"):
+        trace(nn.ReLU(), ([1, 2],))
+
+
+class _Branchy(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def test_data_dependent_branch_is_refused():
+    with pytest.raises(TraceError, match="data-dependent control flow"):
+        trace(_Branchy(), (torch.randn(3),))
+
+
+class _Kw(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, *, scale):
+        return self.fc(x) * scale, x.mean(-1)
+
+
+def test_keyword_inputs_and_multiple_outputs():
+    m = _Kw().eval()
+    x, s = torch.randn(2, 4), torch.randn(2, 1)
+    g = trace(m, (x,), kwargs={"scale": s})
+    assert [v.name for v in g.inputs] == ["x", "scale"] and len(g.outputs) == 2
+    a, b = to_torch(g)(x, s)
+    ra, rb = m(x, scale=s)
+    torch.testing.assert_close(a, ra) and torch.testing.assert_close(b, rb)
+
+
+def test_model_left_in_its_mode():
+    m = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+    m.train()
+    g = trace(m, (torch.randn(1, 3),))
+    assert m.training and [n.op for n in g.nodes] == ["linear", "dropout"]
