@@ -88,7 +88,8 @@ def print_graph(graph: Graph, inline_limit: int = INLINE_LIMIT) -> str:
     params = ", ".join(f"{_name(v)}: {v.type}" for v in graph.inputs)
     lines = [f"graph {json.dumps(graph.name)} ({params}) {{"]
     for v in graph.constants.values():
-        lines.append(f"  {_name(v)}: {v.type} = const {format_constant(v, inline_limit)}")
+        enc = f" as {v.encoding}" if v.encoding is not None else ""
+        lines.append(f"  {_name(v)}: {v.type} = const {format_constant(v, inline_limit)}{enc}")
     for n in graph.nodes:
         outs = ", ".join(f"{_name(o)}: {o.type}" for o in n.outputs)
         line = f"  {outs} = {n.op}({', '.join(_name(v) for v in n.inputs)})"
@@ -211,6 +212,26 @@ def _parse_constant(ln: _Line, name: str, t: TensorType, weights: Mapping[str, n
     return arr.reshape(t.shape).astype(npdt)
 
 
+def _parse_encoding(ln: _Line):
+    from .encoding import make_encoding
+
+    ln.take("as")
+    name = ln.take(kind="ident")
+    params: dict[str, Any] = {}
+    ln.take("(")
+    while not ln.peek(")"):
+        k = ln.take(kind="ident")
+        ln.take("=")
+        params[k] = ln.literal()
+        if not ln.peek(")"):
+            ln.take(",")
+    ln.take(")")
+    try:
+        return make_encoding(name, params)
+    except IRError as e:
+        ln.fail(str(e))
+
+
 def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
                 missing_weights: str = "error", seed: int = 0) -> Graph:
     """Parse the text form. ``#digest`` constants take their data from ``weights`` (checked
@@ -281,6 +302,8 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
                 ln.fail("a constant defines one value")
             n, t = results[0]
             env[n] = g.add_constant(_parse_constant(ln, n, t, weights, missing_weights, rng), n)
+            if ln.peek("as"):
+                env[n].encoding = _parse_encoding(ln)
         else:
             op = ln.take(kind="ident")
             if op not in ops.OPS:

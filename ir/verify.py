@@ -46,6 +46,10 @@ def verify(graph: Graph) -> None:
             _fail(graph, None, f"constant table key {name} != value name %{v.name}")
         if tuple(v.data.shape) != v.type.shape:
             _fail(graph, None, f"constant %{name} data shape {v.data.shape} != type {v.type}")
+        if v.encoding is not None:
+            reason = v.encoding.check(v.data)
+            if reason:
+                _fail(graph, None, f"constant %{name} stored as {v.encoding} {reason}")
         define(v)
 
     for node in graph.nodes:
