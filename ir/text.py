@@ -30,7 +30,7 @@ from . import ops
 from .graph import Graph, IRError, Value, array_digest
 from .types import TensorType, to_numpy_dtype
 
-INLINE_LIMIT = 16  # constants with at most this many elements are printed inline
+INLINE_LIMIT = 8  # constants with at most this many elements are printed inline
 
 _IDENT_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except (IRError, ValueError, FileNotFoundError) as e:
         print(f"shrinkc: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `shrinkc inspect … | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("shrinkc: interrupted", file=sys.stderr)
         return 130
