@@ -15,8 +15,14 @@ def _numel(i, o, a):
     return o[0].numel
 
 
+def _same_type(types, attrs):
+    return [types[0]]
+
+
 def _unary(name: str, fn, doc: str, **attrs) -> None:
-    register(OpDef(name, ("x",), fn, attrs=attrs, kind="unary", flops_fn=_numel, doc=doc))
+    # same type out as in: no need to run the reference on meta tensors (it is slow)
+    register(OpDef(name, ("x",), fn, attrs=attrs, kind="unary", flops_fn=_numel,
+                   infer_fn=_same_type, doc=doc))
 
 
 def relu(x):

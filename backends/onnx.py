@@ -1,0 +1,721 @@
+"""ONNX backend: IR → ``.onnx`` through onnx-graphsurgeon, and running it in ONNX Runtime.
+
+``to_onnx(graph, path, opset=17)`` builds a graphsurgeon graph with one exporter per IR op
+(``EXPORTERS``, keyed by the op table's names; a test checks every op has one), exports it,
+checks it with ``onnx.checker`` (full check, with shape inference) and writes it atomically
+(a temp file renamed into place; nothing is written on error). The file is saved with IR
+version 10 (onnx 1.23 writes 14 by default, which onnxruntime 1.31 rejects); beyond 2 GB the
+weights go to ``<name>.data`` beside it (external data).
+
+Names: ONNX tensor names are the IR value names; an ONNX node is named after its ``loc`` (or
+its first output) — made unique, since onnxruntime refuses duplicate node names — and keeps
+the exact ``loc`` in its ``shrinkc.loc`` metadata, which ``load_onnx`` reads back, so ONNX →
+IR → ONNX → IR gives an equal graph. An IR op that needs several ONNX nodes (``linear`` on
+3-D input, ``gelu`` below opset 20, ``group_norm`` below 21, …) is written as the pattern that
+the frontend fuses back where it can. Quantized graphs export as QDQ (QuantizeLinear /
+DequantizeLinear, per-tensor or per-channel ``axis``). Opsets 13–21.
+
+``OnnxRuntimeSession`` / ``run_onnxruntime`` run a model (path, bytes or ModelProto) on the
+CPU with a configurable number of intra-op threads (default: the cores this process may use).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..ir import ops
+from ..ir.frontends.onnx import LOC_KEY, ONNX_DTYPES, OPSET_MAX, OPSET_MIN
+from ..ir.graph import Graph, IRError, Node, Value
+from ..ir.interpreter import as_tensor
+from ..ir.types import to_numpy_dtype
+
+log = logging.getLogger(__name__)
+
+IR_VERSION = 10  # what onnxruntime 1.31 accepts (onnx 1.23 would write 14)
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**24  # bytes; above this the weights go to a .data file
+_IR_TO_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
+
+
+class OnnxExportError(IRError):
+    """A graph that cannot be written as ONNX (or a file that cannot be written)."""
+
+
+# ============================================================================ context
+class _Ex:
+    """State while exporting one graph: IR value → graphsurgeon tensor, names, nodes."""
+
+    def __init__(self, graph: Graph, opset: int):
+        self.g, self.opset = graph, opset
+        self.tensors: dict[int, gs.Tensor] = {}
+        self.consts: dict[tuple[str, str], gs.Constant] = {}
+        self.nodes: list[gs.Node] = []
+        self.locs: dict[str, str] = {}  # ONNX node name -> loc ("" = none)
+        self.taken = {v.name for v in graph.values()}
+        self.node_names: set[str] = set()
+        self.node: Node | None = None
+
+    def fail(self, msg: str) -> NoReturn:
+        where = f"node {self.node.describe()} ({self.node.op})" if self.node else "graph"
+        raise OnnxExportError(f"to_onnx: {where}: {msg}")
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+    # ------------------------------------------------------------------ tensors
+    def x(self, v: Value, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+          tag: str = "") -> gs.Tensor:
+        """The tensor for ``v``; a constant (optionally ``transform``ed) keeps its IR name the
+        first time it is written, later variants get fresh names."""
+        if v.is_constant:
+            key = (v.name, tag)
+            if key not in self.consts:
+                data = np.asarray(v.data)
+                if transform is not None:
+                    data = transform(data).copy(order="C")
+                first = not any(k[0] == v.name for k in self.consts)
+                name = v.name if first else self.fresh(f"{v.name}_{tag or 'c'}")
+                self.consts[key] = gs.Constant(name, data)
+            return self.consts[key]
+        if id(v) not in self.tensors:
+            self.fail(f"operand %{v.name} is not defined before this node")
+        return self.tensors[id(v)]
+
+    def out(self, v: Value) -> gs.Variable:
+        t = gs.Variable(v.name, dtype=to_numpy_dtype(v.dtype), shape=list(v.shape))
+        self.tensors[id(v)] = t
+        return t
+
+    def tmp(self, suffix: str, dtype: str, shape: Sequence[int] | None = None) -> gs.Variable:
+        base = self.node.outputs[0].name if self.node is not None else "t"
+        return gs.Variable(self.fresh(f"{base}_{suffix}"), dtype=to_numpy_dtype(dtype),
+                           shape=None if shape is None else list(shape))
+
+    def const(self, data: Any, suffix: str, dtype: str | None = None) -> gs.Constant:
+        arr = np.asarray(data, dtype=to_numpy_dtype(dtype) if dtype else None)
+        base = self.node.outputs[0].name if self.node is not None else "c"
+        return gs.Constant(self.fresh(f"{base}_{suffix}"), arr.copy(order="C"))
+
+    def i64(self, values: Sequence[int], suffix: str) -> gs.Constant:
+        return self.const(np.array(list(values), dtype=np.int64), suffix)
+
+    # ------------------------------------------------------------------ nodes
+    def emit(self, op: str, inputs: Sequence[gs.Tensor | None], outputs: Sequence[gs.Tensor],
+             attrs: dict[str, Any] | None = None) -> gs.Node:
+        loc = self.node.loc if self.node is not None else None
+        first = outputs[0].name
+        base = loc or first
+        name = base if base not in self.node_names else (
+            f"{loc}/{first}" if loc else first)
+        i = 0
+        while name in self.node_names:
+            i += 1
+            name = f"{base}_{i}"
+        self.node_names.add(name)
+        self.locs[name] = loc or ""
+        ins = [t if t is not None else gs.Variable.empty() for t in inputs]
+        node = gs.Node(op, name=name, attrs={k: v for k, v in (attrs or {}).items()
+                                             if v is not None},
+                       inputs=ins, outputs=list(outputs))
+        self.nodes.append(node)
+        return node
+
+    def one(self, op: str, node: Node, inputs: Sequence[gs.Tensor | None],
+            attrs: dict[str, Any] | None = None) -> None:
+        """The common case: one ONNX node computes the IR node's outputs."""
+        self.emit(op, inputs, [self.out(o) for o in node.outputs], attrs)
+
+
+Exporter = Callable[[_Ex, Node], None]
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def _exports(*names: str) -> Callable[[Exporter], Exporter]:
+    def deco(fn: Exporter) -> Exporter:
+        for name in names:
+            EXPORTERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _pads(p: Sequence[int]) -> list[int]:
+    return [int(p[0]), int(p[1]), int(p[0]), int(p[1])]
+
+
+def _T(a: np.ndarray) -> np.ndarray:
+    return a.T
+
+
+# ============================================================================ exporters
+# ---------------------------------------------------------------------------- simple ones
+_SIMPLE = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "neg": "Neg", "sqrt": "Sqrt",
+           "exp": "Exp", "erf": "Erf", "identity": "Identity", "matmul": "MatMul"}
+
+
+@_exports(*_SIMPLE)
+def _simple(e: _Ex, n: Node) -> None:
+    e.one(_SIMPLE[n.op], n, [e.x(v) for v in n.inputs])
+
+
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "pow": "Pow"}
+
+
+@_exports(*_BINARY)
+def _binary(e: _Ex, n: Node) -> None:
+    """ONNX wants equal operand types: operands are cast to the result's type (int div)."""
+    want = n.output.dtype
+    ins = []
+    for i, v in enumerate(n.inputs):
+        t = e.x(v)
+        if v.dtype != want:
+            c = e.tmp(f"cast{i}", want, v.shape)
+            e.emit("Cast", [t], [c], {"to": _IR_TO_ONNX[want]})
+            t = c
+        ins.append(t)
+    e.one(_BINARY[n.op], n, ins)
+
+
+@_exports("cast")
+def _cast(e: _Ex, n: Node) -> None:
+    e.one("Cast", n, [e.x(n.inputs[0])], {"to": _IR_TO_ONNX[n.attrs["dtype"]]})
+
+
+@_exports("hardtanh")
+def _hardtanh(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    lo, hi = n.attrs["min_val"], n.attrs["max_val"]
+    ins = [e.x(x),
+           None if lo == -math.inf else e.const(lo, "min", x.dtype),
+           None if hi == math.inf else e.const(hi, "max", x.dtype)]
+    while ins[-1] is None:
+        ins.pop()
+    e.one("Clip", n, ins)
+
+
+@_exports("hardsigmoid")
+def _hardsigmoid(e: _Ex, n: Node) -> None:
+    e.one("HardSigmoid", n, [e.x(n.inputs[0])], {"alpha": 1.0 / 6.0, "beta": 0.5})
+
+
+@_exports("hardswish")
+def _hardswish(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    if e.opset >= 14:
+        e.one("HardSwish", n, [e.x(x)])
+        return
+    h = e.tmp("hardsigmoid", x.dtype, x.shape)
+    e.emit("HardSigmoid", [e.x(x)], [h], {"alpha": 1.0 / 6.0, "beta": 0.5})
+    e.emit("Mul", [e.x(x), h], [e.out(n.output)])
+
+
+@_exports("silu")
+def _silu(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    s = e.tmp("sigmoid", x.dtype, x.shape)
+    e.emit("Sigmoid", [e.x(x)], [s])
+    e.emit("Mul", [e.x(x), s], [e.out(n.output)])
+
+
+@_exports("gelu")
+def _gelu(e: _Ex, n: Node) -> None:
+    """Gelu from opset 20; below, the Erf / Tanh pattern the frontend fuses back."""
+    x, approx = n.inputs[0], n.attrs["approximate"]
+    if e.opset >= 20:
+        e.one("Gelu", n, [e.x(x)], {"approximate": approx})
+        return
+    dt, shape = x.dtype, x.shape
+    if approx == "none":
+        d = e.tmp("div", dt, shape)
+        e.emit("Div", [e.x(x), e.const(math.sqrt(2.0), "sqrt2", dt)], [d])
+        core = e.tmp("erf", dt, shape)
+        e.emit("Erf", [d], [core])
+    else:
+        p = e.tmp("pow", dt, shape)
+        e.emit("Pow", [e.x(x), e.const(3.0, "three", dt)], [p])
+        a = e.tmp("cubic", dt, shape)
+        e.emit("Mul", [p, e.const(0.044715, "coeff", dt)], [a])
+        b = e.tmp("inner", dt, shape)
+        e.emit("Add", [e.x(x), a], [b])
+        c = e.tmp("scaled", dt, shape)
+        e.emit("Mul", [b, e.const(math.sqrt(2.0 / math.pi), "sqrt_2_pi", dt)], [c])
+        core = e.tmp("tanh", dt, shape)
+        e.emit("Tanh", [c], [core])
+    one = e.tmp("one_plus", dt, shape)
+    e.emit("Add", [core, e.const(1.0, "one", dt)], [one])
+    m = e.tmp("times_x", dt, shape)
+    e.emit("Mul", [e.x(x), one], [m])
+    e.emit("Mul", [m, e.const(0.5, "half", dt)], [e.out(n.output)])
+
+
+@_exports("dropout")
+def _dropout(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    e.one("Dropout", n, [e.x(x), e.const(n.attrs["p"], "ratio", x.dtype if x.type.is_float
+                                         else "f32")])
+
+
+@_exports("softmax", "log_softmax")
+def _softmax(e: _Ex, n: Node) -> None:
+    e.one("Softmax" if n.op == "softmax" else "LogSoftmax", n, [e.x(n.inputs[0])],
+          {"axis": n.attrs["axis"]})
+
+
+# ---------------------------------------------------------------------------- conv, dense
+@_exports("conv2d")
+def _conv2d(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("Conv", n, [e.x(v) for v in n.inputs],
+          {"kernel_shape": list(n.inputs[1].shape[2:]), "strides": list(a["stride"]),
+           "pads": _pads(a["padding"]), "dilations": list(a["dilation"]), "group": a["groups"]})
+
+
+@_exports("conv_transpose2d")
+def _conv_t(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("ConvTranspose", n, [e.x(v) for v in n.inputs],
+          {"kernel_shape": list(n.inputs[1].shape[2:]), "strides": list(a["stride"]),
+           "pads": _pads(a["padding"]), "dilations": list(a["dilation"]), "group": a["groups"],
+           "output_padding": list(a["output_padding"])})
+
+
+@_exports("linear")
+def _linear(e: _Ex, n: Node) -> None:
+    """2-D input: Gemm(transB=1). Otherwise MatMul with the [in, out] weight (+ Add bias),
+    the form torch's exporter writes and the frontend fuses back into ``linear``."""
+    x, w = n.inputs[0], n.inputs[1]
+    b = n.inputs[2] if len(n.inputs) > 2 else None
+    if x.type.rank == 2:
+        e.one("Gemm", n, [e.x(x), e.x(w)] + ([e.x(b)] if b is not None else []), {"transB": 1})
+        return
+    if w.is_constant:
+        wt = e.x(w, _T, "T")
+    else:
+        wt = e.tmp("weight_t", w.dtype, w.shape[::-1])
+        e.emit("Transpose", [e.x(w)], [wt], {"perm": [1, 0]})
+    if b is None:
+        e.emit("MatMul", [e.x(x), wt], [e.out(n.output)])
+        return
+    mm = e.tmp("matmul", n.output.dtype, n.output.shape)
+    e.emit("MatMul", [e.x(x), wt], [mm])
+    e.emit("Add", [mm, e.x(b)], [e.out(n.output)])
+
+
+@_exports("embedding")
+def _embedding(e: _Ex, n: Node) -> None:
+    e.one("Gather", n, [e.x(n.inputs[1]), e.x(n.inputs[0])], {"axis": 0})
+
+
+# ---------------------------------------------------------------------------- norms
+@_exports("batch_norm")
+def _batch_norm(e: _Ex, n: Node) -> None:
+    e.one("BatchNormalization", n, [e.x(v) for v in n.inputs], {"epsilon": n.attrs["eps"]})
+
+
+def _reduce_mean(e: _Ex, x: gs.Tensor, axes: Sequence[int], dtype: str, suffix: str,
+                 out: gs.Tensor | None = None) -> gs.Tensor:
+    y = out if out is not None else e.tmp(suffix, dtype)
+    if e.opset >= 18:
+        e.emit("ReduceMean", [x, e.i64(axes, f"{suffix}_axes")], [y], {"keepdims": 1})
+    else:
+        e.emit("ReduceMean", [x], [y], {"axes": list(axes), "keepdims": 1})
+    return y
+
+
+def _normalize(e: _Ex, x: gs.Tensor, axes: Sequence[int], eps: float, dtype: str) -> gs.Tensor:
+    """(x - mean) / sqrt(var + eps) over ``axes``, in ops every opset has."""
+    mu = _reduce_mean(e, x, axes, dtype, "mean")
+    d = e.tmp("centered", dtype)
+    e.emit("Sub", [x, mu], [d])
+    sq = e.tmp("squared", dtype)
+    e.emit("Mul", [d, d], [sq])
+    var = _reduce_mean(e, sq, axes, dtype, "var")
+    ve = e.tmp("var_eps", dtype)
+    e.emit("Add", [var, e.const(eps, "eps", dtype)], [ve])
+    sd = e.tmp("std", dtype)
+    e.emit("Sqrt", [ve], [sd])
+    y = e.tmp("normalized", dtype)
+    e.emit("Div", [d, sd], [y])
+    return y
+
+
+def _affine(e: _Ex, n: Node, y: gs.Tensor, weight: Value | None, bias: Value | None,
+            shape: Sequence[int]) -> None:
+    """y * weight + bias with the parameters reshaped to ``shape``; defines the output."""
+    steps: list[tuple[gs.Tensor, str]] = []
+    if weight is not None:
+        steps.append((e.x(weight, lambda a: a.reshape(shape), "bcast"), "Mul"))
+    if bias is not None:
+        steps.append((e.x(bias, lambda a: a.reshape(shape), "bcast"), "Add"))
+    if not steps:
+        e.emit("Identity", [y], [e.out(n.output)])
+    for i, (p, op) in enumerate(steps):
+        z = e.out(n.output) if i == len(steps) - 1 else e.tmp("scaled", n.output.dtype)
+        e.emit(op, [y, p], [z])
+        y = z
+
+
+@_exports("layer_norm")
+def _layer_norm(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    ns = n.attrs["normalized_shape"]
+    w = n.inputs[1] if len(n.inputs) > 1 else None
+    b = n.inputs[2] if len(n.inputs) > 2 else None
+    if e.opset >= 17:
+        scale = e.x(w) if w is not None else e.const(np.ones(ns), "scale", x.dtype)
+        e.one("LayerNormalization", n, [e.x(x), scale] + ([e.x(b)] if b is not None else []),
+              {"axis": -len(ns), "epsilon": n.attrs["eps"]})
+        return
+    axes = list(range(x.type.rank - len(ns), x.type.rank))
+    y = _normalize(e, e.x(x), axes, n.attrs["eps"], x.dtype)
+    _affine(e, n, y, w, b, ns)
+
+
+@_exports("group_norm")
+def _group_norm(e: _Ex, n: Node) -> None:
+    """GroupNormalization-21 (per-channel scale); below opset 21 written out (opset 18's
+    GroupNormalization has per-group scale and is deprecated)."""
+    x = n.inputs[0]
+    groups, eps = n.attrs["num_groups"], n.attrs["eps"]
+    c = x.shape[1]
+    w = n.inputs[1] if len(n.inputs) > 1 else None
+    b = n.inputs[2] if len(n.inputs) > 2 else None
+    if e.opset >= 21:
+        scale = e.x(w) if w is not None else e.const(np.ones(c), "scale", x.dtype)
+        bias = e.x(b) if b is not None else e.const(np.zeros(c), "bias", x.dtype)
+        e.one("GroupNormalization", n, [e.x(x), scale, bias],
+              {"num_groups": groups, "epsilon": eps})
+        return
+    gshape = (x.shape[0], groups, x.type.numel // (x.shape[0] * groups))
+    grouped = e.tmp("grouped", x.dtype, gshape)
+    e.emit("Reshape", [e.x(x), e.i64(gshape, "group_shape")], [grouped])
+    y = _normalize(e, grouped, [2], eps, x.dtype)
+    back = e.tmp("ungrouped", x.dtype, x.shape)
+    e.emit("Reshape", [y, e.i64(x.shape, "shape")], [back])
+    _affine(e, n, back, w, b, (c,) + (1,) * (x.type.rank - 2))
+
+
+# ---------------------------------------------------------------------------- pools, reduce
+@_exports("max_pool2d")
+def _max_pool(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("MaxPool", n, [e.x(n.inputs[0])],
+          {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+           "pads": _pads(a["padding"]), "dilations": list(a["dilation"]),
+           "ceil_mode": int(a["ceil_mode"])})
+
+
+@_exports("avg_pool2d")
+def _avg_pool(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("AveragePool", n, [e.x(n.inputs[0])],
+          {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+           "pads": _pads(a["padding"]), "ceil_mode": int(a["ceil_mode"]),
+           "count_include_pad": int(a["count_include_pad"])})
+
+
+@_exports("adaptive_avg_pool2d")
+def _adaptive_avg_pool(e: _Ex, n: Node) -> None:
+    """1×1: GlobalAveragePool; sizes that divide the input: AveragePool; otherwise separable
+    windows (Slice + ReduceMean + Concat per output row, then per column)."""
+    x = n.inputs[0]
+    oh, ow = n.attrs["output_size"]
+    h, w = x.shape[2:]
+    if (oh, ow) == (1, 1):
+        e.one("GlobalAveragePool", n, [e.x(x)])
+        return
+    if h % oh == 0 and w % ow == 0:
+        k = [h // oh, w // ow]
+        e.one("AveragePool", n, [e.x(x)], {"kernel_shape": k, "strides": k})
+        return
+    t = e.x(x)
+    shape = list(x.shape)
+    for axis, (size, out_size) in ((2, (h, oh)), (3, (w, ow))):
+        if size == out_size:
+            continue
+        cells = []
+        for i in range(out_size):
+            lo, hi = (i * size) // out_size, -(-((i + 1) * size) // out_size)
+            s = e.tmp(f"ax{axis}_{i}", x.dtype)
+            e.emit("Slice", [t, e.i64([lo], "lo"), e.i64([hi], "hi"), e.i64([axis], "ax")], [s])
+            cells.append(_reduce_mean(e, s, [axis], x.dtype, f"ax{axis}_{i}_mean"))
+        shape[axis] = out_size
+        y = e.tmp(f"pooled{axis}", x.dtype, shape)
+        e.emit("Concat", cells, [y], {"axis": axis})
+        t = y
+    e.emit("Identity", [t], [e.out(n.output)])
+
+
+@_exports("mean", "sum")
+def _reduce(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    axes = list(n.attrs["axes"]) or list(range(x.type.rank))
+    keep = int(n.attrs["keepdim"])
+    if n.op == "sum" or e.opset >= 18:
+        e.one("ReduceSum" if n.op == "sum" else "ReduceMean", n,
+              [e.x(x), e.i64(axes, "axes")], {"keepdims": keep})
+    else:
+        e.one("ReduceMean", n, [e.x(x)], {"axes": axes, "keepdims": keep})
+
+
+# ---------------------------------------------------------------------------- shapes
+@_exports("reshape")
+def _reshape(e: _Ex, n: Node) -> None:
+    e.one("Reshape", n, [e.x(n.inputs[0]), e.i64(n.attrs["shape"], "shape")])
+
+
+@_exports("flatten")
+def _flatten(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    r = x.type.rank
+    start, end = n.attrs["start_dim"] % max(r, 1), n.attrs["end_dim"] % max(r, 1)
+    if r >= 2 and start == 1 and end == r - 1:
+        e.one("Flatten", n, [e.x(x)], {"axis": 1})
+    else:
+        e.one("Reshape", n, [e.x(x), e.i64(n.output.shape, "shape")])
+
+
+@_exports("permute")
+def _permute(e: _Ex, n: Node) -> None:
+    r = n.inputs[0].type.rank
+    e.one("Transpose", n, [e.x(n.inputs[0])], {"perm": [p % r for p in n.attrs["perm"]]})
+
+
+@_exports("concat")
+def _concat(e: _Ex, n: Node) -> None:
+    e.one("Concat", n, [e.x(v) for v in n.inputs], {"axis": n.attrs["axis"]})
+
+
+@_exports("split")
+def _split(e: _Ex, n: Node) -> None:
+    e.one("Split", n, [e.x(n.inputs[0]), e.i64(n.attrs["sizes"], "sizes")],
+          {"axis": n.attrs["axis"]})
+
+
+@_exports("slice")
+def _slice(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("Slice", n, [e.x(n.inputs[0]), e.i64([a["start"]], "starts"),
+                       e.i64([a["end"]], "ends"), e.i64([a["axis"]], "axes"),
+                       e.i64([a["step"]], "steps")])
+
+
+@_exports("expand")
+def _expand(e: _Ex, n: Node) -> None:
+    e.one("Expand", n, [e.x(n.inputs[0]), e.i64(n.attrs["shape"], "shape")])
+
+
+# ---------------------------------------------------------------------------- quantization
+def _q_axis(n: Node) -> dict[str, Any]:
+    axis = n.attrs["axis"]
+    return {} if axis is None or n.inputs[1].type.rank == 0 else {"axis": axis}
+
+
+@_exports("quantize")
+def _quantize(e: _Ex, n: Node) -> None:
+    dtype = n.attrs["dtype"]
+    if dtype == "i32":  # QuantizeLinear has no int32 output (QDQ biases are int32 constants)
+        if not all(v.is_constant for v in n.inputs):
+            e.fail("QuantizeLinear cannot produce int32; only constant inputs (biases) can be "
+                   "quantized to i32, and are written as int32 initializers")
+        q = ops.get("quantize").ref(*[as_tensor(v.data) for v in n.inputs], **n.attrs)
+        e.emit("Identity", [e.const(q.numpy(), "int32")], [e.out(n.output)])
+        return
+    if dtype == "i16" and e.opset < 21:
+        e.fail(f"int16 QuantizeLinear needs opset 21 (exporting opset {e.opset})")
+    e.one("QuantizeLinear", n, [e.x(v) for v in n.inputs], _q_axis(n))
+
+
+@_exports("dequantize")
+def _dequantize(e: _Ex, n: Node) -> None:
+    if n.inputs[0].dtype == "i16" and e.opset < 21:
+        e.fail(f"int16 DequantizeLinear needs opset 21 (exporting opset {e.opset})")
+    e.one("DequantizeLinear", n, [e.x(v) for v in n.inputs], _q_axis(n))
+
+
+# ============================================================================ driver
+def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
+    """The checked ``ModelProto`` for ``graph`` (IR version 10); nothing is written."""
+    if not OPSET_MIN <= int(opset) <= OPSET_MAX:
+        raise OnnxExportError(f"to_onnx: opset {opset} is not supported "
+                              f"({OPSET_MIN}-{OPSET_MAX})")
+    missing = sorted({n.op for n in graph.nodes} - set(EXPORTERS))
+    if missing:
+        raise OnnxExportError(f"to_onnx: no ONNX exporter for op(s) {missing}")
+    e = _Ex(graph, int(opset))
+    inputs = [e.out(v) for v in graph.inputs]
+    for node in graph.nodes:
+        e.node = node
+        try:
+            EXPORTERS[node.op](e, node)
+        except OnnxExportError:
+            raise
+        except Exception as err:  # a bug in an exporter: name the node
+            e.fail(f"{type(err).__name__}: {err}")
+    e.node = None
+    outputs, seen = [], set()
+    for v in graph.outputs:
+        t = e.x(v)
+        if v.producer is None or id(v) in seen:  # an input, a constant, or listed twice
+            alias = gs.Variable(e.fresh(f"{v.name}_output"), dtype=to_numpy_dtype(v.dtype),
+                                shape=list(v.shape))
+            e.emit("Identity", [t], [alias])
+            t = alias
+        seen.add(id(v))
+        outputs.append(t)
+    gsg = gs.Graph(nodes=e.nodes, inputs=inputs, outputs=outputs, name=graph.name, opset=opset,
+                   producer_name="shrinkc")
+    try:
+        model = gs.export_onnx(gsg, do_type_check=True)
+    except Exception as err:
+        raise OnnxExportError(f"to_onnx: onnx-graphsurgeon export failed: {err}") from None
+    model.ir_version = IR_VERSION
+    # initializers in the IR's constant order (then helper constants), so the text of the
+    # graph read back lists its constants in the same order
+    rank = {name: i for i, name in enumerate(graph.constants)}
+    inits = sorted(model.graph.initializer, key=lambda t: rank.get(t.name, len(rank)))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    for node in model.graph.node:
+        node.metadata_props.add(key=LOC_KEY, value=e.locs.get(node.name, ""))
+    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as err:
+            raise OnnxExportError(f"to_onnx: the exported model fails onnx.checker: "
+                                  f"{str(err).strip().splitlines()[0]}") from None
+    return model
+
+
+def _write(model: onnx.ModelProto, path: Path) -> None:
+    """Write atomically: a temp file in the same folder renamed into place."""
+    external = model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        data_name = f"{path.name}.data"
+        if external:
+            onnx.save_model(model, str(tmp), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_name,
+                            size_threshold=1024)
+            if (tmpdir / data_name).exists():
+                os.replace(tmpdir / data_name, path.parent / data_name)
+        else:
+            tmp.write_bytes(model.SerializeToString())
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def to_onnx(graph: Graph, path: str | Path, opset: int = 17) -> Path:
+    """Write ``graph`` as an ONNX file that ONNX Runtime runs; returns the path.
+
+    Raises ``OnnxExportError`` (an ``IRError``) when the graph cannot be exported or the file
+    cannot be written; nothing is left behind in that case.
+    """
+    path = Path(path)
+    model = export_model(graph, opset)
+    if not path.parent.is_dir():
+        raise OnnxExportError(f"to_onnx: cannot write {path}: folder {path.parent} does not "
+                              f"exist")
+    try:
+        _write(model, path)
+    except OSError as err:
+        raise OnnxExportError(f"to_onnx: cannot write {path}: {err.strerror or err}") from None
+    log.info("wrote %s (%d nodes, opset %d)", path, len(model.graph.node), opset)
+    return path
+
+
+# ============================================================================ onnxruntime
+def default_threads() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class OnnxRuntimeSession:
+    """An onnxruntime CPU session; ``session(inputs)`` returns the outputs as numpy arrays.
+
+    ``model`` is a path, serialized bytes, a ``ModelProto`` or an IR ``Graph`` (exported at
+    ``opset``). ``threads`` sets the intra-op thread pool (default: all usable cores).
+    """
+
+    def __init__(self, model: str | Path | bytes | onnx.ModelProto | Graph, threads: int | None
+                 = None, *, opset: int = 17, optimize: bool = True):
+        import onnxruntime as ort
+
+        if isinstance(model, Graph):
+            model = export_model(model, opset)
+        if isinstance(model, onnx.ModelProto):
+            model = model.SerializeToString()
+        elif isinstance(model, Path):
+            model = str(model)
+        self.threads = int(threads) if threads else default_threads()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                       else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        try:
+            self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        except Exception as err:
+            raise OnnxExportError(f"onnxruntime cannot load the model: "
+                                  f"{str(err).strip().splitlines()[0]}") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def feeds(self, inputs: Any) -> dict[str, np.ndarray]:
+        """A tensor/array, a sequence of them (in input order) or a mapping by input name."""
+        if isinstance(inputs, Mapping):
+            missing = [n for n in self.inputs if n not in inputs]
+            if missing:
+                raise IRError(f"onnxruntime: missing inputs {missing}")
+            items = [inputs[n] for n in self.inputs]
+        elif isinstance(inputs, (np.ndarray,)) or hasattr(inputs, "detach"):
+            items = [inputs]
+        else:
+            items = list(inputs)
+        if len(items) != len(self.inputs):
+            raise IRError(f"onnxruntime: the model takes {len(self.inputs)} inputs "
+                          f"({', '.join(self.inputs)}), got {len(items)}")
+        return {n: _numpy(x) for n, x in zip(self.inputs, items)}
+
+    def run(self, inputs: Any) -> list[np.ndarray]:
+        return self.session.run(None, self.feeds(inputs))
+
+    __call__ = run
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy(order="C")
+
+
+def run_onnxruntime(model: str | Path | bytes | onnx.ModelProto | Graph, inputs: Any,
+                    threads: int | None = None) -> list[np.ndarray]:
+    """Run ``model`` once in onnxruntime (see ``OnnxRuntimeSession``)."""
+    return OnnxRuntimeSession(model, threads).run(inputs)
+
+
+__all__ = ["EXPORTERS", "IR_VERSION", "OnnxExportError", "OnnxRuntimeSession", "export_model",
+           "run_onnxruntime", "to_onnx"]
