@@ -18,7 +18,10 @@ from .types import to_torch_dtype
 
 
 def as_tensor(x, dtype: str | None = None) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)  # not ascontiguousarray alone: it turns 0-d arrays into 1-d ones
+        x = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
     return t.to(to_torch_dtype(dtype)) if dtype is not None else t
 
 

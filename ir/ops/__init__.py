@@ -14,6 +14,7 @@ dequantize, cast).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,12 +71,26 @@ class Attr:
 
 def _meta_infer(ref: Callable) -> Callable[[list[TensorType], dict], list[TensorType]]:
     def infer(types: list[TensorType], attrs: dict) -> list[TensorType]:
-        args = [torch.empty(t.shape, dtype=to_torch_dtype(t.dtype), device="meta") for t in types]
-        out = ref(*args, **attrs)
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        return [TensorType(dtype_from_torch(o.dtype), tuple(o.shape)) for o in outs]
+        try:
+            key = tuple(sorted(attrs.items()))
+            hash(key)
+        except TypeError:  # a non-canonical attribute (a list): no memo
+            return list(_run_meta(ref, tuple(types), tuple(sorted(attrs.items()))))
+        return list(_run_meta_memo(ref, tuple(types), key))
 
     return infer
+
+
+def _run_meta(ref: Callable, types: tuple[TensorType, ...], attrs: tuple) -> tuple[TensorType, ...]:
+    args = [torch.empty(t.shape, dtype=to_torch_dtype(t.dtype), device="meta") for t in types]
+    out = ref(*args, **dict(attrs))
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return tuple(TensorType(dtype_from_torch(o.dtype), tuple(o.shape)) for o in outs)
+
+
+# Meta-tensor inference costs milliseconds per call (torch's Python decompositions); the
+# verifier re-infers every node after every pass, and networks repeat the same shapes.
+_run_meta_memo = functools.lru_cache(maxsize=8192)(_run_meta)
 
 
 def _no_macs(ins: list[TensorType], outs: list[TensorType], attrs: dict) -> int:

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import pytest
+from shrinkc.ir.interpreter import random_inputs, run
+from shrinkc.ir.serialize import load, save
+from shrinkc.ir.text import graph_diff, parse_graph
+from shrinkc.passes import PASSES
+from shrinkc.tools.cli import main
+
+
+@pytest.fixture
+def resnet(tmp_path, reference_graphs):
+    """The small reference ResNet-18 saved as a .shrk (no tracing in the command)."""
+    return save(reference_graphs("resnet18")[2], tmp_path / "resnet18.shrk")
+
+
+@pytest.mark.parametrize("pipeline, message", [
+    ("fold-bn,fold-bm", ("unknown pass 'fold-bm' in pipeline 'fold-bn,fold-bm' (did you mean "
+                         "'fold-bn'?); known passes: ")),
+    ("fold-constants(max_growth=0.5)", ("pass 'fold-constants' option max_growth: must be >= "
+                                        "1.0, got 0.5")),
+    ("fold-constants(grow=2)", ("pass 'fold-constants' has no option 'grow'; its options: "
+                                "max_growth: float = 1.0")),
+    ("fold-bn(", "unclosed '(' in pipeline 'fold-bn('"),
+])
+def test_bad_pipeline_is_one_error_line_and_no_output(pipeline, message, tmp_path, capsys):
+    out = tmp_path / "out.shrk"
+    # zoo:resnet18 is never traced: the pipeline is checked first
+    assert main(["opt", "zoo:resnet18", f"--passes={pipeline}", "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("shrinkc: error: ") and message in err[0]
+    assert captured.out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_pass_error_lists_every_pass(capsys):
+    assert main(["opt", "zoo:lenet5", "--passes=nope"]) == 2
+    err = capsys.readouterr().err
+    for name in PASSES:
+        assert name in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--print-after=fold-bm"], "unknown pass 'fold-bm'"),
+    (["--stop-after=dce"], "stop-after: no pass 'dce' in the pipeline (its passes: fold-bn)"),
+    (["-o", "OUT.txt"], "the output is a .shrk or .onnx file"),
+])
+def test_bad_options_fail_before_anything_is_written(args, message, tmp_path, capsys):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    assert main(["opt", "zoo:resnet18", "--passes=fold-bn", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_print_passes_lists_every_pass(capsys):
+    assert main(["opt", "--print-passes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["pass", "exact", "summary"]
+    listed = {ln.split()[0]: ln.split()[1] for ln in lines[1:] if not ln.startswith(" ")}
+    assert listed == {n: "yes" if c.exact else "no" for n, c in PASSES.items()}
+    assert any("max_growth: float = 1.0 (>= 1.0)" in ln for ln in lines)
+
+
+def test_model_is_required_without_print_passes(capsys):
+    assert main(["opt", "--passes=dce"]) == 2
+    assert "give a MODEL" in capsys.readouterr().err
+
+
+def test_opt_writes_an_equivalent_graph_and_reports(resnet, tmp_path, capsys):
+    out = tmp_path / "folded.shrk"
+    dump = tmp_path / "dump"
+    rc = main(["opt", str(resnet), "--passes=fold-bn,remove-identity,dce", "-o", str(out),
+               "--stats", "--numeric-diff", "--time-passes", "--dump-dir", str(dump)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    before, after = load(resnet), load(out)
+    assert not any(n.op == "batch_norm" for n in after.nodes)
+    xs = random_inputs(before, seed=3)
+    y0, y1 = run(before, xs)[0], run(after, xs)[0]
+    assert (y0 - y1).abs().max().item() < 1e-4
+    lines = captured.out.splitlines()
+    assert any(ln.startswith("stats 001_fold-bn: nodes 68 -> 48 (-20)") and "folded=20" in ln
+               for ln in lines)
+    diffs = [ln for ln in lines if ln.startswith("numeric-diff")]
+    assert [d.split()[1] for d in diffs] == ["001_fold-bn", "002_remove-identity", "003_dce"]
+    assert all("cosine=1.000000 top1=100.0%" in d for d in diffs)
+    assert "time-passes:" in lines
+    assert captured.err.strip() == (
+        f"shrinkc opt: fold-bn,remove-identity,dce: nodes 68 -> 48, params "
+        f"{before.num_params:,} -> {after.num_params:,}; wrote {out}")
+    # every dump loads back; the last is the output, the first the input
+    assert sorted(p.name for p in dump.glob("*.shrk")) == [
+        "000_input.shrk", "001_fold-bn.shrk", "002_remove-identity.shrk", "003_dce.shrk"]
+    assert graph_diff(load(dump / "000_input.shrk"), before) is None
+    assert graph_diff(load(dump / "003_dce.shrk"), after) is None
+
+
+def test_print_after_named_pass_prints_parseable_ir(resnet, capsys):
+    assert main(["opt", str(resnet), "--passes=fold-bn,dce", "--print-after=fold-bn"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("// IR after") == 1 and out.startswith("// IR after 001_fold-bn fold-bn\n")
+    g = parse_graph(out, missing_weights="random")
+    assert not any(n.op == "batch_norm" for n in g.nodes)
+
+
+def test_print_before_and_after_all(resnet, capsys):
+    assert main(["opt", str(resnet), "--passes=fold-bn,dce", "--print-before-all",
+                 "--print-after-all"]) == 0
+    headers = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("// IR")]
+    assert headers == ["// IR before 001_fold-bn fold-bn", "// IR after 001_fold-bn fold-bn",
+                       "// IR before 002_dce dce", "// IR after 002_dce dce"]
+
+
+def test_print_changed(resnet, capsys):
+    assert main(["opt", str(resnet), "--passes=fold-bn,dce", "--print-changed"]) == 0
+    out = capsys.readouterr().out
+    headers = [ln for ln in out.splitlines() if ln.startswith("//")]
+    assert headers == ["// IR of the input", "// IR after 001_fold-bn fold-bn",
+                       "// 002_dce dce: no change"]
+
+
+def test_stop_after_and_no_output(resnet, capsys):
+    assert main(["opt", str(resnet), "--passes=remove-identity,fold-bn,dce",
+                 "--stop-after=fold-bn", "--no-verify-each"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("shrinkc opt: remove-identity,fold-bn: nodes 68 -> 48")
+    assert err.strip().endswith("nothing written (no -o)")
+
+
+def test_onnx_output_needs_the_onnx_backend(resnet, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    try:
+        from shrinkc.backends.onnx import to_onnx  # noqa: F401
+    except ImportError:
+        assert main(["opt", str(resnet), "--passes=fold-bn", "-o", str(out)]) == 2
+        assert "ONNX output needs shrinkc.backends.onnx" in capsys.readouterr().err
+        assert not out.exists()
+    else:
+        assert main(["opt", str(resnet), "--passes=fold-bn", "-o", str(out)]) == 0
+        assert out.is_file()

@@ -1,0 +1,159 @@
+"""``shrinkc opt MODEL --passes=PIPELINE -o OUT``: run a pass pipeline on a model.
+
+PIPELINE is comma-separated passes with Python-literal options, e.g.
+``fold-bn,fold-constants(max_growth=2.0),dce`` (``--print-passes`` lists them). OUT is a
+``.shrk`` file (text IR + ``.safetensors`` weights) or ``.onnx``; without ``-o`` nothing is
+written. The pipeline is checked before the model is loaded: a bad one is one error line,
+exit status 2, and no file. A failing pass leaves a reproducer (the IR before it and the
+one command that reruns it) in ``--reproducer-dir`` (default: a new temporary directory).
+
+Debugging one pass at a time: ``--print-after-all``, ``--print-changed``,
+``--numeric-diff`` (each pass's outputs against the original model), ``--stats``,
+``--time-passes``, ``--dump-dir DIR`` (``000_input.shrk``, ``001_fold-bn.shrk``, …),
+``--stop-after NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from ..ir.graph import IRError
+from .load import load_model, parse_shape
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("opt", help="run a pass pipeline on a model (pass-by-pass debugging)",
+                       description=__doc__.replace("``", ""),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", nargs="?",
+                   help="zoo:NAME, package.module:factory, FILE.shrk or FILE.onnx")
+    p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
+                   help="the pass pipeline, e.g. 'fold-bn,dce' (default: none)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.shrk or .onnx)")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for passes' randomness and random example inputs (default 0)")
+    p.add_argument("--print-passes", action="store_true",
+                   help="list every pass with its options and exit")
+    g = p.add_argument_group("debugging")
+    g.add_argument("--print-before-all", action="store_true", help="print the IR before each pass")
+    g.add_argument("--print-after-all", action="store_true", help="print the IR after each pass")
+    g.add_argument("--print-before", action="append", default=[], metavar="NAME",
+                   help="print the IR before pass NAME (repeatable, or comma-separated)")
+    g.add_argument("--print-after", action="append", default=[], metavar="NAME",
+                   help="print the IR after pass NAME (repeatable, or comma-separated)")
+    g.add_argument("--print-changed", action="store_true",
+                   help="print the input, then the IR after each pass that changed it")
+    g.add_argument("--no-verify-each", dest="verify_each", action="store_false",
+                   help="do not run the verifier after every pass")
+    g.add_argument("--numeric-diff", action="store_true",
+                   help="after each pass, compare outputs with the original model "
+                        "(max abs, rel-L2, cosine, top-1)")
+    g.add_argument("--time-passes", action="store_true", help="time each pass")
+    g.add_argument("--stats", action="store_true",
+                   help="node / param / MAC / FLOP / byte changes and counters of each pass")
+    g.add_argument("--dump-dir", metavar="DIR",
+                   help="save the IR before the first pass and after each (NNN_name.shrk)")
+    g.add_argument("--stop-after", metavar="NAME", help="stop after the first pass NAME")
+    g.add_argument("--reproducer-dir", metavar="DIR",
+                   help="where a failing pass's reproducer goes (default: a temporary dir)")
+    g.add_argument("--load-plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (or FILE.py) that registers more passes")
+    p.set_defaults(func=run)
+
+
+def print_passes() -> str:
+    from ..passes import PASSES
+    from ..passes.registry import describe_option
+
+    width = max([len(n) for n in PASSES] + [4])
+    lines = [f"{'pass':<{width}}  exact  summary"]
+    for name in sorted(PASSES):
+        cls = PASSES[name]
+        lines.append(f"{name:<{width}}  {'yes' if cls.exact else 'no ':<5}  {cls.summary()}")
+        for f in dataclasses.fields(cls):
+            lines.append(f"{'':<{width}}         {describe_option(cls, f)}")
+    return "\n".join(lines)
+
+
+def _names(values: list[str]) -> set[str]:
+    from ..passes import get_pass
+
+    names = {n.strip() for v in values for n in v.split(",") if n.strip()}
+    for n in names:
+        get_pass(n)  # an unknown name lists the known ones
+    return names
+
+
+def _check_output(path: str | None) -> None:
+    if path is None:
+        return
+    if path.endswith(".onnx"):
+        try:
+            from ..backends import onnx as onnx_backend
+        except ImportError as e:
+            raise IRError(f"-o {path}: ONNX output needs shrinkc.backends.onnx ({e})") from None
+        if not hasattr(onnx_backend, "to_onnx"):
+            raise IRError(f"-o {path}: shrinkc.backends.onnx has no to_onnx yet; use .shrk")
+    elif not path.endswith(".shrk"):
+        raise IRError(f"-o {path}: the output is a .shrk or .onnx file")
+
+
+def run(args) -> int:
+    from .. import passes as P
+    from ..ir.serialize import save
+    from ..passes.analyses.cost import summarize
+    from ..passes.instruments import stdout_writer
+
+    for plugin in args.load_plugin:
+        P.load_plugin(plugin)
+    if args.print_passes:
+        print(print_passes())
+        return 0
+    if args.model is None:
+        raise IRError("opt: give a MODEL (or --print-passes)")
+    # everything that can be checked is checked before the model is loaded
+    write = stdout_writer
+    instruments: list[P.PassInstrument] = []
+    before, after = _names(args.print_before), _names(args.print_after)
+    if args.print_before_all or before:
+        instruments.append(P.PrintIR(before=True, after=False, write=write,
+                                     passes=None if args.print_before_all else before))
+    if args.print_after_all or after:
+        instruments.append(P.PrintIR(before=False, after=True, write=write,
+                                     passes=None if args.print_after_all else after))
+    if args.print_changed:
+        instruments.append(P.PrintIR(after=False, only_changed=True, write=write))
+    if args.numeric_diff:
+        instruments.append(P.NumericDiff(write=write))
+    if args.stats:
+        instruments.append(P.Stats(write=write))
+    if args.time_passes:
+        instruments.append(P.TimePasses(write=write))
+    if args.dump_dir:
+        instruments.append(P.DumpDir(args.dump_dir))
+    instruments.append(P.Reproducer(args.reproducer_dir))
+    ctx = P.PassContext(seed=args.seed, instruments=instruments)
+    pm = P.PassManager(args.passes, ctx, verify_each=args.verify_each,
+                       stop_after=args.stop_after)
+    _check_output(args.output)
+
+    graph = load_model(args.model, parse_shape(args.input_shape))
+    first = summarize(graph)
+    pm.run(graph)
+    last = summarize(graph)
+    if args.output:
+        if args.output.endswith(".onnx"):
+            from .. import to_onnx
+
+            to_onnx(graph, args.output)
+        else:
+            save(graph, Path(args.output))
+    print(f"shrinkc opt: {pm.pipeline or '(no passes)'}: nodes {first.nodes} -> {last.nodes}, "
+          f"params {first.params:,} -> {last.params:,}; "
+          + (f"wrote {args.output}" if args.output else "nothing written (no -o)"),
+          file=sys.stderr)
+    return 0
