@@ -1,0 +1,695 @@
+"""The ``compile`` API: model in, deployable ``CompiledModel`` out.
+
+``compile(model_or_graph, example_inputs, passes=…, backend=…, target=…, tune_trials=…,
+tuning_db=…, calibration=…)`` brings the model into the IR (``trace`` for a
+``torch.nn.Module``, ``load_onnx`` for an ONNX file, ``load`` for a ``.shrk`` file), runs the
+pass pipeline (``optimize``; skipped when ``passes`` is empty), compiles the result for one
+backend and measures its error against the original graph on the example inputs.
+
+Backends: ``"tvm"`` (``backends/tvm.py``: Relax, ``tvm.compile`` for a target, optionally
+MetaSchedule-tuned through ``backends/tvm_tuning.py``), ``"onnxruntime"`` (``to_onnx`` +
+an ONNX Runtime session) and ``"torch"`` (``to_torch``). ``backend=None`` picks:
+
+1. TVM when a ``target`` or a tuning budget (``tune_trials > 0``) is given, or when the
+   tuning database (``tuning_db``, else the default one for this host) already has tuned
+   schedules for every workload of the model;
+2. otherwise onnxruntime — untuned TVM is 10–40× slower than onnxruntime on CPU;
+3. torch when the onnxruntime backend (``shrinkc.backends.onnx``) is not installed.
+
+The report (``cm.report()``) says which backend it picked and why.
+
+``CompiledModel.save(dir)`` writes the artifact and ``manifest.json`` (backend, pipeline,
+target, input/output names and types, the report); ``load_compiled(dir)`` loads it in any
+process without running a pass: TVM loads ``model.so`` (+ ``params.safetensors`` when the
+weights were kept as parameters), onnxruntime ``model.onnx``, torch ``model.shrk``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .ir.cost import graph_cost
+from .ir.graph import Graph, IRError
+from .ir.types import TensorType, to_numpy_dtype
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("tvm", "onnxruntime", "torch")
+MANIFEST = "manifest.json"
+FORMAT = "shrinkc-compiled"
+FORMAT_VERSION = 1
+
+
+class CompileError(IRError):
+    """A ``compile`` call that cannot be carried out (bad arguments, missing backend)."""
+
+
+class TuningUnavailableError(CompileError):
+    """Tuning was asked for but ``shrinkc.backends.tvm_tuning`` is not installed."""
+
+
+# ============================================================================ report
+@dataclass
+class CompileReport:
+    """What ``compile`` did: the backend and why, the pipeline, cost, error, timings."""
+
+    model: str
+    backend: str
+    reason: str
+    pipeline: str | None = None
+    target: dict[str, Any] | None = None
+    inputs: list[str] = field(default_factory=list)
+    params: int = 0
+    macs: int = 0
+    param_bytes: int = 0
+    original_params: int = 0
+    original_macs: int = 0
+    original_param_bytes: int = 0
+    artifact_bytes: int | None = None  # set by save()
+    max_abs_error: float | None = None
+    rel_l2_error: float | None = None
+    error_note: str | None = None  # why the error was not measured
+    threads: int | None = None
+    tune_trials: int = 0
+    tuning: dict[str, Any] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        def ratio(a: float, b: float) -> str:
+            return f" ({b / a:.2f}x smaller)" if a and b and a != b else ""
+
+        lines = [f"model      {self.model}",
+                 f"backend    {self.backend}: {self.reason}"]
+        if self.target:
+            lines.append(f"target     {json.dumps(self.target)}")
+        lines.append(f"pipeline   {self.pipeline or '(none)'}")
+        lines.append(f"params     {self.params:,} ({human_bytes(self.param_bytes)})"
+                     + (f", was {self.original_params:,} "
+                        f"({human_bytes(self.original_param_bytes)})"
+                        f"{ratio(self.param_bytes, self.original_param_bytes)}"
+                        if self.original_params != self.params else ""))
+        lines.append(f"MACs       {human(self.macs)}"
+                     + (f", was {human(self.original_macs)}"
+                        f"{ratio(self.macs, self.original_macs)}"
+                        if self.original_macs != self.macs else ""))
+        if self.artifact_bytes is not None:
+            lines.append(f"artifact   {human_bytes(self.artifact_bytes)} on disk")
+        if self.max_abs_error is not None:
+            lines.append(f"error      max |Δ| {self.max_abs_error:.3g}, rel-L2 "
+                         f"{self.rel_l2_error:.3g} vs the original graph "
+                         f"({', '.join(self.inputs)})")
+        else:
+            lines.append(f"error      not measured: {self.error_note}")
+        if self.threads:
+            lines.append(f"threads    {self.threads}")
+        if self.tune_trials or self.tuning:
+            t = self.tuning
+            lines.append("tuning     " + ", ".join(f"{k}={v}" for k, v in t.items()))
+        times = ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in self.times.items())
+        lines.append(f"time       {times}")
+        return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def human_bytes(n: float) -> str:
+    for div, suffix in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
+        if n >= div:
+            return f"{n / div:.2f} {suffix}"
+    return f"{int(n)} B"
+
+
+# ============================================================================ runners
+def _to_numpy(x: Any, t: TensorType | None = None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        a = x.numpy() if x.dtype != torch.bfloat16 else x.float().numpy()
+    else:
+        a = np.asarray(x)
+    if t is not None:
+        a = np.ascontiguousarray(a, dtype=to_numpy_dtype(t.dtype))
+    return a
+
+
+class _Runner:
+    """One backend's way to run, save and load a compiled graph."""
+
+    backend: str
+    threads: int | None = None
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def runs_here(self) -> bool:
+        return True
+
+
+class _TVMRunner(_Runner):
+    backend = "tvm"
+
+    def __init__(self, module: Any):
+        self.module = module
+
+    @property
+    def runs_here(self) -> bool:
+        return self.module.runs_here
+
+    @property
+    def threads(self) -> int:  # type: ignore[override]
+        return self.module.threads
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return self.module.run(arrays)
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        return self.module.export(directory)
+
+    @classmethod
+    def load(cls, directory: Path, entry: Mapping[str, Any], inputs, outputs) -> _TVMRunner:
+        from .backends.tvm import TVMModule
+
+        return cls(TVMModule.load(directory, entry, inputs, outputs))
+
+
+class _ORTRunner(_Runner):
+    backend = "onnxruntime"
+    FILE = "model.onnx"
+
+    def __init__(self, onnx_bytes: bytes, threads: int):
+        from .backends.onnx import OnnxRuntimeSession
+
+        self.onnx_bytes = onnx_bytes
+        self.session = OnnxRuntimeSession(onnx_bytes, threads)
+        self.threads = self.session.threads
+
+    @classmethod
+    def from_graph(cls, graph: Graph, threads: int) -> _ORTRunner:
+        import tempfile
+
+        try:
+            from . import to_onnx
+
+            with tempfile.TemporaryDirectory(prefix="shrinkc-onnx-") as d:
+                data = to_onnx(graph, Path(d) / cls.FILE).read_bytes()
+        except ModuleNotFoundError as e:
+            raise CompileError(f"the onnxruntime backend needs shrinkc.backends.onnx "
+                               f"(to_onnx), which is not installed: {e}") from None
+        return cls(data, threads)
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.session.run(arrays))
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        (directory / self.FILE).write_bytes(self.onnx_bytes)
+        return {"files": {"model": self.FILE}}
+
+    @classmethod
+    def load(cls, directory: Path, entry: Mapping[str, Any], inputs, outputs) -> _ORTRunner:
+        path = directory / entry["files"]["model"]
+        if not path.is_file():
+            raise CompileError(f"{path}: no such file")
+        return cls(path.read_bytes(), int(entry.get("threads") or _host_threads()))
+
+
+class _TorchRunner(_Runner):
+    backend = "torch"
+    FILE = "model.shrk"
+
+    def __init__(self, graph: Graph):
+        from .backends.torch import to_torch
+
+        self.graph = graph
+        self.module = to_torch(graph, trainable=False)
+        self.threads = torch.get_num_threads()
+
+    @torch.no_grad()
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        out = self.module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().cpu().numpy() for o in outs]
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        from .ir.serialize import save, weights_path
+
+        path = save(self.graph, directory / self.FILE)
+        return {"files": {"model": path.name, "weights": weights_path(path).name}}
+
+    @classmethod
+    def load(cls, directory: Path, entry: Mapping[str, Any], inputs, outputs) -> _TorchRunner:
+        from .ir.serialize import load
+
+        return cls(load(directory / entry["files"]["model"]))
+
+
+_RUNNERS: dict[str, type[_Runner]] = {"tvm": _TVMRunner, "onnxruntime": _ORTRunner,
+                                      "torch": _TorchRunner}
+
+
+def _host_threads() -> int:
+    from .backends.tvm import host_cores  # light: tvm itself is imported lazily there
+
+    return host_cores()
+
+
+# ============================================================================ CompiledModel
+class CompiledModel:
+    """A compiled model: call it on torch tensors or numpy arrays (positional, a sequence,
+    or a mapping by input name). Returns torch tensors if any input was one, else numpy;
+    one output bare, several as a tuple."""
+
+    def __init__(self, runner: _Runner, inputs: list[tuple[str, TensorType]],
+                 outputs: list[tuple[str, TensorType]], report: CompileReport,
+                 graph: Graph | None = None):
+        self._runner = runner
+        self.inputs = inputs
+        self.outputs = outputs
+        self._report = report
+        self.graph = graph  # the compiled (optimised) IR, when compiled in this process
+
+    @property
+    def backend(self) -> str:
+        return self._runner.backend
+
+    def report(self) -> CompileReport:
+        """The compile report (``str()`` of it is the human-readable form)."""
+        return self._report
+
+    def _bind(self, args: tuple) -> tuple[list[np.ndarray], bool]:
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            given = args[0]
+            missing = [n for n, _ in self.inputs if n not in given]
+            if missing:
+                raise CompileError(f"missing inputs {missing} (inputs: "
+                                   f"{[n for n, _ in self.inputs]})")
+            args = tuple(given[n] for n, _ in self.inputs)
+        elif len(args) == 1 and isinstance(args[0], (list, tuple)):
+            args = tuple(args[0])
+        if len(args) != len(self.inputs):
+            raise CompileError(f"{self._report.model} takes {len(self.inputs)} inputs "
+                               f"({', '.join(n for n, _ in self.inputs)}), got {len(args)}")
+        as_torch = any(isinstance(a, torch.Tensor) for a in args)
+        arrays = []
+        for (name, t), a in zip(self.inputs, args):
+            arr = _to_numpy(a, t)
+            if arr.shape != t.shape:
+                raise CompileError(f"input {name} expects {t}, got shape {list(arr.shape)} "
+                                   f"(compiled models have static shapes)")
+            arrays.append(arr)
+        return arrays, as_torch
+
+    def run_numpy(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run on numpy arrays already of the right dtypes and shapes."""
+        return self._runner.run(list(arrays))
+
+    def __call__(self, *args: Any) -> Any:
+        arrays, as_torch = self._bind(args)
+        outs = self._runner.run(arrays)
+        if as_torch:
+            outs = [torch.from_numpy(np.ascontiguousarray(o)) for o in outs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the artifact and ``manifest.json`` into ``directory``; returns it."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        entry = self._runner.save(d)
+        files = entry.get("files", {})
+        self._report.artifact_bytes = sum((d / f).stat().st_size for f in files.values())
+        self._report.times["save_s"] = time.perf_counter() - t0
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION, "backend": self.backend,
+            "model": self._report.model, "pipeline": self._report.pipeline,
+            "target": self._report.target, "threads": self._runner.threads,
+            "inputs": [_type_entry(n, t) for n, t in self.inputs],
+            "outputs": [_type_entry(n, t) for n, t in self.outputs],
+            **entry, "report": self._report.as_dict(),
+        }
+        tmp = d / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        tmp.replace(d / MANIFEST)
+        log.info("saved %s (%s) to %s: %s", self._report.model, self.backend, d,
+                 ", ".join(files.values()))
+        return d
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{n}: {t}" for n, t in self.inputs)
+        return f"<CompiledModel {self._report.model} [{self.backend}] ({ins})>"
+
+
+def _type_entry(name: str, t: TensorType) -> dict[str, Any]:
+    return {"name": name, "dtype": t.dtype, "shape": list(t.shape)}
+
+
+def _types_from(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, TensorType]]:
+    return [(e["name"], TensorType(e["dtype"], tuple(e["shape"]))) for e in entries]
+
+
+def load_compiled(path: str | os.PathLike) -> CompiledModel:
+    """A ``CompiledModel`` from a directory written by ``CompiledModel.save``. Runs no pass."""
+    d = Path(path)
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        raise CompileError(f"{d}: no {MANIFEST} (not a directory written by "
+                           f"CompiledModel.save)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except ValueError as e:
+        raise CompileError(f"{mpath}: corrupt manifest: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise CompileError(f"{mpath}: not a shrinkc compiled model (format "
+                           f"{manifest.get('format')!r})")
+    backend = manifest.get("backend")
+    if backend not in _RUNNERS:
+        raise CompileError(f"{mpath}: unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    inputs, outputs = _types_from(manifest["inputs"]), _types_from(manifest["outputs"])
+    runner = _RUNNERS[backend].load(d, manifest, inputs, outputs)
+    fields = CompileReport.__dataclass_fields__
+    report = CompileReport(**{k: v for k, v in manifest.get("report", {}).items() if k in fields})
+    return CompiledModel(runner, inputs, outputs, report)
+
+
+# ============================================================================ compile
+def _example_list(example_inputs: Any) -> list[Any] | None:
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
+        return [example_inputs]
+    if isinstance(example_inputs, Mapping):
+        return list(example_inputs.values())
+    return list(example_inputs)
+
+
+def _onnx_static_check(model: Any, name: str) -> None:
+    """Name the first symbolic input dim of an ONNX model (before the frontend runs)."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model),
+                                                                        load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        for i, dim in enumerate(dims):
+            if not (dim.HasField("dim_value") and dim.dim_value > 0):
+                from .backends.tvm import StaticShapeError
+
+                raise StaticShapeError(
+                    f"{name}: input {vi.name!r} dim {i} ({dim.dim_param or '?'}) is not static; "
+                    f"compile needs static input shapes: pass example_inputs (their shapes fix "
+                    f"the symbolic dims)")
+
+
+def _to_graph(model_or_graph: Any, examples: list[Any] | None,
+              named: Mapping[str, Any] | None = None) -> tuple[Graph, float]:
+    """The IR graph of a Graph, nn.Module, .onnx / .shrk path or ModelProto; trace time."""
+    t0 = time.perf_counter()
+    if isinstance(model_or_graph, Graph):
+        return model_or_graph, 0.0
+    if isinstance(model_or_graph, torch.nn.Module):
+        if examples is None:
+            from .backends.tvm import StaticShapeError
+
+            raise StaticShapeError(
+                f"compile: {type(model_or_graph).__name__} is a torch module: pass "
+                f"example_inputs (tensors whose static shapes the compiled model will take)")
+        from .ir.frontends.torch import trace
+
+        tensors = tuple(torch.as_tensor(x) for x in examples)
+        return trace(model_or_graph, tensors), time.perf_counter() - t0
+    is_onnx = isinstance(model_or_graph, (str, os.PathLike)) and str(model_or_graph).endswith(
+        ".onnx")
+    if not is_onnx and type(model_or_graph).__name__ == "ModelProto":
+        is_onnx = True
+    if is_onnx:
+        name = str(model_or_graph) if not hasattr(model_or_graph, "graph") else "ModelProto"
+        if isinstance(model_or_graph, (str, os.PathLike)) and not Path(model_or_graph).is_file():
+            raise CompileError(f"{model_or_graph}: no such file")
+        shapes = None
+        if examples is None:
+            _onnx_static_check(model_or_graph, name)
+        else:
+            import onnx
+
+            proto = (model_or_graph if isinstance(model_or_graph, onnx.ModelProto)
+                     else onnx.load(str(model_or_graph), load_external_data=False))
+            inits = {i.name for i in proto.graph.initializer}
+            names = [vi.name for vi in proto.graph.input if vi.name not in inits]
+            if len(names) != len(examples):
+                raise CompileError(f"{name} has {len(names)} inputs ({', '.join(names)}), "
+                                   f"example_inputs gives {len(examples)}")
+            if named is not None:
+                unknown = sorted(set(named) - set(names))
+                if unknown:
+                    raise CompileError(f"{name}: example_inputs names {unknown}, which are not "
+                                       f"inputs (inputs: {', '.join(names)})")
+                shapes = {n: tuple(np.shape(x)) for n, x in named.items()}
+            else:
+                shapes = {n: tuple(np.shape(x)) for n, x in zip(names, examples)}
+        from . import load_onnx
+
+        return load_onnx(model_or_graph, input_shapes=shapes), time.perf_counter() - t0
+    if isinstance(model_or_graph, (str, os.PathLike)) and str(model_or_graph).endswith(".shrk"):
+        from .ir.serialize import load
+
+        return load(model_or_graph), time.perf_counter() - t0
+    raise CompileError(f"compile takes an ir.Graph, a torch.nn.Module, an ONNX model (path or "
+                       f"ModelProto) or a .shrk path, got {type(model_or_graph).__name__}")
+
+
+def _canonical_pipeline(passes: str | Sequence[Any]) -> str:
+    try:
+        from .passes.registry import canonical
+    except ImportError:  # pragma: no cover - the registry ships with the passes
+        return passes if isinstance(passes, str) else ",".join(map(str, passes))
+    return canonical(passes)
+
+
+def _error(ref: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float]:
+    max_abs, num, den = 0.0, 0.0, 0.0
+    for r, g in zip(ref, got):
+        r64 = r.detach().double().numpy()
+        g64 = np.asarray(g, dtype=np.float64)
+        if r64.size:
+            max_abs = max(max_abs, float(np.max(np.abs(r64 - g64))))
+        num += float(np.sum((r64 - g64) ** 2))
+        den += float(np.sum(r64 ** 2))
+    return max_abs, (num / den) ** 0.5 if den > 0 else num ** 0.5
+
+
+def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
+                    times: dict[str, float]) -> tuple[str, str, Any]:
+    """(backend, reason, lowered Relax module or None) for ``backend=None``."""
+    if target is not None:
+        shown = target if isinstance(target, str) else json.dumps(dict(target))
+        return "tvm", f"a target was given ({shown})", None
+    if tune_trials > 0:
+        return "tvm", f"a tuning budget was given (tune_trials={tune_trials})", None
+    from .backends import tvm as btvm
+
+    tt = btvm.tuning_module()
+    note = ""
+    if tt is None:
+        note = "no tuning module installed"
+    else:
+        t0 = time.perf_counter()
+        tgt = btvm.resolve_target(None)
+        db = Path(tuning_db) if tuning_db is not None else Path(tt.default_db_dir(tgt))
+        if (db / "database_workload.json").is_file():
+            lowered = btvm.lower(graph)
+            covered, total = btvm.database_coverage(lowered, tgt, db)
+            times["coverage_check_s"] = time.perf_counter() - t0
+            if total > 0 and covered == total:
+                return "tvm", (f"the tuning database {db} covers all {total} workloads of the "
+                               f"model"), lowered
+            note = f"the tuning database {db} covers {covered}/{total} workloads"
+        else:
+            note = f"no tuning database at {db}"
+    try:
+        from .backends import onnx as _onnx  # noqa: F401
+    except ModuleNotFoundError:
+        return "torch", (f"no target, tuning budget or covering tuning database ({note}); "
+                         f"onnxruntime would be picked but shrinkc.backends.onnx is not "
+                         f"installed"), None
+    return "onnxruntime", (f"no target, tuning budget or covering tuning database ({note}); "
+                           f"untuned TVM is 10-40x slower than onnxruntime on CPU"), None
+
+
+def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
+            passes: str | Sequence[Any] | None = None, backend: str | None = None,
+            target: str | Mapping[str, Any] | None = None, tune_trials: int = 0,
+            tuning_db: str | os.PathLike | None = None, calibration: Iterable[Any] | None = None,
+            keep_params: bool = False, check: bool = True, seed: int = 0,
+            name: str | None = None) -> CompiledModel:
+    """Trace (if needed), optimise and compile a model; returns a ``CompiledModel``.
+
+    - ``example_inputs``: a tensor / array, a sequence of them, or a mapping by input name.
+      Required for a torch module (they fix the static shapes) and for an ONNX model with
+      symbolic dims; otherwise used to measure the error (random inputs when ``None``).
+    - ``passes``: pipeline text (``"fold-bn,prune-channels(ratio=0.3)"``); none = compile as is.
+    - ``backend``: ``"tvm"``, ``"onnxruntime"``, ``"torch"`` or ``None`` (picked; see the
+      module docstring). ``target``: a preset name (``host``, ``x86-avx2``, ``x86-avx512``,
+      ``aarch64``) or a TVM target dict; TVM only.
+    - ``tune_trials``: MetaSchedule trials (TVM; needs ``backends/tvm_tuning.py``);
+      ``tuning_db``: its database directory (default: per target, in the user cache dir).
+    - ``keep_params``: TVM only — weights as function parameters saved beside the library
+      (``params.safetensors``) instead of constants inside it.
+    - ``check``: measure the error against the original graph on the example inputs.
+    """
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    if backend is not None and backend not in BACKENDS:
+        raise CompileError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)} "
+                           f"(or None to pick)")
+    if tune_trials < 0:
+        raise CompileError(f"tune_trials must be >= 0, got {tune_trials}")
+    if backend in ("onnxruntime", "torch") and (target is not None or tune_trials):
+        raise CompileError(f"target and tune_trials apply to the tvm backend, not {backend}")
+    if keep_params and backend not in (None, "tvm"):
+        raise CompileError(f"keep_params applies to the tvm backend, not {backend}")
+
+    examples = _example_list(example_inputs)
+    named = example_inputs if isinstance(example_inputs, Mapping) else None
+    original, times["frontend_s"] = _to_graph(model_or_graph, examples, named)
+    model_name = name or original.name
+    from .ir.interpreter import bind_inputs, random_inputs
+
+    if examples is None:
+        inputs_t = random_inputs(original, seed=seed)
+        input_note = "random inputs"
+    else:
+        inputs_t = bind_inputs(original, example_inputs if isinstance(example_inputs, Mapping)
+                               else examples)
+        input_note = "the example inputs"
+
+    graph = original
+    pipeline = None
+    if passes:
+        from . import optimize
+
+        pipeline = _canonical_pipeline(passes)
+        t0 = time.perf_counter()
+        graph = optimize(original, passes, example_inputs=inputs_t, calibration=calibration,
+                         seed=seed)
+        times["passes_s"] = time.perf_counter() - t0
+        log.info("%s: passes %s in %.2fs", model_name, pipeline, times["passes_s"])
+
+    lowered = None
+    if backend is None:
+        backend, reason, lowered = _choose_backend(graph, target, tune_trials, tuning_db, times)
+    else:
+        reason = "requested"
+    log.info("%s: backend %s (%s)", model_name, backend, reason)
+
+    tuning: dict[str, Any] = {}
+    resolved_target = None
+    t0 = time.perf_counter()
+    if backend == "tvm":
+        runner, resolved_target = _compile_tvm(graph, target, tune_trials, tuning_db,
+                                               keep_params, lowered, times, tuning)
+    elif backend == "onnxruntime":
+        runner = _ORTRunner.from_graph(graph, _host_threads())
+        times["build_s"] = time.perf_counter() - t0
+    else:
+        runner = _TorchRunner(graph)
+        times["build_s"] = time.perf_counter() - t0
+
+    orig_cost, cost = graph_cost(original), graph_cost(graph)
+    report = CompileReport(
+        model=model_name, backend=backend, reason=reason, pipeline=pipeline,
+        target=resolved_target, inputs=[f"{v.name}: {v.type}" for v in graph.inputs],
+        params=cost.params, macs=cost.total.macs, param_bytes=cost.param_bytes,
+        original_params=orig_cost.params, original_macs=orig_cost.total.macs,
+        original_param_bytes=orig_cost.param_bytes, threads=runner.threads,
+        tune_trials=tune_trials, tuning=tuning, times=times)
+    inputs = [(v.name, v.type) for v in graph.inputs]
+    outputs = [(v.name, v.type) for v in graph.outputs]
+    cm = CompiledModel(runner, inputs, outputs, report, graph)
+
+    if not check:
+        report.error_note = "check=False"
+    elif not runner.runs_here:
+        report.error_note = f"code for {resolved_target.get('mtriple')} does not run here"
+    else:
+        from .ir.interpreter import run
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref = run(original, inputs_t)
+        got = cm.run_numpy([_to_numpy(x, t) for x, (_, t) in zip(inputs_t, inputs)])
+        report.max_abs_error, report.rel_l2_error = _error(ref, got)
+        times["check_s"] = time.perf_counter() - t0
+        log.info("%s: error vs original on %s: max %.3g, rel-L2 %.3g", model_name, input_note,
+                 report.max_abs_error, report.rel_l2_error)
+    times["total_s"] = time.perf_counter() - t_start
+    return cm
+
+
+def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
+                 keep_params: bool, lowered: Any, times: dict[str, float],
+                 tuning: dict[str, Any]) -> tuple[_TVMRunner, dict[str, Any]]:
+    from .backends import tvm as btvm
+
+    t0 = time.perf_counter()
+    imported = btvm.import_tvm()
+    tgt = btvm.resolve_target(target)
+    tt = btvm.tuning_module()
+    if imported:
+        times["tvm_import_s"] = time.perf_counter() - t0
+    if tune_trials > 0 and (tt is None or not hasattr(tt, "tune")):
+        raise TuningUnavailableError(
+            f"tune_trials={tune_trials}: tuning is not available yet (shrinkc.backends."
+            f"tvm_tuning is not installed); compile with tune_trials=0 for untuned TVM")
+    t0 = time.perf_counter()
+    if lowered is None or keep_params:
+        lowered = btvm.lower(graph, keep_params=keep_params)
+    times["lower_s"] = time.perf_counter() - t0
+    pipeline = None
+    if tt is not None:
+        db = Path(tuning_db) if tuning_db is not None else Path(tt.default_db_dir(tgt))
+        if tune_trials > 0:
+            t0 = time.perf_counter()
+            result = tt.tune(lowered.mod, tgt, total_trials=tune_trials, db_dir=db)
+            times["tune_s"] = time.perf_counter() - t0
+            tuning.update(db=str(db), new_trials=result.new_trials,
+                          failures=result.failures, tasks=len(result.tasks))
+        if (db / "database_workload.json").is_file():
+            tuning.setdefault("db", str(db))
+
+            def pipeline(mod: Any, target_dict: dict[str, Any]) -> Any:
+                return tt.apply_database(mod, target_dict, db)
+        elif tuning_db is not None:
+            raise CompileError(f"tuning_db {db}: no MetaSchedule database there "
+                               f"(database_workload.json)")
+    module = btvm.build_lowered(lowered, tgt, pipeline=pipeline, name=graph.name)
+    if module.runs_here:
+        module.link()  # once, here, so the report shows it (save copies the library)
+    times.update(module.timings)
+    return _TVMRunner(module), tgt
+
+
+__all__ = ["BACKENDS", "CompileError", "CompileReport", "CompiledModel", "TuningUnavailableError",
+           "compile", "load_compiled"]

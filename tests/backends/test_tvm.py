@@ -1,0 +1,280 @@
+"""TVM backend: one lowering per op, numerics against the op table's references, the
+reference models against ``to_torch``, targets, cross-compilation, keep_params, and the
+errors (unknown preset, op with no lowering, wrong lowering)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shrinkc import IRError, to_torch
+from shrinkc.backends import tvm as btvm
+from shrinkc.ir import Graph, TensorType
+from shrinkc.ir.interpreter import random_inputs, run
+from shrinkc.ir.ops import OPS
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_every_op_has_a_lowering():
+    assert btvm.missing_lowerings() == []
+    assert set(btvm.LOWERINGS) <= set(OPS), "lowerings for ops that do not exist"
+
+
+# ---------------------------------------------------------------------------- per-op numerics
+def _c(g: Graph, data, dtype=np.float32, name=None):
+    return g.add_constant(np.asarray(data, dtype=dtype), name)
+
+
+def _kitchen_sink() -> Graph:
+    """One graph exercising every op (and the tricky attribute cases) as separate outputs,
+    so a single TVM build checks every lowering against the op table's reference."""
+    rng = np.random.default_rng(0)
+    g = Graph("ops")
+    x = g.add_input(TensorType("f32", (1, 4, 7, 7)), "x")  # odd size: ceil_mode matters
+    s = g.add_input(TensorType("f32", (2, 3, 8)), "s")
+    ids = g.add_input(TensorType("i64", (2, 3)), "ids")
+    ii = g.add_input(TensorType("i32", (2, 3)), "ii")
+    w = lambda *shape: _c(g, rng.standard_normal(shape) * 0.3)  # noqa: E731
+    outs = []
+
+    def add(op, ins, attrs=None):
+        n = g.add_node(op, ins, attrs or {}, names=None)
+        outs.extend(n.outputs)
+        return n.outputs[0]
+
+    add("conv2d", [x, w(6, 4, 3, 3), w(6)], {"padding": (1, 1), "stride": (2, 2)})
+    add("conv2d", [x, w(8, 2, 3, 3)], {"groups": 2, "dilation": (2, 2)})
+    add("conv2d", [x, w(4, 1, 3, 3)], {"groups": 4, "padding": (1, 1)})  # depthwise
+    add("conv_transpose2d", [x, w(4, 3, 3, 3), w(6)],
+        {"stride": (2, 2), "padding": (1, 1), "output_padding": (1, 1), "groups": 2})
+    add("linear", [s, w(5, 8), w(5)])
+    add("linear", [s, w(5, 8)])
+    add("matmul", [s, w(8, 4)])
+    add("matmul", [s, w(2, 8, 3)])  # batched
+    add("matmul", [s, w(8)])  # matrix-vector
+    bn = [_c(g, rng.random(4) + 0.5), w(4), w(4), _c(g, rng.random(4) + 0.5)]
+    add("batch_norm", [x, *bn], {"eps": 1e-3})
+    computed_mean = add("mean", [x], {"axes": (0, 2, 3)})  # statistics that are not constants
+    add("batch_norm", [x, bn[0], bn[1], computed_mean, bn[3]])
+    add("layer_norm", [s, w(8), w(8)], {"normalized_shape": (8,)})
+    add("layer_norm", [s], {"normalized_shape": (3, 8)})
+    add("group_norm", [x, w(4), w(4)], {"num_groups": 2})
+    add("group_norm", [x], {"num_groups": 4})
+    add("softmax", [s], {"axis": 1})
+    add("log_softmax", [s], {"axis": -1})
+    add("max_pool2d", [x], {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)})
+    add("max_pool2d", [x], {"kernel": (2, 2), "stride": (2, 2), "ceil_mode": True})
+    add("max_pool2d", [x], {"kernel": (3, 3), "stride": (2, 2), "dilation": (2, 2)})
+    add("avg_pool2d", [x], {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)})
+    add("avg_pool2d", [x], {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1),
+                            "count_include_pad": False})
+    add("avg_pool2d", [x], {"kernel": (2, 2), "stride": (2, 2), "ceil_mode": True})
+    add("avg_pool2d", [x], {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1),
+                            "ceil_mode": True, "count_include_pad": True})
+    add("adaptive_avg_pool2d", [x], {"output_size": (1, 1)})
+    add("adaptive_avg_pool2d", [x], {"output_size": (3, 2)})
+    add("embedding", [ids, w(10, 4)])
+    for op in ("relu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "identity",
+               "dropout", "neg", "exp", "erf"):
+        add(op, [s])
+    add("sqrt", [add("exp", [s])])
+    add("hardtanh", [s], {"min_val": 0.0, "max_val": 6.0})
+    add("gelu", [s], {"approximate": "none"})
+    add("gelu", [s], {"approximate": "tanh"})
+    half = _c(g, 0.5)
+    for op in ("add", "sub", "mul", "div"):
+        add(op, [s, w(3, 1)])  # broadcasting
+        add(op, [half, s])
+    add("pow", [add("exp", [s]), half])
+    add("div", [ii, _c(g, 2, np.int32)])  # int / int is float
+    add("add", [ii, _c(g, 3, np.int64)])  # promoted to i64
+    add("reshape", [s], {"shape": (6, 8)})
+    add("flatten", [x], {"start_dim": 1, "end_dim": 2})
+    add("permute", [s], {"perm": (2, 0, -2)})
+    add("concat", [s, s, w(2, 1, 8)], {"axis": 1})
+    n = g.add_node("split", [s], {"axis": -1, "sizes": (3, 5)})
+    outs.extend(n.outputs)
+    n = g.add_node("split", [s], {"axis": 0, "sizes": (2,)})
+    outs.extend(n.outputs)
+    add("slice", [s], {"axis": 2, "start": 1, "end": 100, "step": 3})
+    add("slice", [s], {"axis": -1, "start": -5, "end": -1, "step": 1})
+    add("expand", [w(1, 3, 1)], {"shape": (2, 3, 8)})
+    add("mean", [x], {"axes": (2, 3), "keepdim": True})
+    add("mean", [s], {"axes": (-1,), "keepdim": False})
+    add("sum", [s], {"axes": (0, 2), "keepdim": False})
+    add("sum", [ii], {"axes": (1,), "keepdim": False})  # i32 sums to i64
+    # quantization: per-tensor u8 with ties (x/scale = k + 0.5), per-channel i8, i32, cast
+    ties = _c(g, [[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 300.0, -300.0]])
+    q = add("quantize", [ties, _c(g, 1.0), _c(g, 0, np.int8)], {"dtype": "i8"})
+    add("dequantize", [q, _c(g, 0.5), _c(g, 1, np.int8)])
+    qu = add("quantize", [s, _c(g, 0.05), _c(g, 128, np.uint8)], {"dtype": "u8"})
+    add("dequantize", [qu, _c(g, 0.05), _c(g, 128, np.uint8)])
+    qc = add("quantize", [s, _c(g, [0.02, 0.05, 0.1]), _c(g, [0, 3, -2], np.int8)],
+             {"dtype": "i8", "axis": 1})
+    add("dequantize", [qc, _c(g, [0.02, 0.05, 0.1]), _c(g, [0, 3, -2], np.int8)], {"axis": 1})
+    add("quantize", [s, _c(g, 1e-6), _c(g, 5, np.int32)], {"dtype": "i32"})
+    add("cast", [s], {"dtype": "i32"})
+    add("cast", [ids], {"dtype": "f32"})
+    add("cast", [s], {"dtype": "f16"})
+    g.outputs = outs
+    return g
+
+
+@pytest.fixture(scope="module")
+def sink():
+    g = _kitchen_sink()
+    return g, btvm.build(g, "host")
+
+
+def test_every_op_matches_its_reference(sink):
+    g, mod = sink
+    assert {n.op for n in g.nodes} == set(OPS), "the kitchen-sink graph must use every op"
+    inputs = random_inputs(g, seed=1)
+    ref = [t.numpy() for t in run(g, inputs)]
+    got = mod.run([t.numpy() for t in inputs])
+    failures = []
+    for v, r, y in zip(g.outputs, ref, got):
+        if y.dtype != r.dtype or y.shape != r.shape:
+            failures.append(f"{v.producer.op} %{v.name}: {y.dtype}{y.shape} vs {r.dtype}{r.shape}")
+        elif not np.allclose(y.astype(np.float64), r.astype(np.float64), rtol=1e-4, atol=1e-5):
+            err = np.max(np.abs(y.astype(np.float64) - r.astype(np.float64)))
+            failures.append(f"{v.producer.op} %{v.name} ({v.producer.attrs}): max |diff| {err:.3g}")
+    assert not failures, "\n".join(failures)
+
+
+def test_quantize_rounds_half_to_even_and_clamps(sink):
+    g, mod = sink
+    q = next(v for v in g.outputs if v.producer.op == "quantize" and v.dtype == "i8"
+             and v.producer.attrs["axis"] is None)
+    i = g.outputs.index(q)
+    got = mod.run([t.numpy() for t in random_inputs(g)])[i]
+    np.testing.assert_array_equal(got, [[-2, -2, 0, 0, 2, 2, 127, -128]])
+
+
+# ---------------------------------------------------------------------------- reference models
+@pytest.fixture(scope="module")
+def compiled_models(reference_graphs, reference_names):
+    """Every reference model (small configuration) compiled once for the host."""
+    return {name: btvm.build(reference_graphs(name)[2], "host") for name in reference_names}
+
+
+@pytest.mark.parametrize("name", ["lenet_300_100", "lenet5", "resnet18", "resnet_bottleneck",
+                                  "vgg11_bn", "mobilenet_v2", "densenet", "vit"])
+def test_reference_model_matches_to_torch(name, compiled_models, reference_graphs):
+    _, x, g = reference_graphs(name)
+    with torch.no_grad():
+        want = to_torch(g)(x).numpy()
+    got = compiled_models[name].run([x.numpy()])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.linalg.norm(got - want) <= 1e-4 * np.linalg.norm(want)
+    assert compiled_models[name].timings["codegen_s"] > 0
+
+
+def test_batch_norm_statistics_are_folded_at_lowering(reference_graphs):
+    g = reference_graphs("resnet18")[2]
+    text = btvm.lower(g).mod.script(show_meta=False)
+    assert "rsqrt" not in text  # constant statistics: scale and shift computed in numpy
+    kept = btvm.lower(g, keep_params=True)
+    assert "rsqrt" in kept.mod.script(show_meta=False)  # statistics are parameters now
+
+
+def test_keep_params_binds_weights_separately(tmp_path, reference_graphs):
+    _, x, g = reference_graphs("lenet5")
+    mod = btvm.build(g, "host", keep_params=True)
+    assert set(mod.params) == {n for n, v in g.constants.items() if v.type.rank > 0}
+    func = btvm.lower(g, keep_params=True).mod["main"]
+    assert len(func.params) == 1 + len(mod.params)
+    with torch.no_grad():
+        want = to_torch(g)(x).numpy()
+    np.testing.assert_allclose(mod.run([x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+    entry = mod.export(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.so", "params.safetensors"]
+    loaded = btvm.TVMModule.load(tmp_path, entry, mod.inputs, mod.outputs)
+    np.testing.assert_array_equal(loaded.run([x.numpy()])[0], mod.run([x.numpy()])[0])
+
+
+# ---------------------------------------------------------------------------- targets
+def test_host_target_is_detected():
+    import tvm
+
+    t = btvm.resolve_target("host")
+    assert t["kind"] == "llvm" and t["num-cores"] >= 1
+    assert t["mcpu"] == str(tvm.target.codegen.llvm_get_system_cpu())
+    assert btvm.resolve_target(None) == t and btvm.target_runs_here(t)
+
+
+def test_presets_and_dicts():
+    assert set(btvm.target_presets()) >= {"host", "x86-avx2", "x86-avx512", "aarch64"}
+    a = btvm.resolve_target("aarch64")
+    assert a["mtriple"].startswith("aarch64") and a["num-cores"] >= 1
+    assert not btvm.target_runs_here(a)
+    d = btvm.resolve_target({"kind": "llvm", "mcpu": "znver4", "num-cores": 4})
+    assert d["num-cores"] == 4 and d["mcpu"] == "znver4" and "mtriple" in d
+    assert btvm.resolve_target('{"kind": "llvm", "mcpu": "haswell"}')["mcpu"] == "haswell"
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("x86-avx3", ["unknown target preset 'x86-avx3'", "host", "aarch64"]),
+    ("llvm -mcpu=znver4", ["unknown target preset", "dict"]),
+    ({"kind": "llvm", "mcpu": "pentium9000"}, ["mcpu 'pentium9000'"]),
+    ({"kind": "llvm", "mcpu": "native"}, ["native", "host"]),
+    ({"kind": "cuda"}, ["only CPU targets"]),
+])
+def test_bad_targets_are_one_clear_error(bad, words):
+    with pytest.raises(btvm.TargetError) as e:
+        btvm.resolve_target(bad)
+    assert isinstance(e.value, IRError)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_cross_compile_for_aarch64_writes_object_files(tmp_path, reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    mod = btvm.build(g, "aarch64")
+    assert not mod.runs_here
+    entry = mod.export(tmp_path)
+    lib = tmp_path / entry["files"]["library"]
+    assert lib.is_file()
+    if lib.suffix == ".tar":  # no cross compiler here: the object files
+        objs = btvm.object_files(lib)
+        assert objs
+        for data in objs.values():
+            assert data[:4] == b"\x7fELF"
+            assert int.from_bytes(data[18:20], "little") == 183  # e_machine EM_AARCH64
+    with pytest.raises(btvm.TVMBackendError, match="cannot run on this machine"):
+        mod.run([x.numpy()])
+
+
+# ---------------------------------------------------------------------------- errors
+def test_op_without_lowering_is_named(monkeypatch, reference_graphs):
+    g = reference_graphs("lenet5")[2]
+    monkeypatch.delitem(btvm.LOWERINGS, "relu")
+    assert btvm.missing_lowerings() == ["relu"]
+    with pytest.raises(btvm.LoweringError) as e:
+        btvm.lower(g)
+    msg = str(e.value)
+    assert "no TVM lowering for op(s) relu" in msg
+    relu = next(n for n in g.nodes if n.op == "relu")
+    assert relu.describe() in msg
+
+
+def test_wrong_lowering_is_caught_at_its_node(monkeypatch, reference_graphs):
+    g = reference_graphs("lenet5")[2]
+    import tvm.relax as relax
+
+    monkeypatch.setitem(btvm.LOWERINGS, "flatten",
+                        lambda lw, node, a: relax.op.reshape(a[0], (1, -1, 1)))
+    with pytest.raises(btvm.LoweringError, match=r"node flatten.*TVM lowering of flatten gives "
+                                                 r"float32\[1, 400, 1\] but the IR says"):
+        btvm.lower(g)
+
+
+def test_runtime_input_checks(reference_graphs, compiled_models):
+    _, x, _ = reference_graphs("lenet5")
+    mod = compiled_models["lenet5"]
+    with pytest.raises(btvm.TVMBackendError, match="expects f32\\[1,1,28,28\\]"):
+        mod.run([np.zeros((1, 1, 27, 28), np.float32)])
+    with pytest.raises(btvm.TVMBackendError, match="takes 1 inputs"):
+        mod.run([x.numpy(), x.numpy()])

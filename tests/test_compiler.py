@@ -1,0 +1,269 @@
+"""The compile API: backends, the backend=None rule, the report, save / load_compiled in a
+fresh process, calling conventions, and one clear error for each kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import shrinkc
+from shrinkc import IRError
+from shrinkc.backends import tvm as btvm
+from shrinkc.compiler import (CompileError, CompiledModel, TuningUnavailableError,
+                              _choose_backend)
+from shrinkc.ir.interpreter import run
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """No tuning database from the user's cache may decide a backend in these tests."""
+    monkeypatch.setenv("SHRINKC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def _want(graph, x) -> np.ndarray:
+    with torch.no_grad():
+        return run(graph, [x])[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def resnet_tvm(reference_graphs):
+    """ResNet-18 (small) from its torch module, with a pipeline, compiled by TVM once."""
+    model, x, g = reference_graphs("resnet18")
+    cm = shrinkc.compile(model, x, passes="fold-bn", backend="tvm", target="host")
+    return model, x, g, cm
+
+
+def test_tvm_compile_matches_and_reports(resnet_tvm):
+    import tvm
+
+    model, x, g, cm = resnet_tvm
+    assert isinstance(cm, CompiledModel) and cm.backend == "tvm"
+    y = cm(x)
+    assert isinstance(y, torch.Tensor)
+    np.testing.assert_allclose(y.numpy(), _want(g, x), rtol=1e-4, atol=1e-4)
+    r = cm.report()
+    assert r.backend == "tvm" and r.reason == "requested"
+    assert r.pipeline.startswith("fold-bn")  # canonical text, every option spelled out
+    assert r.target["mcpu"] == str(tvm.target.codegen.llvm_get_system_cpu())
+    assert r.params < r.original_params  # fold-bn removed the BN parameters
+    assert r.macs == r.original_macs > 0
+    assert r.max_abs_error < 1e-4 and r.rel_l2_error < 1e-5
+    for phase in ("frontend_s", "passes_s", "lower_s", "relax_passes_s", "codegen_s",
+                  "emit_link_s", "check_s", "total_s"):
+        assert r.times[phase] >= 0, phase
+    text = str(r)
+    for words in ("backend    tvm: requested", "pipeline   fold-bn", "was 703,866",
+                  "rel-L2", "codegen"):
+        assert words in text
+
+
+def test_calling_conventions(resnet_tvm):
+    _, x, g, cm = resnet_tvm
+    want = _want(g, x)
+    out_np = cm(x.numpy())
+    assert isinstance(out_np, np.ndarray)
+    np.testing.assert_allclose(out_np, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(cm([x.numpy()]), out_np)
+    np.testing.assert_array_equal(cm({g.inputs[0].name: x}).numpy(), out_np)
+    np.testing.assert_array_equal(cm(x.double()).numpy(), out_np)  # cast to the input type
+    with pytest.raises(CompileError, match=r"expects f32\[1,3,32,32\], got shape \[1, 3, 16, 16\]"):
+        cm(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(CompileError, match="takes 1 inputs"):
+        cm(x, x)
+    with pytest.raises(CompileError, match="missing inputs"):
+        cm({"nope": x})
+
+
+def test_saved_artifacts_reload_in_a_fresh_process(tmp_path, resnet_tvm, reference_graphs):
+    """TVM, onnxruntime and torch artifacts load with load_compiled in a new interpreter,
+    without importing any pass, and give the same outputs."""
+    _, x, g, cm = resnet_tvm
+    dirs = {"tvm": cm.save(tmp_path / "tvm")}
+    assert sorted(p.name for p in dirs["tvm"].iterdir()) == ["manifest.json", "model.so"]
+    manifest = json.loads((dirs["tvm"] / "manifest.json").read_text())
+    assert manifest["backend"] == "tvm" and manifest["pipeline"] == cm.report().pipeline
+    assert manifest["target"] == cm.report().target
+    assert manifest["inputs"] == [{"name": g.inputs[0].name, "dtype": "f32",
+                                   "shape": [1, 3, 32, 32]}]
+    assert cm.report().artifact_bytes == (dirs["tvm"] / "model.so").stat().st_size
+    lenet_model, lx, lg = reference_graphs("lenet5")
+    for backend in ("onnxruntime", "torch"):
+        dirs[backend] = shrinkc.compile(lg, lx, backend=backend).save(tmp_path / backend)
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "lx.npy", lx.numpy())
+    script = textwrap.dedent(f"""
+        import sys, numpy as np
+        import shrinkc
+        out = {{}}
+        for name, inp in (("tvm", "x"), ("onnxruntime", "lx"), ("torch", "lx")):
+            cm = shrinkc.load_compiled(r"{tmp_path}/" + name)
+            assert cm.backend == name, cm.backend
+            out[name] = cm(np.load(r"{tmp_path}/" + inp + ".npy"))
+        np.savez(r"{tmp_path}/out.npz", **out)
+        passes = sorted(m for m in sys.modules if m.startswith("shrinkc.passes"))
+        print("PASSES-IMPORTED:", passes)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "PASSES-IMPORTED: []" in res.stdout
+    out = np.load(tmp_path / "out.npz")
+    np.testing.assert_array_equal(out["tvm"], cm(x.numpy()))
+    np.testing.assert_allclose(out["tvm"], _want(g, x), rtol=1e-4, atol=1e-4)
+    for backend in ("onnxruntime", "torch"):
+        np.testing.assert_allclose(out[backend], _want(lg, lx), rtol=1e-4, atol=1e-5)
+
+
+def test_keep_params_saves_weights_beside_the_library(tmp_path, reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    cm = shrinkc.compile(g, x, backend="tvm", keep_params=True)
+    d = cm.save(tmp_path / "m")
+    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "model.so",
+                                                   "params.safetensors"]
+    cm2 = shrinkc.load_compiled(d)
+    np.testing.assert_array_equal(cm2(x.numpy()), cm(x.numpy()))
+    assert str(cm2.report()) == str(cm.report())
+
+
+def test_onnx_model_with_symbolic_batch(tmp_path, reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    path = shrinkc.to_onnx(g, tmp_path / "m.onnx")
+    import onnx
+
+    m = onnx.load(str(path))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(m, str(path))
+    x4 = torch.randn(4, *x.shape[1:])
+    cm = shrinkc.compile(path, x4, backend="torch")
+    assert cm.inputs[0][1].shape == tuple(x4.shape)
+    want = np.concatenate([_want(g, x4[i:i + 1]) for i in range(4)])
+    np.testing.assert_allclose(cm(x4).numpy(), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(btvm.StaticShapeError) as e:
+        shrinkc.compile(path, backend="torch")
+    assert "input 'x' dim 0 (batch) is not static" in str(e.value)
+    assert "example_inputs" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- backend=None
+def test_default_backend_is_onnxruntime_with_the_reason(reference_graphs):
+    _, x, g = reference_graphs("lenet5")
+    cm = shrinkc.compile(g, x)
+    r = cm.report()
+    assert cm.backend == "onnxruntime"
+    assert "no target, tuning budget or covering tuning database" in r.reason
+    assert "no tuning database at" in r.reason and "10-40x slower" in r.reason
+    assert f"backend    onnxruntime: {r.reason}" in str(r)
+    np.testing.assert_allclose(cm(x).numpy(), _want(g, x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_target_picks_tvm(reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    cm = shrinkc.compile(g, x, target="host")
+    assert cm.backend == "tvm"
+    assert cm.report().reason == "a target was given (host)"
+
+
+def test_a_tuning_budget_picks_tvm(reference_graphs):
+    g = reference_graphs("lenet_300_100")[2]
+    backend, reason, _ = _choose_backend(g, None, 64, None, {})
+    assert (backend, reason) == ("tvm", "a tuning budget was given (tune_trials=64)")
+
+
+def test_a_covering_tuning_database_picks_tvm(tmp_path, monkeypatch, reference_graphs):
+    """An empty database covers nothing (the real coverage check runs); one that covers
+    every workload makes TVM the choice."""
+    _, x, g = reference_graphs("lenet_300_100")
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        (tmp_path / f).write_text("")
+    covered, total = btvm.database_coverage(btvm.lower(g), btvm.resolve_target(None), tmp_path)
+    assert covered == 0 and total > 0
+    cm = shrinkc.compile(g, x, tuning_db=tmp_path)
+    assert cm.backend == "onnxruntime"
+    assert f"covers 0/{total} workloads" in cm.report().reason
+    monkeypatch.setattr(btvm, "database_coverage", lambda lowered, target, db: (total, total))
+    cm = shrinkc.compile(g, x, tuning_db=tmp_path)
+    assert cm.backend == "tvm"
+    assert cm.report().reason == (f"the tuning database {tmp_path} covers all {total} "
+                                  f"workloads of the model")
+    assert cm.report().tuning["db"] == str(tmp_path)
+    np.testing.assert_allclose(cm(x).numpy(), _want(g, x), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- errors
+def test_unknown_target_preset(reference_graphs):
+    _, x, g = reference_graphs("lenet5")
+    with pytest.raises(btvm.TargetError) as e:
+        shrinkc.compile(g, x, target="arm-cortex-m7")
+    assert isinstance(e.value, IRError)
+    assert "unknown target preset 'arm-cortex-m7'" in str(e.value) and "aarch64" in str(e.value)
+
+
+def test_op_without_tvm_lowering_is_named(monkeypatch, reference_graphs):
+    _, x, g = reference_graphs("vit")
+    monkeypatch.delitem(btvm.LOWERINGS, "gelu")
+    with pytest.raises(btvm.LoweringError) as e:
+        shrinkc.compile(g, x, backend="tvm")
+    assert isinstance(e.value, IRError)
+    node = next(n for n in g.nodes if n.op == "gelu")
+    assert f"no TVM lowering for op(s) gelu (e.g. node {node.describe()})" in str(e.value)
+
+
+def test_torch_module_without_example_inputs(reference_graphs):
+    model = reference_graphs("lenet5")[0]
+    with pytest.raises(btvm.StaticShapeError, match="LeNet5 is a torch module: pass "
+                                                    "example_inputs"):
+        shrinkc.compile(model)
+
+
+def test_tuning_without_the_tuning_module(monkeypatch, reference_graphs):
+    _, x, g = reference_graphs("lenet5")
+    monkeypatch.setattr(btvm, "tuning_module", lambda: None)
+    with pytest.raises(TuningUnavailableError, match="tune_trials=8: tuning is not available"):
+        shrinkc.compile(g, x, backend="tvm", tune_trials=8)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"backend": "tensorrt"}, "unknown backend 'tensorrt'; backends: tvm, onnxruntime, torch"),
+    ({"backend": "onnxruntime", "target": "host"}, "apply to the tvm backend, not onnxruntime"),
+    ({"backend": "torch", "tune_trials": 4}, "apply to the tvm backend, not torch"),
+    ({"tune_trials": -1}, "tune_trials must be >= 0"),
+])
+def test_bad_arguments(kwargs, words, reference_graphs):
+    _, x, g = reference_graphs("lenet5")
+    with pytest.raises(CompileError, match=words):
+        shrinkc.compile(g, x, **kwargs)
+
+
+def test_load_compiled_errors(tmp_path):
+    with pytest.raises(CompileError, match="no manifest.json"):
+        shrinkc.load_compiled(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(CompileError, match="corrupt manifest"):
+        shrinkc.load_compiled(tmp_path)
+
+
+@pytest.mark.slow
+def test_tuned_compile_records_and_reuses_the_database(tmp_path, reference_graphs):
+    """A few MetaSchedule trials on a tiny model through compile(tune_trials=...): the report
+    has the tuning, the database is applied, outputs still match; the database then decides."""
+    _, x, g = reference_graphs("lenet_300_100")
+    cm = shrinkc.compile(g, x, tune_trials=2, tuning_db=tmp_path)
+    r = cm.report()
+    assert cm.backend == "tvm" and "tune_trials=2" in r.reason
+    assert r.tuning["new_trials"] == 2 and r.tuning["failures"] == 0
+    assert r.tuning["db"] == str(tmp_path) and r.times["tune_s"] > 0
+    np.testing.assert_allclose(cm(x).numpy(), _want(g, x), rtol=1e-4, atol=1e-5)
+    lowered = btvm.lower(g)
+    covered, total = btvm.database_coverage(lowered, btvm.resolve_target(None), tmp_path)
+    assert 1 <= covered <= total
+    again = shrinkc.compile(g, x, tuning_db=tmp_path)
+    want = "tvm" if covered == total else "onnxruntime"
+    assert again.backend == want and f"{tmp_path}" in again.report().reason

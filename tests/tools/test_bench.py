@@ -1,0 +1,33 @@
+"""``tools/bench.py`` and ``shrinkc bench``: every backend timed, the table's columns."""
+
+from __future__ import annotations
+
+import pytest
+
+from shrinkc.tools.bench import bench_model, markdown
+from shrinkc.tools.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_bench_model_times_every_backend():
+    row = bench_model("lenet_300_100", warmup=1, repeat=3, threads=1)
+    assert set(row.timings) == {"torch", "onnxruntime", "tvm"}
+    assert all(len(t.runs_ms) == 3 and t.median > 0 for t in row.timings.values())
+    assert max(row.max_diff.values()) < 1e-4  # every backend computes the same thing
+    assert row.params == 266_610 and row.speedup("torch") == 1.0
+    table = markdown([row], threads=1, warmup=1, repeat=3)
+    header = table.splitlines()[0]
+    for col in ("PyTorch ms", "onnxruntime ms", "TVM untuned ms", "TVM vs PyTorch", "MACs"):
+        assert col in header
+    assert "| lenet_300_100 | 1×1×28×28 | 266.61K |" in table
+    assert "1 threads per backend" in table and "Medians of 3 runs" in table
+
+
+def test_bench_command(capsys):
+    assert main(["bench", "lenet5", "--backends", "torch,onnxruntime", "--repeat", "2",
+                 "--warmup", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| lenet5 |" in out and "×" in out
+    assert main(["bench", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

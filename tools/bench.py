@@ -1,0 +1,263 @@
+"""Latency benchmark: PyTorch eager, onnxruntime and TVM (untuned) on the same model, same run.
+
+For each model: trace it once, then time the backends on the same input at batch 1:
+
+- ``torch``: the ``nn.Module`` itself, eager, under ``torch.inference_mode``;
+- ``onnxruntime``: ``shrinkc.to_onnx`` of the traced graph, one ``InferenceSession``;
+- ``tvm``: ``backends.tvm.build`` of the traced graph for the target (untuned), on the VM.
+
+Each backend is warmed up, then the timed runs go round-robin over the backends (one run of
+each per round), so a burst of load on a shared machine hits every backend alike. Reported:
+median, p10 and p90 of the per-run wall times, and the speed-up vs PyTorch (PyTorch median
+/ backend median: > 1 is faster). Every backend uses the same number of threads (torch
+``set_num_threads``, onnxruntime ``intra_op_num_threads``, ``TVM_NUM_THREADS``). Outputs are
+checked against PyTorch (max abs difference).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "tvm")
+
+
+@dataclass
+class Timing:
+    """Per-run wall times of one backend, in milliseconds."""
+
+    runs_ms: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs_ms)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.runs_ms, q))
+
+    def fmt(self) -> str:
+        return f"{self.median:.2f} ({self.percentile(10):.2f}–{self.percentile(90):.2f})"
+
+
+@dataclass
+class BenchRow:
+    """One model's results."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    params: int
+    macs: int
+    param_bytes: int
+    timings: dict[str, Timing] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # backend -> why it has no timing
+    max_diff: dict[str, float] = field(default_factory=dict)  # vs torch
+    build_s: dict[str, float] = field(default_factory=dict)
+
+    def speedup(self, backend: str) -> float | None:
+        if "torch" not in self.timings or backend not in self.timings:
+            return None
+        return self.timings["torch"].median / self.timings[backend].median
+
+
+def _torch_runner(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], Any]:
+    model = model.eval()
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return run, lambda out: out.detach().numpy()
+
+
+def _ort_runner(graph: Any, x: np.ndarray, threads: int) -> tuple[Callable[[], Any], Any]:
+    import tempfile
+    from pathlib import Path
+
+    from .. import to_onnx
+    from ..backends.onnx import OnnxRuntimeSession
+
+    with tempfile.TemporaryDirectory(prefix="shrinkc-bench-") as d:
+        sess = OnnxRuntimeSession(to_onnx(graph, Path(d) / "model.onnx").read_bytes(), threads)
+    feeds = sess.feeds([x])
+
+    def run() -> Any:
+        return sess.session.run(None, feeds)
+
+    return run, lambda out: out[0]
+
+
+def _tvm_runner(graph: Any, x: np.ndarray, target: Any) -> tuple[Callable[[], Any], Any]:
+    from ..backends import tvm as btvm
+
+    module = btvm.build(graph, target)
+    module.link()
+    tensors = module.to_device([x])
+    module.run_device(tensors)  # starts the VM and the thread pool
+
+    def run() -> Any:
+        return module.run_device(tensors)
+
+    return run, lambda out: (out.numpy() if hasattr(out, "numpy") else out[0].numpy())
+
+
+def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
+                model_kwargs: dict[str, Any] | None = None,
+                backends: Sequence[str] = BACKENDS, warmup: int = 5, repeat: int = 30,
+                threads: int | None = None, target: Any = None,
+                seed: int = 0) -> BenchRow:
+    """Time ``backends`` on zoo model ``name`` at batch 1 (see the module docstring)."""
+    from ..ir.cost import graph_cost
+    from ..ir.frontends.torch import trace
+    from . import zoo
+
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}; known: {', '.join(BACKENDS)}")
+    threads = threads or default_threads()
+    set_threads(threads)
+    torch.manual_seed(seed)
+    model = zoo.get_model(name, **(model_kwargs or {})).eval()
+    shape = tuple(input_shape or zoo.default_input_shape(name))
+    x = torch.randn(*shape)
+    graph = trace(model, (x,), name=name)
+    cost = graph_cost(graph)
+    row = BenchRow(name, shape, cost.params, cost.total.macs, cost.param_bytes)
+    xn = x.numpy()
+    runners: dict[str, tuple[Callable[[], Any], Any]] = {}
+    for b in backends:
+        t0 = time.perf_counter()
+        try:
+            if b == "torch":
+                runners[b] = _torch_runner(model, x)
+            elif b == "onnxruntime":
+                runners[b] = _ort_runner(graph, xn, threads)
+            else:
+                runners[b] = _tvm_runner(graph, xn, target)
+        except (ImportError, ModuleNotFoundError) as e:
+            row.errors[b] = f"not available: {e}"
+            continue
+        row.build_s[b] = time.perf_counter() - t0
+        log.info("%s: %s ready in %.1fs", name, b, row.build_s[b])
+    outputs: dict[str, np.ndarray] = {}
+    for b, (run, to_np) in runners.items():
+        out = None
+        for _ in range(max(warmup, 1)):
+            out = run()
+        outputs[b] = np.asarray(to_np(out), dtype=np.float64)
+        row.timings[b] = Timing()
+    if "torch" in outputs:
+        row.max_diff = {b: float(np.max(np.abs(o - outputs["torch"]))) for b, o in
+                        outputs.items()}
+    for _ in range(repeat):  # round-robin: one run of each backend per round
+        for b, (run, _) in runners.items():
+            t0 = time.perf_counter()
+            run()
+            row.timings[b].runs_ms.append((time.perf_counter() - t0) * 1e3)
+    log.info("%s: %s", name, ", ".join(f"{b} {t.median:.2f} ms" for b, t in row.timings.items()))
+    return row
+
+
+def default_threads() -> int:
+    from ..backends.tvm import host_cores
+
+    return host_cores()
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` in torch and (if its pool has not started) TVM."""
+    torch.set_num_threads(threads)
+    have = os.environ.get("TVM_NUM_THREADS")
+    if have is not None and int(have) != threads:
+        log.warning("TVM_NUM_THREADS=%s is set; TVM will not use %d threads", have, threads)
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+
+
+def machine_info(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads per backend{load}"
+
+
+def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int,
+             target: dict[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
+    """The results as a Markdown table (milliseconds: median (p10–p90))."""
+    from .table import human, human_bytes
+
+    lines = [
+        "| model | input | params | MACs | size | PyTorch ms | onnxruntime ms | ORT vs PyTorch "
+        "| TVM untuned ms | TVM vs PyTorch | TVM build s | max Δ vs PyTorch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        def cell(b: str) -> str:
+            return r.timings[b].fmt() if b in r.timings else r.errors.get(b, "–")
+
+        def ratio(b: str) -> str:
+            s = r.speedup(b)
+            return f"{s:.2f}×" if s is not None else "–"
+
+        diff = max((v for k, v in r.max_diff.items() if k != "torch"), default=None)
+        lines.append(
+            f"| {r.model} | {'×'.join(map(str, r.input_shape))} | {human(r.params)} | "
+            f"{human(r.macs)} | {human_bytes(r.param_bytes)} | {cell('torch')} | "
+            f"{cell('onnxruntime')} | {ratio('onnxruntime')} | {cell('tvm')} | {ratio('tvm')} | "
+            f"{r.build_s.get('tvm', float('nan')):.1f} | "
+            f"{'–' if diff is None else f'{diff:.1e}'} |")
+    foot = [f"\nBatch 1, fp32, {machine_info(threads)}. Medians of {repeat} runs after "
+            f"{warmup} warm-up runs (p10–p90 in parentheses), backends timed round-robin in "
+            f"one process. Ratios are PyTorch median / backend median (> 1 = faster than "
+            f"PyTorch eager)."]
+    if target:
+        foot.append(f"TVM target: `{json.dumps(target)}`, untuned (no MetaSchedule).")
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
+        foot.append(f"Warning: the machine was busy (load average {os.getloadavg()[0]:.1f} on "
+                    f"{os.cpu_count()} CPUs): timings are noisy, and multi-threaded runs suffer "
+                    f"most (a thread pool waits for its descheduled threads); compare medians, "
+                    f"or use --threads 1.")
+    foot += list(notes)
+    return "\n".join(lines) + "\n" + "\n".join(foot) + "\n"
+
+
+def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmup: int = 5,
+              repeat: int = 30, threads: int | None = None, target: Any = None,
+              input_shape: Sequence[int] | None = None,
+              model_kwargs: dict[str, Any] | None = None,
+              progress: Callable[[str], None] | None = None) -> tuple[list[BenchRow], str]:
+    """Benchmark each model; returns the rows and the Markdown table."""
+    threads = threads or default_threads()
+    resolved = None
+    if "tvm" in backends:
+        from ..backends.tvm import resolve_target
+
+        resolved = resolve_target(target)
+    rows = []
+    for name in names:
+        if progress:
+            progress(f"benchmarking {name} ...")
+        rows.append(bench_model(name, input_shape=input_shape, model_kwargs=model_kwargs,
+                                backends=backends, warmup=warmup, repeat=repeat,
+                                threads=threads, target=resolved))
+    return rows, markdown(rows, threads=threads, warmup=warmup, repeat=repeat, target=resolved)
+
+
+__all__ = ["BACKENDS", "BenchRow", "Timing", "bench_model", "markdown", "run_bench"]

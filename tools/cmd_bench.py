@@ -1,0 +1,58 @@
+"""``shrinkc bench [MODEL ...]``: latency of PyTorch eager, onnxruntime and untuned TVM on the
+reference models at batch 1, in one run, as a Markdown table (medians and p10–p90 of
+``--repeat`` runs after ``--warmup``; ratios vs PyTorch; params, MACs, size; threads).
+
+MODEL is a zoo name (``resnet18`` or ``zoo:resnet18``); default: every reference model at its
+default input shape. On a shared machine timings are noisy: compare medians, and rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .load import parse_shape
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="latency table: PyTorch vs onnxruntime vs TVM (untuned)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", metavar="MODEL", help="zoo models (default: all)")
+    p.add_argument("--backends", default="torch,onnxruntime,tvm",
+                   help="comma-separated subset of torch,onnxruntime,tvm")
+    p.add_argument("--repeat", type=int, default=30, help="timed runs per backend (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=int, help="threads per backend (default: physical cores)")
+    p.add_argument("--target", default=None, help="TVM target preset or JSON dict (default host)")
+    p.add_argument("--width", type=float, help="zoo width multiplier (default: each model's 1.0)")
+    p.add_argument("--input-shape", help="input shape for every model, e.g. 1,3,64,64")
+    p.add_argument("-o", "--output", metavar="FILE.md", help="also write the table to a file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from . import zoo
+    from .bench import run_bench
+
+    names = [m.removeprefix("zoo:") for m in args.models] or list(zoo.MODELS)
+    for n in names:
+        if n not in zoo.MODELS:
+            raise ValueError(f"unknown model {n!r}; known models: {', '.join(sorted(zoo.MODELS))}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if args.repeat < 1 or args.warmup < 0:
+        raise ValueError("--repeat must be >= 1 and --warmup >= 0")
+    target = args.target
+    if target and target.strip().startswith("{"):
+        target = json.loads(target)
+    kwargs = {"width": args.width} if args.width else None
+    _, table = run_bench(names, backends=backends, warmup=args.warmup, repeat=args.repeat,
+                         threads=args.threads, target=target,
+                         input_shape=parse_shape(args.input_shape), model_kwargs=kwargs,
+                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table)
+    return 0
