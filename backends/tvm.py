@@ -6,7 +6,8 @@ weights, bound separately at run time; otherwise weights are Relax constants). E
 has one entry in ``LOWERINGS`` (keyed by the op table's names); after each node the Relax
 type is checked against the IR type, so a wrong lowering fails at the node that made it.
 ``quantize`` / ``dequantize`` / ``cast`` are lowered to float arithmetic, round, clip and
-``astype`` (integer compute kernels come with autotuning).
+``astype``, except the QDQ patterns around conv2d / linear / matmul, which ``tvm_int8``
+lowers to integer compute (u8/i8 × i8 → int32, then requantize).
 
 ``build(graph, target)`` runs Relax's own optimisation (``DecomposeOpsForInference``,
 ``CanonicalizeBindings`` and the ``zero`` pipeline: ``LegalizeOps``, ``FoldConstant``,
@@ -658,12 +659,15 @@ def check_static(graph: Graph) -> None:
                                    f"which is not static; TVM needs static input shapes")
 
 
-def lower(graph: Graph, keep_params: bool = False) -> Lowered:
+def lower(graph: Graph, keep_params: bool = False, int8: bool = True) -> Lowered:
     """IR graph → Relax ``IRModule`` with one function ``main``.
 
     ``keep_params``: weights (constants of rank ≥ 1) become parameters of ``main`` after the
     inputs (``num_input`` attribute set), returned in ``Lowered.params``; otherwise they are
     constants in the module. Scalars are always constants.
+
+    ``int8``: lower QDQ conv2d / linear / matmul patterns to integer compute (see
+    ``tvm_int8``); False lowers quantize / dequantize to float arithmetic like other ops.
     """
     _import_tvm()
     check_static(graph)
@@ -692,8 +696,12 @@ def lower(graph: Graph, keep_params: bool = False) -> Lowered:
     attrs = {"num_input": len(graph.inputs)} if keep_params else None
     with bb.function("main", args, attrs=attrs):
         with bb.dataflow():
+            # int8 hook: QDQ patterns around conv2d/linear/matmul lower to integer compute
+            # (backends/tvm_int8.py); it returns False for every other node.
+            int8_plan = _int8_plan(graph) if int8 else None
             for node in graph.nodes:
-                _lower_node(lw, node)
+                if int8_plan is None or not int8_plan.lower(lw, node):
+                    _lower_node(lw, node)
             outs = [lw.env[id(v)] for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
@@ -706,10 +714,22 @@ def _const_of(v: Value) -> Any:
     return relax.const(np.ascontiguousarray(v.data), DTYPE_TO_TVM[v.dtype])
 
 
-def _lower_node(lw: _Lowerer, node: Node) -> None:
+def _int8_plan(graph: Graph) -> Any:
+    from . import tvm_int8  # imports this module
+
+    return tvm_int8.plan(graph)
+
+
+def _lower_node(lw: _Lowerer, node: Node, lowering: Lowering | None = None,
+                outputs: Sequence[Value] | None = None) -> None:
+    """Lower ``node`` with ``LOWERINGS`` (or ``lowering``) and check its result types against
+    ``node.outputs`` (or ``outputs``: the int8 lowering produces a fused quantize's output)."""
     lw.node = node
+    outputs = node.outputs if outputs is None else outputs
     try:
-        result = LOWERINGS[node.op](lw, node, [lw.env[id(v)] for v in node.inputs])
+        fn = LOWERINGS[node.op] if lowering is None else lowering
+        # (the int8 lowering reads its operands itself: the dequantized ones are not lowered)
+        result = fn(lw, node, [lw.env[id(v)] for v in node.inputs] if lowering is None else [])
     except KeyError:
         raise LoweringError(f"no TVM lowering for op {node.op} (node {node.describe()})"
                             ) from None
@@ -720,10 +740,10 @@ def _lower_node(lw: _Lowerer, node: Node) -> None:
         raise LoweringError(f"node {node.describe()}: lowering {node.op} to Relax failed: "
                             f"{msg[-1] if msg else type(e).__name__}") from e
     results = list(result) if isinstance(result, (list, tuple)) else [result]
-    if len(results) != len(node.outputs):
+    if len(results) != len(outputs):
         raise LoweringError(f"node {node.describe()}: lowering of {node.op} gave "
-                            f"{len(results)} results for {len(node.outputs)} outputs")
-    for out, expr in zip(node.outputs, results):
+                            f"{len(results)} results for {len(outputs)} outputs")
+    for out, expr in zip(outputs, results):
         if not isinstance(expr, (relax.Var, tvm.ir.expr.Constant)):
             expr = lw.emit(expr)
         (dtype, shape), = _relax_types(expr)

@@ -1,0 +1,272 @@
+"""backends/tvm_tuning.py: targets, MetaSchedule tuning with a persistent database, RPC.
+
+The tuning tests use a tiny Relax module (conv2d+relu, reshape, matmul on 1x16x16x16) and a
+handful of trials; one tuning run is shared by several tests (module-scoped fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from shrinkc.backends import tvm_tuning as tt
+
+TRIALS_PER_TASK = 4
+POPULATION = 32  # small evolutionary-search population: fast rounds
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def tiny_module():
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((16, 16, 3, 3)) * 0.1).astype("float32")
+    w2 = (rng.standard_normal((256, 16)) * 0.1).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 16, 16), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            c = bb.emit(relax.op.nn.conv2d(x, relax.const(w1), padding=(1, 1)))
+            r = bb.emit(relax.op.nn.relu(c))
+            s = bb.emit(relax.op.reshape(r, (16, 256)))
+            m = bb.emit(relax.op.matmul(s, relax.const(w2)))
+            o = bb.emit_output(m)
+        bb.emit_func_output(o)
+    return bb.get(), w1, w2
+
+
+def numpy_reference(x, w1, w2):
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))  # 1,C,H,W,3,3
+    conv = np.einsum("nchwij,ocij->nohw", win, w1)
+    return np.maximum(conv, 0).reshape(16, 256) @ w2
+
+
+def task_keys(db_dir) -> set[str]:
+    db = tt._open_db(db_dir)  # pylint: disable=protected-access
+    return {tt._task_key(r.workload.mod) for r in db.get_all_tuning_records()}  # noqa: SLF001
+
+
+def assert_no_failures_in_logs(log_dir) -> None:
+    text = "".join(p.read_text() for p in log_dir.glob("*.log"))
+    assert "Sending" in text, "MetaSchedule logs are empty"
+    for bad in ("LocalBuilder: Timeout", "An exception occurred", "RPCRunner: Timeout",
+                "LocalRunner: Timeout"):  # fmt: skip
+        assert bad not in text, f"{bad!r} in MetaSchedule logs {log_dir}"
+    # the task scheduler's table: "Sending N sample(s) to builder" == "Sending N valid ... runner"
+    built = sum(map(int, re.findall(r"Sending (\d+) sample\(s\) to builder", text)))
+    valid = sum(map(int, re.findall(r"Sending (\d+) valid sample\(s\) to runner", text)))
+    assert built > 0 and built == valid
+
+
+# ------------------------------------------------------------------------------ targets
+
+
+def test_host_target_detects_cpu():
+    t = tt.host_target()
+    assert t.kind.name == "llvm"
+    assert str(t.attrs["mcpu"]) == tvm.target.codegen.llvm_get_system_cpu()
+    assert int(t.attrs["num-cores"]) == os.cpu_count()
+    assert str(t.attrs["mtriple"]).endswith("linux-gnu")
+    assert int(tt.host_target(3).attrs["num-cores"]) == 3
+
+
+@pytest.mark.parametrize(
+    "name, triple, cpus",
+    [
+        ("x86-avx2", "x86_64", {"haswell", "core-avx2"}),
+        ("x86-avx512", "x86_64", {"skylake-avx512", "znver4"}),
+        ("aarch64", "aarch64-linux-gnu", {"cortex-a72", "neoverse-n1"}),
+    ],
+)
+def test_presets(name, triple, cpus):
+    t = tt.resolve_target(name)
+    assert str(t.attrs["mtriple"]).startswith(triple)
+    assert str(t.attrs["mcpu"]) in cpus
+    assert tvm.target.codegen.llvm_is_valid_cpu(str(t.attrs["mcpu"]), str(t.attrs["mtriple"]))
+
+
+def test_resolve_target_forms_and_error():
+    d = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 4}
+    from_dict = tt.resolve_target(d)
+    assert str(from_dict.attrs["mcpu"]) == "haswell" and int(from_dict.attrs["num-cores"]) == 4
+    assert tt.resolve_target(from_dict) is from_dict
+    assert str(tt.resolve_target(None).attrs["mcpu"]) == str(tt.host_target().attrs["mcpu"])
+    with pytest.raises(ValueError) as err:
+        tt.resolve_target("x86-avx1024")
+    for preset in tt.TARGET_PRESETS:
+        assert preset in str(err.value)
+
+
+def test_db_dir_keyed_by_target(monkeypatch, tmp_path):
+    monkeypatch.setenv("SHRINKC_CACHE_DIR", str(tmp_path))
+    a, b = tt.default_db_dir("x86-avx2"), tt.default_db_dir("x86-avx512")
+    assert a.parent == tmp_path / "tuning" and a != b
+    assert a == tt.default_db_dir(tt.resolve_target("x86-avx2"))  # stable
+    assert "haswell" in a.name
+    assert tt.default_db_dir(tt.host_target(1)) != tt.default_db_dir(tt.host_target(2))
+    monkeypatch.delenv("SHRINKC_CACHE_DIR")
+    assert "shrinkc" in str(tt.default_db_dir("host"))
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def test_build_worker_is_torch_free_and_preimported():
+    worker_cls, _ = tt._fast_pool_classes()  # pylint: disable=protected-access
+    w = worker_cls()
+    try:
+        w.send(eval, ("__import__('sys').modules.get('torch', 'absent')",))
+        assert w.recv() is None  # blocked, so tvm_ffi skipped its torch integration
+        w.send(eval, ("'tvm.s_tir.tensor_intrin' in __import__('sys').modules",))
+        assert w.recv() is True  # imported before serving, i.e. outside any build timeout
+    finally:
+        w.kill()
+
+
+# ------------------------------------------------------------------------------ tuning
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    mod, w1, w2 = tiny_module()
+    db_dir = tmp_path_factory.mktemp("tuning-db")
+    result = tt.tune(
+        mod,
+        "host",
+        total_trials=3 * TRIALS_PER_TASK,
+        max_trials_per_task=TRIALS_PER_TASK,
+        db_dir=db_dir,
+        population_size=POPULATION,
+        progress=True,
+    )
+    return mod, w1, w2, db_dir, result
+
+
+def test_tune_builds_every_candidate(tuned):
+    _, _, _, db_dir, res = tuned
+    assert res.new_trials > 0
+    assert res.build_errors == 0 and res.run_errors == 0, res.error_samples
+    names = {t.name for t in res.tasks}
+    assert any("conv2d" in n for n in names) and any("matmul" in n for n in names)
+    for t in res.tasks:
+        assert 0 < t.new_trials <= TRIALS_PER_TASK
+        assert t.best_ms is not None and t.best_ms > 0
+    assert_no_failures_in_logs(res.log_dir)
+    # every record in the database has a real measurement (failures are stored as 1e10 s)
+    db = tt._open_db(db_dir)  # pylint: disable=protected-access
+    records = db.get_all_tuning_records()
+    assert len(records) == res.new_trials
+    for r in records:
+        secs = [float(s) for s in r.run_secs]
+        assert secs and all(0 < s < 1.0 for s in secs), secs
+    assert tt.database_summary(db_dir) == {
+        "workloads": len(res.tasks), "records": res.new_trials,
+        "valid": res.new_trials, "failed": 0,
+    }  # fmt: skip
+
+
+def test_tuned_module_applies_and_matches_numpy(tuned):
+    mod, w1, w2, db_dir, res = tuned
+    applied = tt.apply_database(mod, "host", db_dir)
+    prim_funcs = {gv.name_hint: f for gv, f in applied.functions.items()
+                  if isinstance(f, tvm.tirx.PrimFunc)}  # fmt: skip
+    scheduled = [n for n, f in prim_funcs.items() if f.attrs and f.attrs.get("tirx.is_scheduled")]
+    assert len(scheduled) == len(res.tasks), (scheduled, list(prim_funcs))
+
+    ex = tt.compile_tuned(mod, "host", db_dir)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype("float32")
+    y = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(y, numpy_reference(x, w1, w2), rtol=1e-4, atol=1e-4)
+
+
+def test_second_tune_does_zero_new_trials(tuned):
+    mod, _, _, db_dir, first = tuned
+    before = tt.database_summary(db_dir)
+    t0 = time.perf_counter()
+    again = tt.tune(
+        mod, "host", total_trials=3 * TRIALS_PER_TASK, max_trials_per_task=TRIALS_PER_TASK,
+        db_dir=db_dir, population_size=POPULATION, progress=False,
+    )  # fmt: skip
+    assert again.new_trials == 0 and again.log_dir is None
+    assert {t.status for t in again.tasks} == {"skipped"}
+    assert [t.trials_before for t in again.tasks] == [t.new_trials for t in first.tasks]
+    assert tt.database_summary(db_dir) == before
+    assert time.perf_counter() - t0 < 60
+
+
+# ------------------------------------------------------------------------------ RPC
+
+
+def test_rpc_loopback_tuning_matches_local_workloads(tuned, tmp_path):
+    mod, _, _, local_db, _ = tuned
+    with tt.local_rpc_cluster(num_servers=2, key="shrinkc-test") as cluster:
+        assert cluster.host == "127.0.0.1"
+        cfg = cluster.config(session_timeout_sec=60)
+        assert cfg.count_servers() == 2
+        res = tt.tune(
+            mod, "host", total_trials=3, max_trials_per_task=1, db_dir=tmp_path / "rpc-db",
+            runner=cfg, population_size=POPULATION, progress=False,
+        )  # fmt: skip
+        procs = [cluster.tracker, *cluster.servers]
+    assert all(p.poll() is not None for p in procs), "cluster processes left running"
+    assert res.new_trials > 0 and res.failures == 0, res.error_samples
+    assert_no_failures_in_logs(res.log_dir)
+    assert tt.database_summary(tmp_path / "rpc-db")["failed"] == 0
+    assert task_keys(tmp_path / "rpc-db") == task_keys(local_db)
+
+
+def test_local_rpc_cluster_stops_on_error():
+    procs = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with tt.local_rpc_cluster(num_servers=1, key="shrinkc-err") as cluster:
+            procs = [cluster.tracker, *cluster.servers]
+            raise RuntimeError("boom")
+    assert procs and all(p.poll() is not None for p in procs)
+
+
+@pytest.mark.slow
+def test_rpc_server_killed_mid_tuning_fails_only_its_candidates(tmp_path):
+    mod, _, _ = tiny_module()
+    with tt.local_rpc_cluster(num_servers=2, key="shrinkc-kill") as cluster:
+        log0 = cluster.log_dir / "server0.log"
+        killed = threading.Event()
+
+        def killer():  # kill server 0 while it serves its 2nd session
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed.is_set():
+                if log0.read_text().count("start serving") >= 2:
+                    time.sleep(0.3)
+                    cluster.kill_server(0)
+                    killed.set()
+                    return
+                time.sleep(0.05)
+
+        th = threading.Thread(target=killer, daemon=True)
+        th.start()
+        res = tt.tune(
+            mod, "host", total_trials=16, max_trials_per_task=8, db_dir=tmp_path / "db",
+            runner=cluster.config(session_timeout_sec=20), population_size=POPULATION,
+            evaluator_config={"number": 1, "repeat": 1, "min_repeat_ms": 1500,
+                              "enable_cpu_cache_flush": False},
+            op_names=["conv2d", "matmul"], progress=False,
+        )  # fmt: skip
+        th.join(timeout=5)
+    assert killed.is_set()
+    assert res.run_errors >= 1 and res.build_errors == 0
+    assert any("RPC" in e for e in res.error_samples), res.error_samples
+    summary = tt.database_summary(tmp_path / "db")
+    assert summary["valid"] >= 1 and summary["records"] == res.new_trials
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
