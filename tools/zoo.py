@@ -96,17 +96,15 @@ def _conv_bn(
 
 
 def _init_weights(model: nn.Module) -> nn.Module:
-    """He init for convs, unit/zero batch norm, small normal for linears (torchvision style)."""
+    """He (fan-in) init for convs, zero conv biases; linears and norms keep torch defaults.
+
+    Fan-in keeps the activation scale roughly constant through the network in eval mode
+    with fresh batch-norm statistics, so an untrained model still maps different inputs
+    to different logits (torchvision's fan-out init makes MobileNetV2's signal vanish).
+    """
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01 if m.out_features < 100 else 0.02)
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return model
@@ -405,9 +403,7 @@ class MobileNetV2(nn.Module):
         last_ch = _scale(1280, max(1.0, width), 8)
         # The CIFAR variant keeps full resolution in the stem and the second stage.
         first_strides = {0: 1, 1: 1} if stem == "cifar" else {0: 2}
-        layers: list[nn.Module] = [
-            *_conv_bn(in_channels, stem_ch, 3, first_strides[0]), nn.ReLU6()
-        ]
+        layers: list[nn.Module] = [*_conv_bn(in_channels, stem_ch, 3, first_strides[0]), nn.ReLU6()]
         in_ch = stem_ch
         for i, (t, c, n, s) in enumerate(self.SETTINGS):
             out_ch = _scale(c, width, 8)

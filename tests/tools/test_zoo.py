@@ -56,35 +56,35 @@ def test_forward_shape(name: str, dataset: str) -> None:
     assert not torch.allclose(y[0], y[1])
 
 
+# Ops each model must keep through export (what makes it a useful compiler test case).
+CHARACTERISTIC_OPS = {
+    "lenet_300_100": {"aten.flatten.using_ints", "aten.linear.default", "aten.relu.default"},
+    "lenet5": {"aten.conv2d.default", "aten.max_pool2d.default", "aten.linear.default"},
+    "resnet18": {"aten.conv2d.default", "aten.batch_norm.default", "aten.add.Tensor",
+                 "aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints"},
+    "resnet_bottleneck": {"aten.conv2d.default", "aten.batch_norm.default", "aten.add.Tensor"},
+    "vgg11_bn": {"aten.max_pool2d.default", "aten.dropout.default", "aten.batch_norm.default"},
+    "mobilenet_v2": {"aten.hardtanh.default", "aten.add.Tensor", "aten.conv2d.default"},
+    "densenet": {"aten.cat.default", "aten.avg_pool2d.default"},
+    "vit": {"aten.matmul.default", "aten.softmax.int", "aten.layer_norm.default",
+            "aten.gelu.default", "aten.transpose.int", "aten.split.Tensor", "aten.mean.dim"},
+}  # fmt: skip
+
+
+def test_characteristic_ops_cover_every_model() -> None:
+    assert set(CHARACTERISTIC_OPS) == set(zoo.MODELS)
+
+
 @pytest.mark.parametrize(("name", "dataset"), CASES)
 def test_export_matches_eager_and_uses_ir_ops(name: str, dataset: str) -> None:
     model, x = _build(name, dataset)
     ep = torch.export.export(model, (x,))
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert ops <= IR_ATEN_OPS, f"ops outside the IR: {sorted(ops - IR_ATEN_OPS)}"
+    assert CHARACTERISTIC_OPS[name] <= ops
     x2 = torch.randn_like(x)
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x2), model(x2), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("name", "expected_ops"),
-    [
-        ("resnet18", {"aten.conv2d.default", "aten.batch_norm.default", "aten.add.Tensor",
-                      "aten.adaptive_avg_pool2d.default", "aten.flatten.using_ints"}),
-        ("vgg11_bn", {"aten.max_pool2d.default", "aten.dropout.default"}),
-        ("mobilenet_v2", {"aten.hardtanh.default", "aten.add.Tensor"}),
-        ("densenet", {"aten.cat.default", "aten.avg_pool2d.default"}),
-        ("vit", {"aten.matmul.default", "aten.softmax.int", "aten.layer_norm.default",
-                 "aten.gelu.default", "aten.transpose.int", "aten.split.Tensor",
-                 "aten.mean.dim"}),
-    ],
-)  # fmt: skip
-def test_export_keeps_characteristic_ops(name: str, expected_ops: set[str]) -> None:
-    model, x = _build(name, "cifar")
-    ep = torch.export.export(model, (x,))
-    ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert expected_ops <= ops
 
 
 def test_mobilenet_depthwise_convs_have_groups_equal_channels() -> None:
@@ -119,13 +119,15 @@ def test_lenet_300_100_parameter_count() -> None:
 
 def test_lenet5_parameter_count() -> None:
     # conv 1->6 5x5, conv 6->16 5x5, fc 400->120->84->10 (28x28 input, first conv padded)
-    expected = (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    expected = (
+        (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    )
     assert zoo.num_parameters(zoo.lenet5()) == expected == 61_706
 
 
 def _resnet18_params(c: int, in_ch: int, classes: int) -> int:
-    conv = lambda i, o, k: i * o * k * k  # noqa: E731
-    bn = lambda ch: 2 * ch  # noqa: E731
+    conv = lambda i, o, k: i * o * k * k
+    bn = lambda ch: 2 * ch
     total = conv(in_ch, c, 3) + bn(c)  # CIFAR stem
     in_c = c
     for stage in range(4):
@@ -147,7 +149,8 @@ def test_resnet18_parameter_count() -> None:
 
 def test_resnet_bottleneck_layers_and_expansion() -> None:
     model = zoo.resnet_bottleneck(width=0.25, layers=(1, 2, 1, 1))
-    assert [len(s) for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [1, 2, 1, 1]
+    stages = (model.layer1, model.layer2, model.layer3, model.layer4)
+    assert [len(stage) for stage in stages] == [1, 2, 1, 1]
     assert model.fc.in_features == 16 * 8 * 4  # base 16, last stage 8×base, expansion 4
     with pytest.raises(ValueError, match="4 positive"):
         zoo.resnet_bottleneck(layers=(1, 1, 1))
@@ -162,7 +165,7 @@ def test_width_scales_channels() -> None:
 
 
 def test_vgg_skips_pools_that_would_empty_the_map() -> None:
-    pools = lambda m: sum(isinstance(x, nn.MaxPool2d) for x in m.features)  # noqa: E731
+    pools = lambda m: sum(isinstance(x, nn.MaxPool2d) for x in m.features)
     assert pools(zoo.vgg11_bn(input_size=32)) == 5
     assert pools(zoo.vgg11_bn(input_size=28)) == 4  # 28 -> 14 -> 7 -> 3 -> 1
     assert zoo.vgg11_bn(input_size=28).classifier[0].in_features == 512
@@ -173,7 +176,7 @@ def test_vit_attention_matches_reference_formula() -> None:
     attn = zoo.Attention(dim=16, heads=4).eval()
     x = torch.randn(2, 5, 16)
     q, k, v = attn.qkv(x).chunk(3, dim=-1)
-    heads = lambda t: t.reshape(2, 5, 4, 4).permute(0, 2, 1, 3)  # noqa: E731
+    heads = lambda t: t.reshape(2, 5, 4, 4).permute(0, 2, 1, 3)
     w = torch.softmax(heads(q) @ heads(k).transpose(-2, -1) / 2.0, dim=-1)  # sqrt(4) = 2
     expected = attn.proj((w @ heads(v)).permute(0, 2, 1, 3).reshape(2, 5, 16))
     torch.testing.assert_close(attn(x), expected)
