@@ -166,6 +166,19 @@ class _Line:
         except (TypeError, ValueError) as e:
             self.fail(str(e))
 
+    def keywords(self, open_: str, close: str) -> dict[str, Any]:
+        """``{k=v, …}`` or ``(k=v, …)``: attributes and encoding parameters."""
+        self.take(open_)
+        out: dict[str, Any] = {}
+        while not self.peek(close):
+            k = self.take(kind="ident")
+            self.take("=")
+            out[k] = self.literal()
+            if not self.peek(close):
+                self.take(",")
+        self.take(close)
+        return out
+
     def literal(self) -> Any:
         if self.peek("["):
             self.take("[")
@@ -217,15 +230,7 @@ def _parse_encoding(ln: _Line):
 
     ln.take("as")
     name = ln.take(kind="ident")
-    params: dict[str, Any] = {}
-    ln.take("(")
-    while not ln.peek(")"):
-        k = ln.take(kind="ident")
-        ln.take("=")
-        params[k] = ln.literal()
-        if not ln.peek(")"):
-            ln.take(",")
-    ln.take(")")
+    params = ln.keywords("(", ")")
     try:
         return make_encoding(name, params)
     except IRError as e:
@@ -315,16 +320,7 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
                 if not ln.peek(")"):
                     ln.take(",")
             ln.take(")")
-            attrs: dict[str, Any] = {}
-            if ln.peek("{"):
-                ln.take("{")
-                while not ln.peek("}"):
-                    k = ln.take(kind="ident")
-                    ln.take("=")
-                    attrs[k] = ln.literal()
-                    if not ln.peek("}"):
-                        ln.take(",")
-                ln.take("}")
+            attrs = ln.keywords("{", "}") if ln.peek("{") else {}
             loc = None
             if ln.peek("loc"):
                 ln.take("loc")
