@@ -671,6 +671,9 @@ class OnnxRuntimeSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
+        # no busy-waiting between runs: spinning pool threads steal the cores from whatever
+        # runs next in this process (PyTorch in a side-by-side benchmark, the next layer)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
