@@ -1,0 +1,153 @@
+"""``shrinkc tune MODEL [--passes P] [--target T] [--trials N] [--tuning-db DIR]``: tune a
+model's TVM workloads ahead of time with MetaSchedule, into the persistent tuning database.
+
+A later ``shrinkc compile MODEL --backend tvm`` with the same ``--passes``, ``--input-shape``
+and ``--target`` (and ``--tuning-db``, if one was given here) applies the database without new
+trials. Tuning is incremental: a task is capped at ``--max-trials-per-task`` measurements over
+the database's history (default: ``--trials`` spread evenly over the tasks), so running the
+same command twice does no new trials the second time.
+
+Measurement happens on this machine, or, with ``--rpc-tracker HOST:PORT --rpc-key KEY``, on
+the RPC servers registered to that tracker under KEY (``python -m tvm.exec.rpc_tracker``,
+``python -m tvm.exec.rpc_server --tracker=HOST:PORT --key=KEY``); ``--target`` should then
+describe the remote device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+from .load import load_model, parse_shape
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tune", help="tune a model for TVM ahead of time (MetaSchedule)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL",
+                   help="zoo:NAME, package.module:factory, FILE.shrk or FILE.onnx")
+    p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
+    p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
+                   help="pass pipeline run before tuning (use the same one to compile)")
+    p.add_argument("-t", "--target", metavar="TARGET",
+                   help="TVM target: a preset (host, x86-avx2, x86-avx512, aarch64) or a JSON "
+                        "dict (default: host)")
+    p.add_argument("-n", "--trials", type=int, default=64, metavar="N",
+                   help="new MetaSchedule trials for this run (default 64)")
+    p.add_argument("--max-trials-per-task", type=int, metavar="N",
+                   help="cap per task over the database's history (default: trials / tasks)")
+    p.add_argument("--tuning-db", metavar="DIR",
+                   help="tuning database directory (default: per target, under the user cache)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="measure on RPC servers registered to this tracker")
+    p.add_argument("--rpc-key", metavar="KEY", help="device key of the RPC servers")
+    p.add_argument("--population", type=int, metavar="N",
+                   help="evolutionary search population (MetaSchedule default 512)")
+    p.add_argument("--cpu-weight-prepack", action="store_true",
+                   help="tune the weight-prepacked (NCHWc) layouts")
+    p.add_argument("--seed", type=int, default=0, help="seed for passes and the search")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+
+
+def parse_tracker(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--rpc-tracker {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9190")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:9190
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _rpc_config(args):
+    if not args.rpc_tracker and not args.rpc_key:
+        return None
+    host, port = parse_tracker(args.rpc_tracker)
+    try:
+        with socket.create_connection((host, port), timeout=3.0):
+            pass
+    except OSError as e:
+        raise ValueError(f"--rpc-tracker {args.rpc_tracker}: cannot connect to the tracker "
+                         f"({e.strerror or e})") from None
+    from ..backends.tvm_tuning import RPCConfig
+
+    cfg = RPCConfig(host, port, args.rpc_key)
+    n = cfg.count_servers()
+    if n == 0:
+        raise ValueError(f"--rpc-tracker {args.rpc_tracker}: no RPC server registered under key "
+                         f"{args.rpc_key!r}")
+    return cfg
+
+
+def _check_args(args) -> None:
+    if args.trials < 0:
+        raise ValueError(f"--trials {args.trials}: must be >= 0")
+    if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
+        raise ValueError(f"--max-trials-per-task {args.max_trials_per_task}: must be >= 1")
+    if args.population is not None and args.population < 2:
+        raise ValueError(f"--population {args.population}: must be >= 2")
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise ValueError("--rpc-tracker and --rpc-key go together")
+    if args.rpc_tracker:
+        parse_tracker(args.rpc_tracker)
+
+
+def run(args) -> int:
+    _check_args(args)  # before the (slow) TVM import and model load
+    target = args.target
+    if target and target.strip().startswith("{"):
+        try:
+            target = json.loads(target)
+        except ValueError as e:
+            raise ValueError(f"--target {args.target!r} is not valid JSON: {e}") from None
+
+    from ..backends import tvm as btvm
+
+    btvm.import_tvm()
+    tgt = btvm.resolve_target(target)  # a bad target fails here, before loading the model
+    tt = btvm.tuning_module()
+    if tt is None or not hasattr(tt, "tune"):
+        raise ValueError("tuning is not available (shrinkc.backends.tvm_tuning failed to import)")
+    runner = _rpc_config(args)
+
+    graph = load_model(args.model, parse_shape(args.input_shape))
+    if args.passes:
+        from .. import optimize
+
+        graph = optimize(graph, args.passes, seed=args.seed)
+    lowered = btvm.lower(graph)  # what `shrinkc compile --backend tvm` tunes and builds
+    from pathlib import Path
+
+    db = Path(args.tuning_db) if args.tuning_db else Path(tt.default_db_dir(tgt))
+    result = tt.tune(lowered.mod, tgt, total_trials=args.trials,
+                     max_trials_per_task=args.max_trials_per_task, db_dir=db,
+                     progress=not args.no_progress, runner=runner,
+                     population_size=args.population, seed=args.seed,
+                     cpu_weight_prepack=args.cpu_weight_prepack)
+    summary = tt.database_summary(db)
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "target": str(result.target), "db": str(result.db_dir),
+            "new_trials": result.new_trials, "build_errors": result.build_errors,
+            "run_errors": result.run_errors, "seconds": round(result.seconds, 2),
+            "tasks": [t.__dict__ if hasattr(t, "__dict__") else str(t) for t in result.tasks],
+            "database": summary}, indent=1, default=str))
+        return 0
+    print(result.table())
+    tuned = sum(1 for t in result.tasks if t.new_trials)
+    print(f"\nnew trials {result.new_trials} on {tuned}/{len(result.tasks)} tasks in "
+          f"{result.seconds:.1f} s; failures: {result.build_errors} build, "
+          f"{result.run_errors} run")
+    print(f"database   {result.db_dir}: {summary['workloads']} workloads, {summary['records']} "
+          f"records ({summary['valid']} valid)")
+    if result.log_dir:
+        print(f"logs       {result.log_dir}")
+    if result.failures and result.error_samples:
+        print(f"first error: {result.error_samples[0].strip().splitlines()[-1]}")
+    hint = f" --tuning-db {args.tuning_db}" if args.tuning_db else ""
+    print(f"next       shrinkc compile {args.model} --backend tvm"
+          f"{' --passes ' + repr(args.passes) if args.passes else ''}"
+          f"{' --target ' + repr(args.target) if args.target else ''}{hint}")
+    return 0
