@@ -607,11 +607,12 @@ def vit(
 ) -> ViT:
     """A small ViT; embedding size ``dim * width`` rounded to a multiple of ``heads``.
 
-    ``patch_size=None`` picks 4 below 128 pixels (8×8 tokens at 32×32, 7×7 at 28×28)
-    and 16 above (14×14 tokens at 224×224). A remainder at the border is dropped.
+    ``patch_size=None`` gives a 4×4 grid of patches up to 64 pixels (patches of 7 at
+    28×28, 8 at 32×32) and 16-pixel patches above (14×14 tokens at 224×224). A remainder
+    at the border is dropped.
     """
     if patch_size is None:
-        patch_size = 16 if input_size >= 128 else 4
+        patch_size = max(1, min(16, input_size // 4))
     embed = _scale(dim, width, heads)
     return ViT(in_channels, num_classes, input_size, patch_size, embed, depth, heads, mlp_ratio)
 

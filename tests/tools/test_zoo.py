@@ -185,9 +185,11 @@ def test_vit_attention_matches_reference_formula() -> None:
 
 
 def test_vit_patch_grid() -> None:
-    assert zoo.vit(input_size=32).pos_embed.shape == (1, 64, 64)  # 8x8 patches of 4
-    assert zoo.vit(input_size=28, in_channels=1).pos_embed.shape == (1, 49, 64)
+    assert zoo.vit(input_size=32).pos_embed.shape == (1, 16, 64)  # 4x4 patches of 8
+    assert zoo.vit(input_size=28, in_channels=1).patch_embed.kernel_size == (7, 7)
     assert zoo.vit(input_size=224).pos_embed.shape == (1, 196, 64)  # 14x14 patches of 16
+    assert zoo.vit(input_size=32, patch_size=4).pos_embed.shape == (1, 64, 64)
+    assert zoo.vit(input_size=30, patch_size=4).pos_embed.shape == (1, 49, 64)  # border dropped
 
 
 def test_densenet_channel_growth() -> None:
