@@ -553,10 +553,14 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     - ``backend``: ``"tvm"``, ``"onnxruntime"``, ``"torch"`` or ``None`` (picked; see the
       module docstring). ``target``: a preset name (``host``, ``x86-avx2``, ``x86-avx512``,
       ``aarch64``) or a TVM target dict; TVM only.
-    - ``tune_trials``: MetaSchedule trials (TVM; needs ``backends/tvm_tuning.py``);
-      ``tuning_db``: its database directory (default: per target, in the user cache dir).
+    - ``tune_trials``: the model's MetaSchedule budget (TVM; ``backends/tvm_tuning.py``):
+      trials already spent on the same workloads in the database count, so compiling again
+      with the same budget does no new trials; ``tuning_db``: its database directory
+      (default: per target, in the user cache dir). Convolutions are tuned and built in NHWC
+      with prepacked weights (``tvm_tuning.prepare``).
     - ``keep_params``: TVM only — weights as function parameters saved beside the library
-      (``params.safetensors``) instead of constants inside it.
+      (``params.safetensors``) instead of constants inside it (then without weight
+      prepacking: a database tuned without ``keep_params`` does not cover it).
     - ``check``: measure the error against the original graph on the example inputs.
     """
     times: dict[str, float] = {}

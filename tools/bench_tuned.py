@@ -1,20 +1,23 @@
 """Tuned-TVM benchmark: PyTorch eager, onnxruntime, TVM untuned and TVM MetaSchedule-tuned on
-the same graph, in one process, side by side.
+the same graph, in one process, side by side; for the original (fp32) graph and a compressed
+(int8) one.
 
-    python -m shrinkc.tools.bench_tuned [--models resnet18,mobilenet_v2] [--sizes 64]
-        [--trials 128] [--db-root /tmp/shrinkc-bench-tuned] [--threads 2] [--repeat 30]
-        [--population 64] [--stem auto|cifar|imagenet] [--prepack] [--out FILE.md]
+    python -m shrinkc.tools.bench_tuned [--models resnet18,mobilenet_v2] [--sizes 64,224]
+        [--variants fp32,int8] [--trials 128] [--db-root /tmp/shrinkc-bench-tuned]
+        [--threads 2] [--repeat 30] [--population 64] [--stem auto|cifar|imagenet]
+        [--layout NHWC|NCHW] [--no-prepack] [--out FILE.md]
 
-For each model (zoo factory, width 1.0, batch 1, 3×S×S): trace, apply the pipeline (only
-``fold-bn`` for now: the compression passes do not exist yet, so the "compressed" graph is
-the exact graph with BatchNorm folded), then
+For each model (zoo factory, width 1.0, batch 1, 3×S×S, random weights) and variant: trace,
+apply ``fold-bn`` (exact); for ``int8`` also quantize with ``tools/bench_int8.make_qdq`` (min/max
+QDQ, the stand-in for the quantization pass, which does not exist yet). Then
 
-- ``torch``: the ``nn.Module`` eager, ``torch.inference_mode``;
-- ``onnxruntime``: ``to_onnx`` of the folded graph, one session;
-- ``tvm``: the folded graph built for the host target without a tuning database;
-- ``tvm-tuned``: ``tvm_tuning.tune`` with ``--trials`` new trials into a dedicated database
-  (``<db-root>/<model>-<S>``; delete it to re-tune from scratch), then built with the
-  database applied.
+- ``torch``: the float ``nn.Module`` eager, ``torch.inference_mode`` (fp32 rows only);
+- ``onnxruntime``: ``to_onnx`` of the graph (QDQ for int8: onnxruntime's QLinear kernels);
+- ``tvm``: the graph built for the host target without a tuning database;
+- ``tvm-tuned``: ``tvm_tuning.tune`` with a budget of ``--trials`` into a dedicated database
+  (``<db-root>/<model>-<S>-<layout>[-prepack][-int8]``; a second run reuses it and tunes
+  only up to the budget; delete it to re-tune from scratch), then built with the database
+  applied. Convolutions in NHWC with prepacked weights unless ``--layout`` / ``--no-prepack``.
 
 Backends are timed in interleaved blocks (see ``bench_one``); medians of ``--repeat`` runs; ratios
 are backend median / onnxruntime median (< 1 = faster than onnxruntime). All backends use
@@ -55,9 +58,10 @@ def _tvm_module_runner(module: Any, x: np.ndarray):
 
 
 def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
-              warmup: int, repeat: int, prepack: bool = False,
+              warmup: int, repeat: int, prepack: bool | None = None,
               max_trials_per_task: int | None = None, population: int | None = None,
-              stem: str = "auto", seed: int = 0) -> dict[str, Any]:
+              stem: str = "auto", seed: int = 0, layout: str | None = None,
+              variant: str = "fp32") -> dict[str, Any]:
     from .. import optimize
     from ..backends import tvm as btvm
     from ..backends import tvm_tuning as tt
@@ -71,14 +75,30 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
     x = torch.randn(1, 3, size, size)
     graph = trace(model, (x,), name=name)
     graph = optimize(graph, PIPELINE, example_inputs=(x,), seed=seed)
+    if variant == "int8":
+        # Stand-in for the quantization pass (a later issue): min/max calibration on random
+        # inputs, u8 activations, i8 per-channel weights, i32 biases (tools/bench_int8).
+        from .bench_int8 import make_qdq
+
+        gen = torch.Generator().manual_seed(seed + 1)
+        calib = [[torch.randn(1, 3, size, size, generator=gen).numpy()] for _ in range(4)]
+        graph = make_qdq(graph, calib)
+    elif variant != "fp32":
+        raise ValueError(f"variant {variant!r}: choose fp32 or int8")
     cost = graph_cost(graph)
     row: dict[str, Any] = {"model": name if stem == "auto" else f"{name} ({stem} stem)",
-                           "input": f"1×3×{size}×{size}", "macs": cost.total.macs,
-                           "params": cost.params, "pipeline": PIPELINE, "prepack": prepack}
+                           "variant": variant, "input": f"1×3×{size}×{size}",
+                           "macs": cost.total.macs, "params": cost.params,
+                           "param_bytes": cost.param_bytes,
+                           "pipeline": PIPELINE + (" + int8 QDQ" if variant == "int8" else ""),
+                           "prepack": prepack}
     xn = x.numpy()
+    with torch.inference_mode():
+        reference = model(x).numpy().astype(np.float64)
     runners = {}
     t0 = time.perf_counter()
-    runners["torch"] = _torch_runner(model, x)
+    if variant == "fp32":  # eager PyTorch runs the float model only
+        runners["torch"] = _torch_runner(model, x)
     runners["onnxruntime"] = _ort_runner(graph, xn, threads)
     row["ort_build_s"] = time.perf_counter() - t0
 
@@ -86,15 +106,27 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
     row["target"] = tgt
     lowered = btvm.lower(graph)
     t0 = time.perf_counter()
-    runners["tvm"] = _tvm_module_runner(btvm.build_lowered(lowered, tgt, name=name), xn)
+    layout = layout or btvm.DEFAULT_CONV_LAYOUT
+    row["layout"] = layout
+    if prepack is None:
+        prepack = tt.default_prepack(lowered.mod)
+    row["prepack"] = prepack
+
+    def untuned(mod: Any, target_dict: dict[str, Any]) -> Any:
+        return btvm.optimize_relax(mod, target_dict, layout=layout)
+
+    runners["tvm"] = _tvm_module_runner(
+        btvm.build_lowered(lowered, tgt, pipeline=untuned, name=name), xn)
     row["tvm_build_s"] = time.perf_counter() - t0
 
     db = db_root / (f"{name}-{size}" if stem == "auto" else f"{name}-{size}-{stem}")
+    db = db.with_name(db.name + f"-{layout.lower()}" + ("-prepack" if prepack else "")
+                      + ("-int8" if variant == "int8" else ""))
     db.mkdir(parents=True, exist_ok=True)
     print(f"[{name} {size}] tuning {trials} trials into {db} ...", file=sys.stderr, flush=True)
     res = tt.tune(lowered.mod, tgt, total_trials=trials, db_dir=db,
                   max_trials_per_task=max_trials_per_task, progress=False,
-                  cpu_weight_prepack=prepack, population_size=population)
+                  cpu_weight_prepack=prepack, population_size=population, layout=layout)
     print(res.table(), file=sys.stderr, flush=True)
     summary = tt.database_summary(db)
     row.update(population=population, new_trials=res.new_trials, tune_s=res.seconds,
@@ -103,7 +135,8 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
                db_records=summary["records"], db_valid=summary["valid"])
 
     def pipeline(mod: Any, target_dict: dict[str, Any]) -> Any:
-        return tt.apply_database(mod, target_dict, db, cpu_weight_prepack=prepack)
+        return tt.apply_database(mod, target_dict, db, cpu_weight_prepack=prepack,
+                                 layout=layout)
 
     t0 = time.perf_counter()
     runners["tvm-tuned"] = _tvm_module_runner(
@@ -136,7 +169,7 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
                 timings[b].runs_ms.append((time.perf_counter() - t0) * 1e3)
         names = names[1:] + names[:1]
         done += n
-    row["max_diff"] = {b: float(np.max(np.abs(o - outputs["torch"]))) for b, o in outputs.items()}
+    row["max_diff"] = {b: float(np.max(np.abs(o - reference))) for b, o in outputs.items()}
     row["ms"] = {b: t.median for b, t in timings.items()}
     row["ms_fmt"] = {b: t.fmt() for b, t in timings.items()}
     row["load"] = os.getloadavg()
@@ -146,25 +179,36 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
 def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int) -> str:
     from .table import human
 
-    lines = ["| model | input | MACs | PyTorch ms | onnxruntime ms | TVM untuned ms | "
-             "TVM tuned ms | tuned / ORT | untuned / ORT | PyTorch / ORT | trials (tasks) | "
-             "tuning min | build fails | max Δ |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | variant | input | MACs | weights | PyTorch ms | onnxruntime ms | "
+             "TVM untuned ms | TVM tuned ms | tuned / ORT | tuned / fp32 ORT | untuned / ORT | "
+             "trials (tasks) | tuning min | build fails | max Δ vs fp32 torch |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fp32_ort = {(r["model"], r["input"]): r["ms"]["onnxruntime"] for r in rows
+                if r.get("variant", "fp32") == "fp32"}
     for r in rows:
         ms, f = r["ms"], r["ms_fmt"]
         ort = ms["onnxruntime"]
+        base = fp32_ort.get((r["model"], r["input"]))
+        vs_fp32 = f"{ms['tvm-tuned'] / base:.2f}×" if base else "-"
+        variant = (f"{r.get('variant', 'fp32')}, {r.get('layout', 'NCHW')}"
+                   f"{' prepack' if r['prepack'] else ''}")
         lines.append(
-            f"| {r['model']}{' (prepack)' if r['prepack'] else ''} | {r['input']} | "
-            f"{human(r['macs'])} | {f['torch']} | {f['onnxruntime']} | {f['tvm']} | "
-            f"{f['tvm-tuned']} | {ms['tvm-tuned'] / ort:.2f}× | {ms['tvm'] / ort:.1f}× | "
-            f"{ms['torch'] / ort:.2f}× | {r['new_trials']} new, {r['db_valid']} in db "
-            f"({r['tasks']}) | {r['tune_s'] / 60:.1f} | {r['build_errors']} | "
+            f"| {r['model']} | {variant} | {r['input']} | {human(r['macs'])} | "
+            f"{r.get('param_bytes', 0) / 2**20:.1f} MiB | {f.get('torch', '-')} | "
+            f"{f['onnxruntime']} | {f['tvm']} | {f['tvm-tuned']} | "
+            f"{ms['tvm-tuned'] / ort:.2f}× | {vs_fp32} | {ms['tvm'] / ort:.1f}× | "
+            f"{r['new_trials']} new, {r['db_valid']} in db ({r['tasks']}) | "
+            f"{r['tune_s'] / 60:.1f} | {r['build_errors']} | "
             f"{max(v for k, v in r['max_diff'].items() if k != 'torch'):.1e} |")
     return "\n".join(lines) + (
-        f"\n\nBatch 1, fp32, width 1.0, pipeline `{PIPELINE}` only (exact; no compression passes "
-        f"exist yet). {machine_info(threads)}. Medians of {repeat} runs after {warmup} warm-ups "
-        f"(p10–p90), backends timed in interleaved blocks of 10 runs in one process. Ratios: backend median / "
-        f"onnxruntime median (< 1 = faster than onnxruntime).\n")
+        f"\n\nBatch 1, width 1.0, pipeline `{PIPELINE}` (exact); int8 rows add min/max QDQ "
+        f"(u8 activations, i8 per-channel weights, i32 bias; `tools/bench_int8.make_qdq`, "
+        f"standing in for the quantization pass), which onnxruntime runs with its QLinear "
+        f"kernels and TVM with the integer lowering of `backends/tvm_int8.py`. "
+        f"{machine_info(threads)}. Medians of {repeat} runs after {warmup} warm-ups "
+        f"(p10–p90), backends timed in interleaved blocks of 10 runs in one process. Ratios: "
+        f"backend median / onnxruntime median on the same graph (< 1 = faster); "
+        f"tuned / fp32 ORT: against onnxruntime on the original fp32 graph.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet18,mobilenet_v2")
     p.add_argument("--sizes", default="64", help="comma-separated input sizes, e.g. 64,224")
-    p.add_argument("--trials", type=int, default=128, help="new MetaSchedule trials per model")
+    p.add_argument("--trials", type=int, default=128,
+                   help="MetaSchedule trials per model (its database's budget; see tune())")
     p.add_argument("--max-trials-per-task", type=int, default=None)
     p.add_argument("--db-root", default="/tmp/shrinkc-bench-tuned", type=Path)
     p.add_argument("--population", type=int, default=None,
@@ -185,23 +230,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--prepack", action="store_true", help="cpu_weight_prepack=True")
+    p.add_argument("--no-prepack", action="store_true",
+                   help="cpu_weight_prepack=False (default: on, as shrinkc compile builds)")
+    p.add_argument("--variants", default="fp32",
+                   help="comma-separated: fp32 (the original graph), int8 (QDQ, compressed)")
+    p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
+                   help="conv2d data layout for TVM (default: backends.tvm.DEFAULT_CONV_LAYOUT)")
     p.add_argument("--out", type=Path, help="also write the Markdown (and .json) here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows = []
-    for size in [int(s) for s in args.sizes.split(",")]:
-        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            rows.append(bench_one(name, size, trials=args.trials, db_root=args.db_root,
-                                  threads=args.threads, warmup=args.warmup, repeat=args.repeat,
-                                  prepack=args.prepack,
-                                  max_trials_per_task=args.max_trials_per_task,
-                                  population=args.population, stem=args.stem))
-            md = markdown(rows, args.threads, args.warmup, args.repeat)
-            print(md, flush=True)
-            if args.out:
-                args.out.write_text(md)
-                args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
+    for size, name, variant in [(int(s), m.strip(), v.strip())
+                                for s in args.sizes.split(",")
+                                for m in args.models.split(",") if m.strip()
+                                for v in args.variants.split(",") if v.strip()]:
+        rows.append(bench_one(name, size, trials=args.trials, db_root=args.db_root,
+                              threads=args.threads, warmup=args.warmup, repeat=args.repeat,
+                              prepack=False if args.no_prepack else None,
+                              max_trials_per_task=args.max_trials_per_task,
+                              population=args.population, stem=args.stem,
+                              layout=args.layout, variant=variant))
+        md = markdown(rows, args.threads, args.warmup, args.repeat)
+        print(md, flush=True)
+        if args.out:
+            args.out.write_text(md)
+            args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1, default=str))
     return 0
 
 

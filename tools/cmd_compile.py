@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .load import load_model, parse_shape
+from .load import TARGET_HELP, load_model, parse_shape, parse_target
 
 
 def add_parser(sub) -> None:
@@ -30,9 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("-b", "--backend", choices=("tvm", "onnxruntime", "torch"),
                    help="backend (default: picked, see above)")
     p.add_argument("-t", "--target", metavar="TARGET",
-                   help="TVM target: a preset (host, x86-avx2, x86-avx512, aarch64) or a JSON "
-                        "dict such as '{\"kind\": \"llvm\", \"mcpu\": \"znver4\", "
-                        "\"num-cores\": 4}'")
+                   help=TARGET_HELP)
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials (TVM; default 0 = untuned, or the database's)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database directory")
@@ -47,12 +45,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import shrinkc
 
-    target = args.target
-    if target and target.strip().startswith("{"):
-        try:
-            target = json.loads(target)
-        except ValueError as e:
-            raise ValueError(f"--target {args.target!r} is not valid JSON: {e}") from None
+    target = parse_target(args.target)
     graph = load_model(args.model, parse_shape(args.input_shape))
     cm = shrinkc.compile(graph, None, passes=args.passes or None, backend=args.backend,
                          target=target, tune_trials=args.tune_trials, tuning_db=args.tuning_db,

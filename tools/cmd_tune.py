@@ -3,9 +3,15 @@ model's TVM workloads ahead of time with MetaSchedule, into the persistent tunin
 
 A later ``shrinkc compile MODEL --backend tvm`` with the same ``--passes``, ``--input-shape``
 and ``--target`` (and ``--tuning-db``, if one was given here) applies the database without new
-trials. Tuning is incremental: a task is capped at ``--max-trials-per-task`` measurements over
-the database's history (default: ``--trials`` spread evenly over the tasks), so running the
-same command twice does no new trials the second time.
+trials. Tuning is incremental, and running the same command twice does no new trials the
+second time: ``--trials`` is the model's budget, and trials spent on the same workloads by
+earlier runs count against it (``--trials 1000`` after ``--trials 600`` does 400 more).
+MetaSchedule's gradient-based scheduler gives each task one round, then spends the budget
+where the latency is. With ``--max-trials-per-task N`` the budget is instead this run's, spread
+evenly, each task capped at N measurements over the database's history.
+
+Convolutions are tuned in NHWC with weight prepacking (MetaSchedule picks each weight
+layout, folded into the constants when compiling), as ``shrinkc compile`` builds them.
 
 Measurement happens on this machine, or, with ``--rpc-tracker HOST:PORT --rpc-key KEY``, on
 the RPC servers registered to that tracker under KEY (``python -m tvm.exec.rpc_tracker``,
@@ -19,7 +25,7 @@ import argparse
 import json
 import socket
 
-from .load import load_model, parse_shape
+from .load import TARGET_HELP, load_model, parse_shape, parse_target
 
 
 def add_parser(sub) -> None:
@@ -31,12 +37,12 @@ def add_parser(sub) -> None:
     p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
                    help="pass pipeline run before tuning (use the same one to compile)")
     p.add_argument("-t", "--target", metavar="TARGET",
-                   help="TVM target: a preset (host, x86-avx2, x86-avx512, aarch64) or a JSON "
-                        "dict (default: host)")
+                   help=TARGET_HELP)
     p.add_argument("-n", "--trials", type=int, default=64, metavar="N",
-                   help="new MetaSchedule trials for this run (default 64)")
+                   help="MetaSchedule trials for this model, counting earlier runs' (default 64)")
     p.add_argument("--max-trials-per-task", type=int, metavar="N",
-                   help="cap per task over the database's history (default: trials / tasks)")
+                   help="instead: N new trials for this run, each task capped at N over the "
+                        "database's history")
     p.add_argument("--tuning-db", metavar="DIR",
                    help="tuning database directory (default: per target, under the user cache)")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
@@ -44,8 +50,6 @@ def add_parser(sub) -> None:
     p.add_argument("--rpc-key", metavar="KEY", help="device key of the RPC servers")
     p.add_argument("--population", type=int, metavar="N",
                    help="evolutionary search population (MetaSchedule default 512)")
-    p.add_argument("--cpu-weight-prepack", action="store_true",
-                   help="tune the weight-prepacked (NCHWc) layouts")
     p.add_argument("--seed", type=int, default=0, help="seed for passes and the search")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -96,12 +100,7 @@ def _check_args(args) -> None:
 
 def run(args) -> int:
     _check_args(args)  # before the (slow) TVM import and model load
-    target = args.target
-    if target and target.strip().startswith("{"):
-        try:
-            target = json.loads(target)
-        except ValueError as e:
-            raise ValueError(f"--target {args.target!r} is not valid JSON: {e}") from None
+    target = parse_target(args.target)
 
     from ..backends import tvm as btvm
 
@@ -124,8 +123,7 @@ def run(args) -> int:
     result = tt.tune(lowered.mod, tgt, total_trials=args.trials,
                      max_trials_per_task=args.max_trials_per_task, db_dir=db,
                      progress=not args.no_progress, runner=runner,
-                     population_size=args.population, seed=args.seed,
-                     cpu_weight_prepack=args.cpu_weight_prepack)
+                     population_size=args.population, seed=args.seed)
     summary = tt.database_summary(db)
     if args.json:
         print(json.dumps({

@@ -33,6 +33,23 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return dims
 
 
+TARGET_HELP = ("TVM target: a preset (host, x86-avx2, x86-avx512, aarch64) or a JSON dict such "
+               "as '{\"kind\": \"llvm\", \"mcpu\": \"znver4\", \"num-cores\": 4}' "
+               "(default: host)")
+
+
+def parse_target(text: str | None) -> str | dict | None:
+    """A ``--target`` argument: a preset name as is, a JSON dict parsed."""
+    if text and text.strip().startswith("{"):
+        import json
+
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"--target {text!r} is not valid JSON: {e}") from None
+    return text
+
+
 def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
                kwargs: dict | None = None) -> Graph:
     """The IR graph for a MODEL argument."""

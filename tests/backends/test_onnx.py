@@ -32,7 +32,6 @@ from shrinkc.ir.frontends.onnx import LOC_KEY, load_onnx
 from shrinkc.ir.interpreter import random_inputs, run_numpy
 from shrinkc.ir.ops import OPS
 from shrinkc.ir.text import graph_diff
-from shrinkc.tools import zoo
 
 
 def rand(*shape: int, positive: bool = False) -> np.ndarray:
@@ -306,30 +305,11 @@ def test_session_threads_and_inputs(tmp_path):
 
 
 # ============================================================================ reference models
-SMALL = {"lenet_300_100": {"width": 0.25}, "lenet5": {}, "resnet18": {"width": 0.125},
-         "resnet_bottleneck": {"width": 0.125}, "vgg11_bn": {"width": 0.125},
-         "mobilenet_v2": {"width": 0.25}, "densenet": {"blocks": (2, 2), "growth": 4},
-         "vit": {"dim": 16, "depth": 2, "heads": 2}}
 
 
-def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A small reference model with non-trivial batch-norm statistics, and an input."""
-    torch.manual_seed(0)
-    model = zoo.get_model(name, **SMALL[name]).eval()
-    gen = torch.Generator().manual_seed(1)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            c = mod.num_features
-            mod.weight.data = torch.rand(c, generator=gen) + 0.5
-            mod.bias.data = torch.randn(c, generator=gen) * 0.1
-            mod.running_mean = torch.randn(c, generator=gen) * 0.1
-            mod.running_var = torch.rand(c, generator=gen) + 0.5
-    return model, torch.randn(*zoo.default_input_shape(name), generator=gen)
-
-
-@pytest.mark.parametrize("name", list(SMALL))
-def test_traced_model_runs_in_onnxruntime_like_to_torch(name, tmp_path):
-    model, x = build(name)
+def test_traced_model_runs_in_onnxruntime_like_to_torch(tiny_name, tiny_model, tmp_path):
+    name = tiny_name
+    model, x = tiny_model(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         g = shrinkc.trace(model, (x,))

@@ -147,6 +147,8 @@ def tuned(tmp_path_factory):
         db_dir=db_dir,
         population_size=POPULATION,
         progress=True,
+        layout="NCHW",  # three tasks: conv2d+relu, reshape, matmul
+        cpu_weight_prepack=False,
     )
     return mod, w1, w2, db_dir, result
 
@@ -176,17 +178,59 @@ def test_tune_builds_every_candidate(tuned):
 
 def test_tuned_module_applies_and_matches_numpy(tuned):
     mod, w1, w2, db_dir, res = tuned
-    applied = tt.apply_database(mod, "host", db_dir)
+    applied = tt.apply_database(mod, "host", db_dir, layout="NCHW", cpu_weight_prepack=False)
     prim_funcs = {gv.name_hint: f for gv, f in applied.functions.items()
                   if isinstance(f, tvm.tirx.PrimFunc)}  # fmt: skip
     scheduled = [n for n, f in prim_funcs.items() if f.attrs and f.attrs.get("tirx.is_scheduled")]
     assert len(scheduled) == len(res.tasks), (scheduled, list(prim_funcs))
 
-    ex = tt.compile_tuned(mod, "host", db_dir)
+    ex = tt.compile_tuned(mod, "host", db_dir, layout="NCHW", cpu_weight_prepack=False)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype("float32")
     y = vm["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(y, numpy_reference(x, w1, w2), rtol=1e-4, atol=1e-4)
+
+
+def test_default_budget_is_the_modules_nhwc_prepacked(tmp_path):
+    """Defaults: conv2d in NHWC with prepacked weights; ``total_trials`` is the module's budget
+    (every task gets a first round, then the gradient scheduler spends the rest); repeating
+    the call tunes nothing and a larger budget tunes only the difference."""
+    mod, w1, w2 = tiny_module()
+    prepared = tt.prepare(mod, "host")
+    text = prepared.script()
+    assert "layout_free_buffers" in text  # weights prepacked (constants of the module)
+    assert "transpose" in text  # NCHW input -> NHWC conv -> back, by ConvertLayout
+    tasks = len([f for f in prepared.functions.values() if isinstance(f, tvm.tirx.PrimFunc)])
+    budget = 4 * tasks + 4
+    first = tt.tune(mod, "host", total_trials=budget, db_dir=tmp_path,
+                    population_size=POPULATION, progress=False)  # fmt: skip
+    assert first.failures == 0, first.error_samples
+    # MetaSchedule checks the budget before each round, so the last round may overshoot it
+    # by less than one round (4 trials per task-round here)
+    assert 0 < first.new_trials < budget + 4
+    assert all(t.new_trials >= 1 for t in first.tasks), first.table()
+
+    ex = tt.compile_tuned(mod, "host", tmp_path)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = np.random.default_rng(2).standard_normal((1, 16, 16, 16)).astype("float32")
+    y = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(y, numpy_reference(x, w1, w2), rtol=1e-4, atol=1e-4)
+
+    again = tt.tune(mod, "host", total_trials=budget, db_dir=tmp_path,
+                    population_size=POPULATION, progress=False)  # fmt: skip
+    assert again.new_trials == 0 and {t.status for t in again.tasks} == {"skipped"}
+    more = tt.tune(mod, "host", total_trials=first.new_trials + 3, db_dir=tmp_path,
+                   population_size=POPULATION, progress=False)  # fmt: skip
+    assert 0 < more.new_trials <= 3 and more.failures == 0
+
+
+def test_keep_params_module_is_not_prepacked():
+    mod, _, _ = tiny_module()
+    assert tt.default_prepack(mod)
+    main = mod["main"].with_attr("num_input", 1)
+    mod2 = tvm.IRModule({"main": main})
+    assert not tt.default_prepack(mod2)
+    assert "layout_free_buffers" not in tt.prepare(mod2, "host").script()
 
 
 def test_second_tune_does_zero_new_trials(tuned):
@@ -196,6 +240,7 @@ def test_second_tune_does_zero_new_trials(tuned):
     again = tt.tune(
         mod, "host", total_trials=3 * TRIALS_PER_TASK, max_trials_per_task=TRIALS_PER_TASK,
         db_dir=db_dir, population_size=POPULATION, progress=False,
+        layout="NCHW", cpu_weight_prepack=False,
     )  # fmt: skip
     assert again.new_trials == 0 and again.log_dir is None
     assert {t.status for t in again.tasks} == {"skipped"}
@@ -216,6 +261,7 @@ def test_rpc_loopback_tuning_matches_local_workloads(tuned, tmp_path):
         res = tt.tune(
             mod, "host", total_trials=3, max_trials_per_task=1, db_dir=tmp_path / "rpc-db",
             runner=cfg, population_size=POPULATION, progress=False,
+            layout="NCHW", cpu_weight_prepack=False,
         )  # fmt: skip
         procs = [cluster.tracker, *cluster.servers]
     assert all(p.poll() is not None for p in procs), "cluster processes left running"

@@ -520,40 +520,21 @@ def test_star_does_not_change_static_inputs(caplog):
 
 
 # ============================================================================ reference models
-SMALL = {"lenet_300_100": {"width": 0.25}, "lenet5": {}, "resnet18": {"width": 0.125},
-         "resnet_bottleneck": {"width": 0.125}, "vgg11_bn": {"width": 0.125},
-         "mobilenet_v2": {"width": 0.25}, "densenet": {"blocks": (2, 2), "growth": 4},
-         "vit": {"dim": 16, "depth": 2, "heads": 2}}
-
-
-def build(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A small reference model with non-trivial batch-norm statistics, and an input."""
-    torch.manual_seed(0)
-    model = zoo.get_model(name, **SMALL[name]).eval()
-    gen = torch.Generator().manual_seed(1)
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            c = mod.num_features
-            mod.weight.data = torch.rand(c, generator=gen) + 0.5
-            mod.bias.data = torch.randn(c, generator=gen) * 0.1
-            mod.running_mean = torch.randn(c, generator=gen) * 0.1
-            mod.running_var = torch.rand(c, generator=gen) + 0.5
-    return model, torch.randn(*zoo.default_input_shape(name), generator=gen)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, Path]:
+def exported(tmp_path_factory, tiny_model) -> dict[str, Path]:
     """Every reference model written by torch's own exporter (TorchScript, opset 17)."""
     folder = tmp_path_factory.mktemp("torch_onnx")
     paths = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in SMALL:
-            model, x = build(name)
+        for name in zoo.MODELS:
+            model, x = tiny_model(name)
             paths[name] = folder / f"{name}.onnx"
             torch.onnx.export(model, (x,), str(paths[name]), dynamo=False, opset_version=17,
                               input_names=["x"])
-        model, x = build("vit")
+        model, x = tiny_model("vit")
         paths["vit_dynamic"] = folder / "vit_dynamic.onnx"
         torch.onnx.export(model, (x,), str(paths["vit_dynamic"]), dynamo=False,
                           opset_version=17, input_names=["x"],
@@ -567,8 +548,8 @@ def assert_close(got, ref, tol: float = 1e-4) -> None:
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-def test_torch_exported_model_matches_onnxruntime(exported, name):
+def test_torch_exported_model_matches_onnxruntime(exported, tiny_name):
+    name = tiny_name
     g = load_onnx(exported[name])
     x = torch.randn(g.inputs[0].shape, generator=torch.Generator().manual_seed(2))
     ref = run_onnxruntime(exported[name], [x])
@@ -579,8 +560,8 @@ def test_torch_exported_model_matches_onnxruntime(exported, name):
         assert ops(g)["gelu"] == 2 and ops(g)["linear"] == 9 and "erf" not in ops(g)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-def test_onnx_ir_onnx_ir_round_trip(exported, name, tmp_path):
+def test_onnx_ir_onnx_ir_round_trip(exported, tiny_name, tmp_path):
+    name = tiny_name
     from shrinkc.backends.onnx import to_onnx
 
     g1 = load_onnx(exported[name])
