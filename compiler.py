@@ -13,7 +13,7 @@ an ONNX Runtime session) and ``"torch"`` (``to_torch``). ``backend=None`` picks:
 1. TVM when a ``target`` or a tuning budget (``tune_trials > 0``) is given, or when the
    tuning database (``tuning_db``, else the default one for this host) already has tuned
    schedules for every workload of the model;
-2. otherwise onnxruntime — untuned TVM is 10–40× slower than onnxruntime on CPU;
+2. otherwise onnxruntime — untuned TVM is 10–90× slower than onnxruntime on CPU;
 3. torch when the onnxruntime backend (``shrinkc.backends.onnx``) is not installed.
 
 The report (``cm.report()``) says which backend it picked and why.
@@ -535,7 +535,7 @@ def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
                          f"onnxruntime would be picked but shrinkc.backends.onnx is not "
                          f"installed"), None
     return "onnxruntime", (f"no target, tuning budget or covering tuning database ({note}); "
-                           f"untuned TVM is 10-40x slower than onnxruntime on CPU"), None
+                           f"untuned TVM is 10-90x slower than onnxruntime on CPU"), None
 
 
 def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001

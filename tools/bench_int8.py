@@ -76,8 +76,12 @@ def make_qdq(graph: Graph, calibration: Sequence, *, act_dtype: str = "u8",
         x, w = n.inputs[0], n.inputs[1]
         o = {**defaults, **(overrides or {}).get(base, {})}
         act_dtype, per_channel, int_bias = o["act_dtype"], o["per_channel"], o["int_bias"]
-        sx, zx = _affine(*ranges[x.name], act_dtype)
-        g.set_input(n, 0, _qdq(g, x, sx, zx, act_dtype, None, n, f"{base}.x"))
+        if x.producer is not None and x.producer.op == "dequantize" and x.name not in ranges:
+            # already quantized: the output of an earlier conv / linear (quantize_outputs)
+            sx = np.float32(np.asarray(x.producer.inputs[1].data))
+        else:
+            sx, zx = _affine(*ranges[x.name], act_dtype)
+            g.set_input(n, 0, _qdq(g, x, sx, zx, act_dtype, None, n, f"{base}.x"))
         wf = np.asarray(w.data, np.float64)
         axis = wf.ndim - 1 if n.op == "matmul" else 0
         if per_channel:

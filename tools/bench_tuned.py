@@ -170,6 +170,9 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
         names = names[1:] + names[:1]
         done += n
     row["max_diff"] = {b: float(np.max(np.abs(o - reference))) for b, o in outputs.items()}
+    # the compiled graphs against each other (for int8 the error vs fp32 is quantization's)
+    row["tuned_vs_ort"] = float(np.max(np.abs(outputs["tvm-tuned"] - outputs["onnxruntime"])))
+    row["output_scale"] = float(np.max(np.abs(reference)))
     row["ms"] = {b: t.median for b, t in timings.items()}
     row["ms_fmt"] = {b: t.fmt() for b, t in timings.items()}
     row["load"] = os.getloadavg()
@@ -181,8 +184,9 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
 
     lines = ["| model | variant | input | MACs | weights | PyTorch ms | onnxruntime ms | "
              "TVM untuned ms | TVM tuned ms | tuned / ORT | tuned / fp32 ORT | untuned / ORT | "
-             "trials (tasks) | tuning min | build fails | max Δ vs fp32 torch |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "trials (tasks) | tuning min | build fails | max Δ vs fp32 torch | "
+             "max Δ tuned vs ORT |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fp32_ort = {(r["model"], r["input"]): r["ms"]["onnxruntime"] for r in rows
                 if r.get("variant", "fp32") == "fp32"}
     for r in rows:
@@ -199,7 +203,9 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
             f"{ms['tvm-tuned'] / ort:.2f}× | {vs_fp32} | {ms['tvm'] / ort:.1f}× | "
             f"{r['new_trials']} new, {r['db_valid']} in db ({r['tasks']}) | "
             f"{r['tune_s'] / 60:.1f} | {r['build_errors']} | "
-            f"{max(v for k, v in r['max_diff'].items() if k != 'torch'):.1e} |")
+            f"{max(v for k, v in r['max_diff'].items() if k != 'torch'):.1e} "
+            f"(of {r.get('output_scale', float('nan')):.1f}) | "
+            f"{r.get('tuned_vs_ort', float('nan')):.1e} |")
     return "\n".join(lines) + (
         f"\n\nBatch 1, width 1.0, pipeline `{PIPELINE}` (exact); int8 rows add min/max QDQ "
         f"(u8 activations, i8 per-channel weights, i32 bias; `tools/bench_int8.make_qdq`, "

@@ -8,7 +8,7 @@ pipeline, params, MACs, size, error, compile/tune times) is printed.
 Backends: ``tvm`` (a target: preset ``host``, ``x86-avx2``, ``x86-avx512``, ``aarch64``, or
 a TVM target dict as JSON), ``onnxruntime``, ``torch``. Without ``--backend`` shrinkc picks
 TVM when ``--target`` or ``--tune-trials`` is given or the tuning database already covers the
-model, else onnxruntime (untuned TVM is 10-40x slower on CPU).
+model, else onnxruntime (untuned TVM is 10-90x slower on CPU).
 """
 
 from __future__ import annotations

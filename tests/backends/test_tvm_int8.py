@@ -170,3 +170,30 @@ def test_unsupported_patterns_stay_float_and_say_why(edit, why, caplog):
     assert tvm_int8.integer_ops(lowered.mod) == []
     assert any("stays float" in r.message and why in r.message for r in caplog.records), \
         [r.message for r in caplog.records]
+
+
+def test_chained_convs_share_one_quantization():
+    """conv → conv with nothing between (MobileNetV2's projection into the next expansion):
+    make_qdq reuses the first conv's output quantization as the second's input, and both
+    lower to integer convs that match the interpreter's QDQ reference to one step."""
+    rng = np.random.default_rng(3)
+    g = Graph("chain")
+    x = g.add_input(TensorType("f32", (1, 4, 6, 6)), "x")
+    w1 = g.add_constant((rng.standard_normal((8, 4, 1, 1)) * 0.3).astype(np.float32))
+    w2 = g.add_constant((rng.standard_normal((8, 8, 3, 3)) * 0.3).astype(np.float32))
+    b2 = g.add_constant((rng.standard_normal(8) * 0.1).astype(np.float32))
+    y1 = g.add_node("conv2d", [x, w1], loc="c1").output
+    g.outputs = [g.add_node("conv2d", [y1, w2, b2], {"padding": (1, 1)}, loc="c2").output]
+    calib = [[rng.standard_normal((1, 4, 6, 6)).astype(np.float32)] for _ in range(2)]
+    q = make_qdq(g, calib, quantize_outputs=True)
+    convs = [n for n in q.nodes if n.op == "conv2d"]
+    assert [n.inputs[0].producer.op for n in convs] == ["dequantize", "dequantize"]
+    assert convs[1].inputs[0].producer.inputs[1] is q.constants["c1.y.scale"]
+    assert not any(n.op == "dequantize" and n.inputs[0].producer is not None
+                   and n.inputs[0].producer.op == "dequantize" for n in q.nodes)
+    lowered = btvm.lower(q)
+    assert len(tvm_int8.integer_ops(lowered.mod)) == 2
+    out = btvm.build_lowered(lowered, name=q.name).run(calib[0])[0]
+    ref = run(q, calib[0])[0].numpy()
+    step = float(q.constants["c2.y.scale"].data)
+    assert np.abs(out.astype(np.float64) - ref).max() <= step * 1.0001
