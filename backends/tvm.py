@@ -778,17 +778,23 @@ def layout_passes(layout: str | None = None) -> list[Any]:
     return [relax.transform.ConvertLayout({"relax.nn.conv2d": list(CONV_LAYOUTS[layout])})]
 
 
-def optimize_relax(mod: Any, target: Mapping[str, Any], layout: str | None = None) -> Any:
-    """Relax's own optimisation for inference under ``target``: convolutions to ``layout``
+def inference_passes(layout: str | None = None) -> list[Any]:
+    """Relax's own optimisation for inference: convolutions to ``layout``
     (``layout_passes``), decompose, canonicalise, legalize, fold constants, fuse (the
-    ``zero`` pipeline)."""
+    ``zero`` pipeline). Shared with ``tvm_tuning.prepare``, so tuned and untuned builds
+    see the same workloads."""
     _import_tvm()
-    seq = tvm.transform.Sequential([
+    return [
         *layout_passes(layout),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.get_pipeline("zero"),
-    ])
+    ]
+
+
+def optimize_relax(mod: Any, target: Mapping[str, Any], layout: str | None = None) -> Any:
+    """``inference_passes(layout)`` on ``mod`` under ``target``."""
+    seq = tvm.transform.Sequential(inference_passes(layout))
     with tvm.target.Target(dict(target)):
         return seq(mod)
 

@@ -640,19 +640,12 @@ def prepare(mod: tvm.IRModule, target: Any = None, cpu_weight_prepack: bool | No
     default NHWC), then what ``relax.get_pipeline("static_shape_tuning")`` does before
     tuning (decompose, canonicalise, the ``zero`` pipeline, and with
     ``cpu_weight_prepack`` — default ``default_prepack(mod)`` — the layout-free buffers)."""
-    from tvm.relax.pipeline import zero_pipeline  # pylint: disable=import-outside-toplevel
-
-    from .tvm import layout_passes  # pylint: disable=import-outside-toplevel
+    from .tvm import inference_passes  # pylint: disable=import-outside-toplevel
 
     target = resolve_target(target)
     if cpu_weight_prepack is None:
         cpu_weight_prepack = default_prepack(mod)
-    passes = [
-        *layout_passes(layout),
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.CanonicalizeBindings(),
-        zero_pipeline(),
-    ]
+    passes = inference_passes(layout)
     if cpu_weight_prepack:
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target:
