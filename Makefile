@@ -6,6 +6,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.shrinkc-installed
 PYTEST_ARGS ?=
+# The repository root is the package (package-dir shrinkc = "."), so it has an __init__.py.
+# With the root as pytest's rootdir, pytest imports that __init__.py as a package named
+# after the checkout's directory, which fails when that name is not an identifier
+# (mktemp's tmp.XXXX). Rooting pytest at tests/ keeps the package out of collection.
+PYTEST := $(PY) -m pytest --rootdir=tests
 
 .PHONY: all test test-slow demo venv clean
 
@@ -22,13 +27,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PYTEST) -q -m slow $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/shrinkc-demo
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache tests/.pytest_cache
