@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from . import ops
+from .errors import IRError
 from .types import TensorType, dtype_from_numpy
 
-
-class IRError(Exception):
-    """An invalid graph or an invalid use of the graph API."""
+__all__ = ["Graph", "IRError", "Node", "Value", "array_digest"]
 
 
 class Value:
@@ -197,8 +197,6 @@ class Graph:
         Output types are inferred from the op table unless ``types`` is given. Attributes
         are completed with the op's defaults.
         """
-        from . import ops  # the op table imports types only; no cycle at import time
-
         opdef = ops.get(op)
         attrs = opdef.complete_attrs(attrs or {}, where=op)
         if types is None:

@@ -1,8 +1,10 @@
 """Passes: the registry, the PassManager and its instruments, one file per pass.
 
-* ``registry`` — ``Pass`` (a dataclass whose fields are options), ``register_pass``,
-  ``parse_pipeline`` / ``canonical`` for pipeline text, ``PassResult``, ``PassError``;
-* ``manager`` — ``PassContext``, ``PassManager``, ``optimize``;
+* ``base`` — ``Pass`` (a dataclass whose fields are options, declared with ``option``),
+  ``PassResult``, ``PassError``, ``PipelineError``, ``PassContext``: what every pass
+  module imports;
+* ``registry`` — ``register_pass``, ``parse_pipeline`` / ``canonical`` for pipeline text;
+* ``manager`` — ``PassManager``, ``optimize``;
 * ``instruments`` — PrintIR, VerifyEach, NumericDiff, TimePasses, Stats, DumpDir,
   Reproducer;
 * ``analyses/`` — facts about a graph that passes and instruments read (costs, …);
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from .base import Pass, PassContext, PassError, PassResult, PipelineError, option
 from .instruments import (
     DumpDir,
     NumericDiff,
@@ -30,20 +33,8 @@ from .instruments import (
     TimePasses,
     VerifyEach,
 )
-from .manager import PassContext, PassManager, Step, optimize
-from .registry import (
-    PASSES,
-    Pass,
-    PassError,
-    PassResult,
-    PipelineError,
-    canonical,
-    get_pass,
-    option,
-    parse_pipeline,
-    register_pass,
-    unregister_pass,
-)
+from .manager import PassManager, Step, optimize
+from .registry import PASSES, canonical, get_pass, parse_pipeline, register_pass, unregister_pass
 
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg):
     importlib.import_module(f"{__name__}.{_m}")

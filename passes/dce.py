@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.graph import Graph
-from .manager import PassContext
-from .registry import Pass, PassResult, register_pass
+from .base import Pass, PassContext, PassResult
+from .registry import register_pass
 
 
 @register_pass("dce")

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import to_numpy_dtype
-from .manager import PassContext
-from .registry import Pass, PassResult, register_pass
+from .base import Pass, PassContext, PassResult
+from .registry import register_pass
 from .rewrite import remove_unused_constants, replace_data
 
 LAYERS = frozenset({"conv2d", "conv_transpose2d", "linear"})

@@ -31,8 +31,8 @@ from ..ir import ops
 from ..ir.graph import Graph
 from ..ir.interpreter import as_tensor
 from ..ir.types import TensorType
-from .manager import PassContext
-from .registry import Pass, PassError, PassResult, option, register_pass
+from .base import Pass, PassContext, PassError, PassResult, option
+from .registry import register_pass
 from .rewrite import remove_unused_constants, replace_with_constants, to_numpy
 
 KEEP_OPS = frozenset({"dequantize"})

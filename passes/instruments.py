@@ -36,11 +36,11 @@ import numpy as np
 from ..ir.graph import Graph, IRError
 from ..ir.text import print_graph
 from .analyses.cost import CostSummary, summarize
-from .registry import PassError
+from .base import PassError
 
 if TYPE_CHECKING:
-    from .manager import PassContext, Step
-    from .registry import Pass
+    from .base import Pass, PassContext
+    from .manager import Step
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """The PassManager: runs a pipeline of passes on a graph, in place, with instruments.
 
-``PassContext`` carries everything a pass may read besides the graph — explicitly, never
-as a global: the instruments, the seed and a numpy ``rng``, example inputs, calibration
-batches, an ``artifacts`` dict (e.g. a pruning plan) and a logger.
+``PassContext`` (defined in ``passes/base.py``, re-exported here) carries everything a
+pass may read besides the graph — explicitly, never as a global: the instruments, the seed
+and a numpy ``rng``, example inputs, calibration batches, an ``artifacts`` dict (e.g. a
+pruning plan) and a logger.
 
 For each pass the manager calls the instruments' ``before_pass`` hooks, runs the pass,
 checks what it returned, and calls the ``after_pass`` hooks (``VerifyEach`` first, on by
@@ -24,52 +25,19 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from ..ir.graph import Graph, IRError
 from ..ir.text import print_graph
+from .base import Pass, PassContext, PassError, PassResult, PipelineError
 from .instruments import PassInstrument, VerifyEach
-from .registry import Pass, PassError, PassResult, PipelineError, parse_pipeline
+from .registry import parse_pipeline
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PassContext", "PassManager", "Step", "fingerprint", "optimize"]
-
-
-@dataclass
-class PassContext:
-    """What passes and instruments share during one pipeline run."""
-
-    seed: int = 0
-    example_inputs: Any = None  # a tensor, a sequence of tensors, or a name -> tensor mapping
-    calibration: Iterable[Any] | None = None  # input batches (each like example_inputs)
-    instruments: list[PassInstrument] = field(default_factory=list)
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("shrinkc.passes"))
-    rng: np.random.Generator = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
-        if self.calibration is not None and iter(self.calibration) is self.calibration:
-            # a one-shot iterator: read it once so that every pass sees every batch
-            self.calibration = list(self.calibration)
-
-    def reseed(self, key: str) -> None:
-        """Give ``rng`` a fresh stream determined by the seed and ``key`` (a pass's text)."""
-        self.rng = np.random.default_rng([self.seed, zlib.crc32(key.encode())])
-
-    def inputs_for(self, graph: Graph) -> list:
-        """The example inputs, or random inputs for ``graph`` drawn from the seed."""
-        from ..ir.interpreter import bind_inputs, random_inputs
-
-        if self.example_inputs is not None:
-            return bind_inputs(graph, self.example_inputs)
-        return random_inputs(graph, self.seed)
 
 
 @dataclass

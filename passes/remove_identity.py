@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.graph import Graph, Node, Value
-from .manager import PassContext
-from .registry import Pass, PassResult, register_pass
+from .base import Pass, PassContext, PassResult
+from .registry import register_pass
 from .rewrite import remove_unused_constants
 
 

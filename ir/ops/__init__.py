@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..graph import IRError
+from ..errors import IRError
 from ..types import DTYPES, TensorType, dtype_from_torch, to_torch_dtype
 
 _REQUIRED = object()
