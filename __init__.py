@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 
 def load_onnx(path_or_model, input_shapes=None) -> Graph:
-    """ONNX file or ``onnx.ModelProto`` → IR graph (see ``ir/frontends/onnx.py``)."""
+    """ONNX file or ``onnx.ModelProto`` → IR graph (see ``ir/frontends/onnx/``)."""
     from .ir.frontends.onnx import load_onnx as _load
 
     return _load(path_or_model, input_shapes=input_shapes)

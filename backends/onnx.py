@@ -35,7 +35,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import ops
-from ..ir.frontends.onnx import LOC_KEY, ONNX_DTYPES, OPSET_MAX, OPSET_MIN
+from ..ir.onnx_common import IR_TO_ONNX, LOC_KEY, OPSET_MAX, OPSET_MIN
 from ..ir.graph import Graph, IRError, Node, Value
 from ..ir.interpreter import as_tensor
 from ..ir.types import to_numpy_dtype
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 IR_VERSION = 10  # what onnxruntime 1.31 accepts (onnx 1.23 would write 14)
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**24  # bytes; above this the weights go to a .data file
-_IR_TO_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
 
 
 class OnnxExportError(IRError):
@@ -185,7 +184,7 @@ def _binary(e: _Ex, n: Node) -> None:
         t = e.x(v)
         if v.dtype != want:
             c = e.tmp(f"cast{i}", want, v.shape)
-            e.emit("Cast", [t], [c], {"to": _IR_TO_ONNX[want]})
+            e.emit("Cast", [t], [c], {"to": IR_TO_ONNX[want]})
             t = c
         ins.append(t)
     e.one(_BINARY[n.op], n, ins)
@@ -193,7 +192,7 @@ def _binary(e: _Ex, n: Node) -> None:
 
 @_exports("cast")
 def _cast(e: _Ex, n: Node) -> None:
-    e.one("Cast", n, [e.x(n.inputs[0])], {"to": _IR_TO_ONNX[n.attrs["dtype"]]})
+    e.one("Cast", n, [e.x(n.inputs[0])], {"to": IR_TO_ONNX[n.attrs["dtype"]]})
 
 
 @_exports("hardtanh")

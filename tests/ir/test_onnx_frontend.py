@@ -1,4 +1,4 @@
-"""ir/frontends/onnx.py: ONNX → IR.
+"""ir/frontends/onnx/: ONNX → IR.
 
 Each op handler on a small hand-made model (structure of the IR it gives, numbers against
 onnxruntime on the original model, and ONNX → IR → ONNX → IR equality); the fusions; the
