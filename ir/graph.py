@@ -6,6 +6,14 @@ the op table (``ir.ops``) to input values and defines output values. A ``Graph``
 nodes in topological order and is changed only through a few verbs that keep use-lists
 right: ``add_node``, ``add_constant``, ``add_input``, ``set_input``, ``replace_all_uses``,
 ``erase``, ``rename``, ``toposort``, ``dce``, ``clone``, ``fresh_name``.
+
+Verbs for physical rewrites — those that may change a value's type — are implemented in
+``ir/edit.py`` and exposed here: ``replace_constant(s)`` (new data of another shape or
+dtype), ``add_operand`` / ``remove_operand``, ``set_attrs`` (checked by the op table) and
+``reinfer`` (types re-inferred forward; atomic, errors name the node).
+
+``Value.uses`` lists the user nodes, one entry per operand occurrence; ``Value.use_sites``
+gives the same uses as ``(node, operand_index)`` pairs.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import edit, ops
 from .errors import IRError
 from .types import TensorType, dtype_from_numpy
 
@@ -44,6 +52,14 @@ class Value:
     @property
     def is_constant(self) -> bool:
         return self.data is not None
+
+    @property
+    def use_sites(self) -> list[tuple[Node, int]]:
+        """Every use as ``(node, operand_index)``, in ``uses`` order: ``add(%x, %x)`` gives
+        two. Derived from ``uses`` and the users' operands, so exact whenever the use-lists
+        are (every verb keeps them; the verifier checks them)."""
+        return [(n, i) for n in dict.fromkeys(self.uses)
+                for i, v in enumerate(n.inputs) if v is self]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -281,19 +297,14 @@ class Graph:
         import networkx as nx
 
         order = {id(n): i for i, n in enumerate(self.nodes)}
-        g = nx.DiGraph()
-        g.add_nodes_from(range(len(self.nodes)))
-        for i, n in enumerate(self.nodes):
-            for v in n.inputs:
-                if v.producer is not None and id(v.producer) in order:
-                    g.add_edge(order[id(v.producer)], i)
+        g = self.to_networkx(values=False)
         try:
-            idx = list(nx.lexicographical_topological_sort(g))
+            nodes = list(nx.lexicographical_topological_sort(g, key=lambda n: order[id(n)]))
         except nx.NetworkXUnfeasible as e:
             cycle = nx.find_cycle(g)
-            names = " -> ".join(self.nodes[a].describe() for a, _ in cycle)
+            names = " -> ".join(a.describe() for a, *_ in cycle)
             raise IRError(f"graph {self.name} has a cycle: {names}") from e
-        self.nodes = [self.nodes[i] for i in idx]
+        self.nodes = nodes
 
     def dce(self) -> int:
         """Remove nodes and constants that no output depends on. Returns how many."""
@@ -345,20 +356,62 @@ class Graph:
     def num_params(self) -> int:
         return sum(v.type.numel for v in self.constants.values())
 
-    def to_networkx(self):
-        """A ``networkx.MultiDiGraph``: one vertex per node (keyed by the Node), one edge per
-        value use, with the value on the edge as ``value``. Graph inputs/constants are not
-        vertices; edges from them are not included."""
+    def to_networkx(self, values: bool = True):
+        """A ``networkx.MultiDiGraph`` with one edge per operand.
+
+        Vertices: every ``Node`` (attributes ``kind="node"``, ``op``) and, unless ``values``
+        is False, every graph input and constant ``Value`` (``kind="input"`` /
+        ``"constant"``). Edge from the operand's producer (or from the input / constant
+        itself) to the user, keyed by the operand index, with attributes ``value`` (the
+        ``Value``) and ``index``. ``g.graph["outputs"]`` lists the graph's output values.
+        """
         import networkx as nx
 
-        g = nx.MultiDiGraph()
+        g = nx.MultiDiGraph(outputs=list(self.outputs))
+        if values:
+            g.add_nodes_from(self.inputs, kind="input")
+            g.add_nodes_from(self.constants.values(), kind="constant")
         for n in self.nodes:
-            g.add_node(n, op=n.op)
+            g.add_node(n, kind="node", op=n.op)
         for n in self.nodes:
-            for v in n.inputs:
-                if v.producer is not None:
-                    g.add_edge(v.producer, n, value=v)
+            for i, v in enumerate(n.inputs):
+                src = v.producer if v.producer is not None else v if values else None
+                if src is not None:
+                    g.add_edge(src, n, key=i, value=v, index=i)
         return g
+
+    # ---------------------------------------------------------------- physical rewrites
+    # (implemented in ir/edit.py; see its docstring for the contract)
+    def replace_constants(self, arrays, *, drop_encoding: bool = False,
+                          reinfer: bool = True) -> list[Node]:
+        """New data (any shape/dtype) for constants ``{value: array}``; types re-inferred
+        forward, atomically. Returns the nodes whose output types changed."""
+        return edit.replace_constants(self, arrays, drop_encoding=drop_encoding, reinfer=reinfer)
+
+    def replace_constant(self, value: Value, array, *, drop_encoding: bool = False,
+                         reinfer: bool = True) -> list[Node]:
+        """``replace_constants`` for one constant."""
+        return edit.replace_constant(self, value, array, drop_encoding=drop_encoding,
+                                     reinfer=reinfer)
+
+    def add_operand(self, node: Node, value: Value, index: int | None = None, *,
+                    reinfer: bool = True) -> list[Node]:
+        """Insert ``value`` as operand ``index`` of ``node`` (append when None)."""
+        return edit.add_operand(self, node, value, index, reinfer=reinfer)
+
+    def remove_operand(self, node: Node, index: int, *, reinfer: bool = True) -> Value:
+        """Remove operand ``index`` of ``node``; returns the value that was there."""
+        return edit.remove_operand(self, node, index, reinfer=reinfer)
+
+    def set_attrs(self, node: Node, attrs: dict[str, Any], *, reinfer: bool = True
+                  ) -> list[Node]:
+        """Update attributes of ``node``, checked against the op table."""
+        return edit.set_attrs(self, node, attrs, reinfer=reinfer)
+
+    def reinfer(self, *starts: Node | Value) -> list[Node]:
+        """Re-infer types from ``starts`` (nodes, or values standing for their users)
+        forward. Returns the nodes whose output types changed."""
+        return edit.reinfer(self, *starts)
 
     def __str__(self) -> str:
         from .text import print_graph

@@ -1,6 +1,7 @@
 """The verifier: checks a graph's invariants and names the node that breaks one.
 
-SSA (every value defined once), use-lists consistent with operands, nodes in topological
+SSA (every value defined once), use-lists consistent with operands (so ``Value.use_sites``,
+derived from them, is exact), nodes in topological
 order (a cycle is reported as such), every operand defined in this graph, ops known,
 attributes valid, and every output type equal to what the op table infers.
 """

@@ -2,6 +2,8 @@
 
 * ``replace_data(value, array)`` — new contents for a constant of the same type. Passes
   never write into a constant's array (snapshots share arrays); they give it a new one.
+  For data of another shape or dtype use ``Graph.replace_constant(s)`` (``ir/edit.py``),
+  which re-infers the users' types.
 * ``replace_with_constants(graph, node, arrays)`` — a node's outputs become constants that
   keep the outputs' names; the node is erased.
 * ``remove_unused_constants(graph, values)`` — drop those of ``values`` nothing uses.
