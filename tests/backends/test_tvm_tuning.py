@@ -18,6 +18,7 @@ import tvm
 from tvm import relax
 
 from shrinkc.backends import tvm_tuning as tt
+from suite import assert_close  # the suite's comparison policy
 
 TRIALS_PER_TASK = 4
 POPULATION = 32  # small evolutionary-search population: fast rounds
@@ -188,7 +189,7 @@ def test_tuned_module_applies_and_matches_numpy(tuned):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = np.random.default_rng(1).standard_normal((1, 16, 16, 16)).astype("float32")
     y = vm["main"](tvm.runtime.tensor(x)).numpy()
-    np.testing.assert_allclose(y, numpy_reference(x, w1, w2), rtol=1e-4, atol=1e-4)
+    assert_close(y, numpy_reference(x, w1, w2), depth=2)  # two convs, float32 kernels
 
 
 def test_default_budget_is_the_modules_nhwc_prepacked(tmp_path):
@@ -214,7 +215,7 @@ def test_default_budget_is_the_modules_nhwc_prepacked(tmp_path):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = np.random.default_rng(2).standard_normal((1, 16, 16, 16)).astype("float32")
     y = vm["main"](tvm.runtime.tensor(x)).numpy()
-    np.testing.assert_allclose(y, numpy_reference(x, w1, w2), rtol=1e-4, atol=1e-4)
+    assert_close(y, numpy_reference(x, w1, w2), depth=2)  # two convs, float32 kernels
 
     again = tt.tune(mod, "host", total_trials=budget, db_dir=tmp_path,
                     population_size=POPULATION, progress=False)  # fmt: skip
@@ -236,7 +237,6 @@ def test_keep_params_module_is_not_prepacked():
 def test_second_tune_does_zero_new_trials(tuned):
     mod, _, _, db_dir, first = tuned
     before = tt.database_summary(db_dir)
-    t0 = time.perf_counter()
     again = tt.tune(
         mod, "host", total_trials=3 * TRIALS_PER_TASK, max_trials_per_task=TRIALS_PER_TASK,
         db_dir=db_dir, population_size=POPULATION, progress=False,
@@ -246,7 +246,6 @@ def test_second_tune_does_zero_new_trials(tuned):
     assert {t.status for t in again.tasks} == {"skipped"}
     assert [t.trials_before for t in again.tasks] == [t.new_trials for t in first.tasks]
     assert tt.database_summary(db_dir) == before
-    assert time.perf_counter() - t0 < 60
 
 
 # ------------------------------------------------------------------------------ RPC

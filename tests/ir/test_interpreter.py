@@ -4,14 +4,13 @@ import torch
 
 from shrinkc.ir import IRError
 from shrinkc.ir.interpreter import random_inputs, run, run_numpy
+from shrinkc.tools import zoo
 
 
-def test_matches_reference_models(reference_graphs, reference_names):
-    for name in reference_names:
-        model, x, g = reference_graphs(name)
-        with torch.no_grad():
-            (y,) = run(g, [x])
-            torch.testing.assert_close(y, model(x), atol=1e-5, rtol=1e-5, msg=name)
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_matches_reference_models(name, reference_graphs, assert_matches_model):
+    model, x, g = reference_graphs(name)
+    assert_matches_model(g, model, [x], msg=name)  # in float64: see tests/conftest.py
 
 
 def test_gradients_reach_constants(reference_graphs):

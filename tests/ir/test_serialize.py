@@ -7,14 +7,15 @@ from shrinkc import load, save
 from shrinkc.ir import Graph, IRError, TensorType
 from shrinkc.ir.serialize import weights_path
 from shrinkc.ir.text import graph_diff
+from shrinkc.tools import zoo
 
 
-def test_reference_models_save_load(reference_graphs, reference_names, tmp_path):
-    for name in reference_names:
-        g = reference_graphs(name)[2]
-        p = save(g, tmp_path / f"{name}.shrk")
-        assert p.exists() and weights_path(p).exists()
-        assert graph_diff(g, load(p)) is None, name
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_reference_models_save_load(name, reference_graphs, tmp_path):
+    g = reference_graphs(name)[2]
+    p = save(g, tmp_path / f"{name}.shrk")
+    assert p.exists() and weights_path(p).exists()
+    assert graph_diff(g, load(p)) is None, name
 
 
 def test_all_dtypes_survive(tmp_path):

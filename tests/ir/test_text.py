@@ -4,6 +4,7 @@ import pytest
 from shrinkc.ir import Graph, IRError, TensorType
 from shrinkc.ir.text import graph_diff, parse_graph, print_graph
 from shrinkc.ir.verify import verify
+from shrinkc.tools import zoo
 
 TEXT = """\
 graph "tiny" (%x: f32[1,3,4,4]) {
@@ -76,11 +77,11 @@ def test_missing_and_mismatched_weights():
         parse_graph(TEXT, {"w": np.zeros((2, 3), np.float32)})
 
 
-def test_reference_models_round_trip(reference_graphs, reference_names):
-    for name in reference_names:
-        _, _, g = reference_graphs(name)
-        text = print_graph(g)
-        g2 = parse_graph(text, {k: v.data for k, v in g.constants.items()})
-        assert graph_diff(g, g2) is None, name
-        assert print_graph(g2) == text
-        verify(g2)
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_reference_models_round_trip(name, reference_graphs):
+    _, _, g = reference_graphs(name)
+    text = print_graph(g)
+    g2 = parse_graph(text, {k: v.data for k, v in g.constants.items()})
+    assert graph_diff(g, g2) is None, name
+    assert print_graph(g2) == text
+    verify(g2)

@@ -4,17 +4,20 @@ import torch.nn as nn
 
 from shrinkc import TraceError, to_torch, trace
 from shrinkc.ir.verify import verify
+from shrinkc.tools import zoo
 
 
-def test_every_reference_model_round_trips(reference_graphs, reference_names):
-    for name in reference_names:
-        model, x, g = reference_graphs(name)
-        verify(g)
-        with torch.no_grad():
-            for seed in (0, 1):
-                xi = x if seed == 0 else torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
-                torch.testing.assert_close(to_torch(g)(xi), model(xi), atol=1e-5, rtol=1e-5,
-                                           msg=name)
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_every_reference_model_round_trips(name, reference_graphs, f64, assert_close):
+    model, x, g = reference_graphs(name)
+    verify(g)
+    m64, module = f64.model(model), to_torch(f64.graph(g))  # float64: see tests/conftest.py
+    with torch.no_grad():
+        for seed in (0, 1):
+            xi = x if seed == 0 else torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+            assert_close(module(xi.double()), m64(xi.double()), msg=f"{name} seed {seed}")
+            # and the float32 module runs the model's float32 arithmetic, to depth-scaled noise
+            assert_close(to_torch(g)(xi), model(xi), depth=model, msg=f"{name} f32 seed {seed}")
 
 
 def test_weights_and_locations_come_from_the_module(reference_graphs):

@@ -4,6 +4,7 @@ import pytest
 from shrinkc.ir import Graph, TensorType
 from shrinkc.ir.graph import Node, Value
 from shrinkc.ir.verify import VerificationError, verify
+from shrinkc.tools import zoo
 
 
 def chain():
@@ -17,10 +18,13 @@ def chain():
     return g, fc, act, out
 
 
-def test_valid_graph_passes(reference_graphs, reference_names):
+def test_valid_graph_passes():
     verify(chain()[0])
-    for name in reference_names:
-        verify(reference_graphs(name)[2])
+
+
+@pytest.mark.parametrize("name", list(zoo.MODELS))
+def test_reference_models_verify(name, reference_graphs):
+    verify(reference_graphs(name)[2])
 
 
 def test_wrong_shape_names_the_node():

@@ -54,7 +54,7 @@ def test_numerics_match(ir, apply, assert_same_outputs):
     }""")
     after, result = apply(before, "fold-constants")
     assert [n.op for n in after.nodes] == ["conv2d"] and result.stats["folded"] == 3
-    assert_same_outputs(before, after, atol=0)  # the same torch reference: bit-identical
+    assert_same_outputs(before, after, bitwise=True)  # the same torch reference
 
 
 GROWS = """

@@ -11,6 +11,7 @@ import torch
 
 import shrinkc
 from shrinkc.tools.cli import main
+from suite import assert_close  # the suite's comparison policy
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -33,7 +34,7 @@ def test_compile_tvm_to_a_directory(capsys, tmp_path, reference_graphs):
     cm = shrinkc.load_compiled(out)
     with torch.no_grad():
         want = shrinkc.run(g, [x])[0].numpy()
-    np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
+    assert_close(cm(x).numpy(), want, depth=g)
 
 
 def test_cross_compile_aarch64_writes_an_object_archive(capsys, tmp_path):

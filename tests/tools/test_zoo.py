@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from shrinkc.tools import zoo
+from suite import SMALL_CONFIGS, TINY_CONFIGS, assert_close, f64_model
 
 # The aten ops the IR accepts from torch.export (no decompositions), as export spells them.
 IR_ATEN_OPS = {
@@ -82,9 +83,10 @@ def test_export_matches_eager_and_uses_ir_ops(name: str, dataset: str) -> None:
     ops = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
     assert ops <= IR_ATEN_OPS, f"ops outside the IR: {sorted(ops - IR_ATEN_OPS)}"
     assert CHARACTERISTIC_OPS[name] <= ops
-    x2 = torch.randn_like(x)
+    x2 = torch.randn_like(x).double()  # float64 on both sides: tests/conftest.py
+    ep64 = torch.export.export(f64_model(model), (x.double(),))
     with torch.no_grad():
-        torch.testing.assert_close(ep.module()(x2), model(x2), rtol=1e-5, atol=1e-5)
+        assert_close(ep64.module()(x2), f64_model(model)(x2), msg=name)
 
 
 def test_mobilenet_depthwise_convs_have_groups_equal_channels() -> None:
@@ -226,3 +228,8 @@ def test_default_input_shape() -> None:
     assert zoo.default_input_shape("vit", "imagenet") == (1, 3, 224, 224)
     with pytest.raises(ValueError, match="unknown model"):
         zoo.default_input_shape("alexnet")
+
+
+def test_every_model_has_test_configurations() -> None:
+    assert set(SMALL_CONFIGS) == set(zoo.MODELS) == set(TINY_CONFIGS), \
+        "add new zoo models to SMALL_CONFIGS and TINY_CONFIGS in tests/conftest.py"
