@@ -1,6 +1,8 @@
 """Saving and loading graphs: the text form in ``NAME.shrk`` and the constants in
 ``NAME.safetensors`` beside it (never pickle). Writes are atomic: a failed save leaves no
-half-written file.
+half-written file. An encoding's array that the data does not imply (a sparse mask with a
+kept zero) is saved under ``NAME@mask`` (``encoding.array_key``) and digest-checked like
+the constants.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ import numpy as np
 
 from .graph import Graph, IRError
 from .text import parse_graph, print_graph
+
+
+def encoding_arrays(graph: Graph) -> dict[str, np.ndarray]:
+    """The arrays the text form names by digest besides the constants (sparse masks that
+    are not ``data != 0``), keyed as the parser looks them up."""
+    from .encoding import Sparse, array_key
+
+    out = {}
+    for name, v in graph.constants.items():
+        if isinstance(v.encoding, Sparse) and not v.encoding.mask_is_implied(v.data):
+            out[array_key(name, "mask")] = np.ascontiguousarray(v.encoding.mask)
+    return out
 
 
 def weights_path(path: str | os.PathLike) -> Path:
@@ -47,6 +61,10 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         if v.dtype == "bf16":  # safetensors' numpy API has no bfloat16: store the bits
             arr = arr.view(np.uint16)
             meta[f"bf16:{name}"] = "1"
+        tensors[name] = arr
+    for name, arr in encoding_arrays(graph).items():
+        if name in tensors:
+            raise IRError(f"cannot save: constant %{name} has the name of an encoding array")
         tensors[name] = arr
     text = print_graph(graph)
     _atomic_write(weights_path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))

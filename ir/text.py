@@ -67,6 +67,19 @@ def format_constant(v: Value, inline_limit: int = INLINE_LIMIT) -> str:
     return flat[0] if v.type.rank == 0 else "[" + ", ".join(flat) + "]"
 
 
+def format_encoding(v: Value) -> str:
+    """``sparse(index_bits=5, nnz=120) then codebook(bits=4)``; a sparse mask that is not
+    ``data != 0`` is named by its digest (``mask=#…``), its bits saved with the weights."""
+    from .encoding import Sparse
+
+    enc = v.encoding
+    if isinstance(enc, Sparse) and not enc.mask_is_implied(v.data):
+        args = ", ".join(f"{k}={x}" for k, x in enc.params().items())
+        text = f"sparse({args}, mask=#{array_digest(enc.mask)})"
+        return text + (f" then {enc.codebook}" if enc.codebook is not None else "")
+    return str(enc)
+
+
 def format_attr(value: Any) -> str:
     if value is None:
         return "none"
@@ -88,7 +101,7 @@ def print_graph(graph: Graph, inline_limit: int = INLINE_LIMIT) -> str:
     params = ", ".join(f"{_name(v)}: {v.type}" for v in graph.inputs)
     lines = [f"graph {json.dumps(graph.name)} ({params}) {{"]
     for v in graph.constants.values():
-        enc = f" as {v.encoding}" if v.encoding is not None else ""
+        enc = f" as {format_encoding(v)}" if v.encoding is not None else ""
         lines.append(f"  {_name(v)}: {v.type} = const {format_constant(v, inline_limit)}{enc}")
     for n in graph.nodes:
         outs = ", ".join(f"{_name(o)}: {o.type}" for o in n.outputs)
@@ -166,14 +179,16 @@ class _Line:
         except (TypeError, ValueError) as e:
             self.fail(str(e))
 
-    def keywords(self, open_: str, close: str) -> dict[str, Any]:
-        """``{k=v, …}`` or ``(k=v, …)``: attributes and encoding parameters."""
+    def keywords(self, open_: str, close: str, digests: bool = False) -> dict[str, Any]:
+        """``{k=v, …}`` or ``(k=v, …)``: attributes and encoding parameters (whose values
+        may be ``#digest``s of arrays, with ``digests``)."""
         self.take(open_)
         out: dict[str, Any] = {}
         while not self.peek(close):
             k = self.take(kind="ident")
             self.take("=")
-            out[k] = self.literal()
+            out[k] = _Digest(self.take()[1:]) if digests and self.peek(kind="digest") \
+                else self.literal()
             if not self.peek(close):
                 self.take(",")
         self.take(close)
@@ -225,16 +240,49 @@ def _parse_constant(ln: _Line, name: str, t: TensorType, weights: Mapping[str, n
     return arr.reshape(t.shape).astype(npdt)
 
 
-def _parse_encoding(ln: _Line):
-    from .encoding import make_encoding
+class _Digest(str):
+    """A ``#digest`` in an encoding's parameters: an array saved beside the weights."""
+
+
+def _parse_encoding(ln: _Line, cname: str, data: np.ndarray,
+                    weights: Mapping[str, np.ndarray] | None, missing: str):
+    """``as ENC(…) [then ENC(…)]`` after a constant."""
+    from .encoding import array_key, make_encoding
 
     ln.take("as")
-    name = ln.take(kind="ident")
-    params = ln.keywords("(", ")")
+    specs = []
+    while True:
+        name = ln.take(kind="ident")
+        params = ln.keywords("(", ")", digests=True)
+        for k, p in list(params.items()):
+            if not isinstance(p, _Digest):
+                continue
+            key = array_key(cname, k)
+            if weights is not None and key in weights:
+                arr = np.asarray(weights[key])
+                if array_digest(arr) != p:
+                    ln.fail(f"{name} {k} of %{cname} does not match digest #{p} (corrupt or "
+                            f"mismatched weights file)")
+                params[k] = arr
+            elif missing == "random":
+                del params[k]  # random data: the pattern follows the data
+                params.pop("nnz", None)
+            else:
+                ln.fail(f"{name} {k} of %{cname} is #{p} but no weights were given for it")
+        specs.append((name, params))
+        if not ln.peek("then"):
+            break
+        ln.take("then")
     try:
-        return make_encoding(name, params)
+        enc = None
+        for name, params in reversed(specs):
+            enc = make_encoding(name, params, data, inner=enc)
+        reason = enc.check(data) if missing != "random" else None  # random data: verify says
     except IRError as e:
         ln.fail(str(e))
+    if reason:
+        ln.fail(f"constant %{cname} stored as {enc} {reason}")
+    return enc
 
 
 def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
@@ -308,7 +356,8 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
             n, t = results[0]
             env[n] = g.add_constant(_parse_constant(ln, n, t, weights, missing_weights, rng), n)
             if ln.peek("as"):
-                env[n].encoding = _parse_encoding(ln)
+                env[n].encoding = _parse_encoding(ln, n, env[n].data, weights,
+                                                  missing_weights)
         else:
             op = ln.take(kind="ident")
             if op not in ops.OPS:
@@ -342,7 +391,7 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
     raise IRError("unterminated graph: missing '}'")
 
 
-_DIGEST_RE = re.compile(r"(= const )#[0-9a-f]+")
+_DIGEST_RE = re.compile(r"(= const |mask=)#[0-9a-f]+")
 
 
 def graph_diff(a: Graph, b: Graph, data: bool = True) -> str | None:

@@ -10,6 +10,10 @@ two can never disagree.
 Op modules: ``nn`` (conv, linear, norms, pools), ``elementwise`` (activations and
 broadcasting arithmetic), ``shape`` (reshape, concat, split, …), ``quant`` (quantize,
 dequantize, cast).
+
+Operand roles say what a constant operand *is* — the one place that decides which values
+training may change (``backends/torch.to_torch``) and which it must leave alone; see
+``ROLES`` and ``constant_roles``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ from ..errors import IRError
 from ..types import DTYPES, TensorType, dtype_from_torch, to_torch_dtype
 
 _REQUIRED = object()
+
+#: What a constant operand is, most restrictive first: a constant used in several roles
+#: takes the most restrictive one. Only ``weight`` is trained.
+#: ``index``: integer positions (embedding indices); ``qparam``: quantization scale / zero
+#: point; ``statistic``: running statistics (batch-norm mean / variance); ``constant``: a
+#: fixed number that is not learned; ``weight``: a learned parameter (conv / linear weight
+#: and bias, norm affine, embedding table); ``input``: a data operand — a float constant
+#: there is a weight (a learned position embedding, a layer scale) unless it is 0-d: the
+#: torch frontend makes a Python number (the 0.5 of ``x * 0.5``) a 0-d constant.
+ROLES = ("index", "qparam", "statistic", "constant", "weight", "input")
+TRAINABLE_ROLE = "weight"
 ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "dtype")
 
 
@@ -112,6 +127,20 @@ class OpDef:
     infer_fn: Callable[[list[TensorType], dict], list[TensorType]] | None = None
     check_fn: Callable[[list[TensorType], dict], str | None] | None = None  # a readable reason
     doc: str = ""
+    roles: dict[str, str] = field(default_factory=dict)  # operand name -> ROLES; else "input"
+
+    def __post_init__(self) -> None:
+        names = {o.strip("*?") for o in self.operands}
+        for k, r in self.roles.items():
+            if k not in names or r not in ROLES:
+                raise ValueError(f"op {self.name}: role {k}={r!r} names no operand or no role "
+                                 f"(operands {self.operands}, roles {ROLES})")
+
+    def role(self, index: int) -> str:
+        """The declared role of operand ``index`` (a variadic operand's for all the rest)."""
+        names = [o.strip("*?") for o in self.operands]
+        name = names[min(index, len(names) - 1)] if names else ""
+        return self.roles.get(name, "input")
 
     @property
     def arity(self) -> tuple[int, int | None]:
@@ -184,6 +213,34 @@ def get(name: str) -> OpDef:
         raise IRError(f"unknown op {name!r} (known: {', '.join(sorted(OPS))})") from None
 
 
+def constant_roles(graph) -> dict[str, str]:
+    """The role of every constant of ``graph`` (name -> one of ``ROLES`` but ``input``).
+
+    Each use declares a role (the op's ``roles``); a constant used in several roles takes
+    the most restrictive. ``input`` resolves to ``weight`` for a float constant with at
+    least one dimension and to ``constant`` otherwise; a non-float ``weight`` (there is no
+    gradient for integers) is a ``constant``, and an unused constant is a ``constant``.
+    """
+    rank = {r: i for i, r in enumerate(ROLES)}
+    out: dict[str, str] = {}
+    for name, v in graph.constants.items():
+        best = None
+        for node in dict.fromkeys(v.uses):
+            opdef = get(node.op)
+            for i, x in enumerate(node.inputs):
+                if x is v:
+                    r = opdef.role(i)
+                    if r == "input":
+                        r = "weight" if v.type.is_float and v.type.rank > 0 else "constant"
+                    if best is None or rank[r] < rank[best]:
+                        best = r
+        if best is None or (best == TRAINABLE_ROLE and not v.type.is_float):
+            best = "constant"
+        out[name] = best
+    return out
+
+
 from . import elementwise, nn, quant, shape  # noqa: E402,F401  (fill the table)
 
-__all__ = ["ATTR_KINDS", "OPS", "Attr", "OpDef", "get", "register"]
+__all__ = ["ATTR_KINDS", "OPS", "ROLES", "TRAINABLE_ROLE", "Attr", "OpDef", "constant_roles",
+           "get", "register"]

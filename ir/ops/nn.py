@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from . import Attr, OpDef, register
 
 PAIR = "ints"
+_WEIGHTS = {"weight": "weight", "bias": "weight"}  # operand roles: see ir.ops.ROLES
 
 
 def _prod(xs) -> int:
@@ -38,7 +39,7 @@ def _conv_check(ts, a):
 
 
 register(OpDef(
-    "conv2d", ("x", "weight", "bias?"), conv2d, kind="nn",
+    "conv2d", ("x", "weight", "bias?"), conv2d, kind="nn", roles=_WEIGHTS,
     attrs={"stride": Attr(PAIR, (1, 1)), "padding": Attr(PAIR, (0, 0)),
            "dilation": Attr(PAIR, (1, 1)), "groups": Attr("int", 1)},
     macs_fn=lambda i, o, a: o[0].numel * _prod(i[1].shape[1:]),
@@ -61,6 +62,7 @@ def _convt_check(ts, a):
 
 register(OpDef(
     "conv_transpose2d", ("x", "weight", "bias?"), conv_transpose2d, kind="nn",
+    roles=_WEIGHTS,
     attrs={"stride": Attr(PAIR, (1, 1)), "padding": Attr(PAIR, (0, 0)),
            "output_padding": Attr(PAIR, (0, 0)), "dilation": Attr(PAIR, (1, 1)),
            "groups": Attr("int", 1)},
@@ -84,7 +86,7 @@ def _linear_check(ts, a):
 
 
 register(OpDef(
-    "linear", ("x", "weight", "bias?"), linear, kind="nn",
+    "linear", ("x", "weight", "bias?"), linear, kind="nn", roles=_WEIGHTS,
     macs_fn=lambda i, o, a: o[0].numel * i[1].shape[1], check_fn=_linear_check,
     doc="y = x @ weight.T + bias, weight [out_features, in_features]."))
 
@@ -117,6 +119,7 @@ def _bn_check(ts, a):
 
 register(OpDef(
     "batch_norm", ("x", "weight", "bias", "mean", "var"), batch_norm, kind="norm",
+    roles={"weight": "weight", "bias": "weight", "mean": "statistic", "var": "statistic"},
     attrs={"eps": Attr("float", 1e-5)}, check_fn=_bn_check,
     flops_fn=lambda i, o, a: o[0].numel,
     doc="inference batch norm over dim 1 with running statistics."))
@@ -127,7 +130,7 @@ def layer_norm(x, weight=None, bias=None, *, normalized_shape, eps):
 
 
 register(OpDef(
-    "layer_norm", ("x", "weight?", "bias?"), layer_norm, kind="norm",
+    "layer_norm", ("x", "weight?", "bias?"), layer_norm, kind="norm", roles=_WEIGHTS,
     attrs={"normalized_shape": Attr("ints"), "eps": Attr("float", 1e-5)},
     flops_fn=lambda i, o, a: o[0].numel,
     doc="layer norm over the trailing normalized_shape dims."))
@@ -138,7 +141,7 @@ def group_norm(x, weight=None, bias=None, *, num_groups, eps):
 
 
 register(OpDef(
-    "group_norm", ("x", "weight?", "bias?"), group_norm, kind="norm",
+    "group_norm", ("x", "weight?", "bias?"), group_norm, kind="norm", roles=_WEIGHTS,
     attrs={"num_groups": Attr("int"), "eps": Attr("float", 1e-5)},
     check_fn=lambda ts, a: (None if ts[0].rank >= 2 and a["num_groups"] > 0
                             and ts[0].shape[1] % a["num_groups"] == 0
@@ -208,6 +211,7 @@ def embedding(indices, weight):
 
 register(OpDef(
     "embedding", ("indices", "weight"), embedding, kind="nn",
+    roles={"indices": "index", "weight": "weight"},
     check_fn=lambda ts, a: (None if ts[0].dtype in ("i32", "i64") and ts[1].rank == 2
                             else f"needs integer indices and a 2-D table, got {ts[0]}, {ts[1]}"),
     doc="rows of weight [num_embeddings, dim] selected by integer indices."))

@@ -59,8 +59,9 @@ def _qcheck(ts, a, target: str | None):
     return None
 
 
+_QPARAMS = {"scale": "qparam", "zero_point": "qparam"}
 register(OpDef(
-    "quantize", ("x", "scale", "zero_point"), quantize, kind="quant",
+    "quantize", ("x", "scale", "zero_point"), quantize, kind="quant", roles=_QPARAMS,
     attrs={"dtype": Attr("dtype", "i8"), "axis": Attr("int", None, optional=True)},
     check_fn=lambda ts, a: (f"dtype must be one of {sorted(_RANGES)}" if a["dtype"] not in _RANGES
                             else (f"input must be float, got {ts[0]}" if not ts[0].is_float
@@ -68,7 +69,7 @@ register(OpDef(
     flops_fn=lambda i, o, a: o[0].numel,
     doc="float -> integer: clamp(round(x / scale) + zero_point)."))
 register(OpDef(
-    "dequantize", ("q", "scale", "zero_point"), dequantize, kind="quant",
+    "dequantize", ("q", "scale", "zero_point"), dequantize, kind="quant", roles=_QPARAMS,
     attrs={"axis": Attr("int", None, optional=True)},
     check_fn=lambda ts, a: (f"input must be an integer tensor, got {ts[0]}" if ts[0].is_float
                             else _qcheck(ts, a, ts[0].dtype)),

@@ -155,3 +155,13 @@ def test_invalid_invocations_name_the_problem():
         ops.get("conv2d").complete_attrs({"stride": 2})
     with pytest.raises(IRError, match="needs attribute normalized_shape"):
         ops.get("layer_norm").complete_attrs({})
+
+
+def test_operand_roles_are_declared_in_the_table():
+    from shrinkc.ir import ops
+
+    assert ops.get("batch_norm").role(3) == "statistic" and ops.get("conv2d").role(1) == "weight"
+    assert ops.get("quantize").role(1) == "qparam" and ops.get("add").role(0) == "input"
+    assert ops.get("concat").role(5) == "input"  # variadic
+    with pytest.raises(ValueError, match="role mean='stats' names no operand or no role"):
+        ops.OpDef("bad", ("x", "mean"), lambda x, m: x, roles={"mean": "stats"})

@@ -82,3 +82,19 @@ def test_failed_save_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save(g, tmp_path / "m.shrk")
     assert os.listdir(tmp_path) == []
+
+
+def test_encodings_and_masks_survive_save_load(tmp_path):
+    from shrinkc.ir.encoding import Codebook, Sparse
+
+    g = Graph("enc")
+    x = g.add_input(TensorType("f32", (1, 16)), "x")
+    rng = np.random.default_rng(0)
+    w = np.where(rng.random((8, 16)) < 0.3, rng.choice([-0.5, 0.25], (8, 16)), 0).astype(np.float32)
+    mask = w != 0
+    mask[0, 0], w[0, 0] = True, 0.0  # a kept weight that is exactly zero: the mask is saved
+    v = g.add_constant(w, "w")
+    v.encoding = Sparse(mask, index_bits=3, codebook=Codebook(bits=2))
+    g.outputs = [g.add_node("linear", [x, v]).output]
+    g2 = load(save(g, tmp_path / "e.shrk"))
+    assert g2.constants["w"].encoding == v.encoding and graph_diff(g, g2) is None
