@@ -18,8 +18,9 @@ Encoded weights stay encoded while they train (a small module computes the weigh
   ``weight = centroids[indices] * mask``.
 
 ``write_back`` puts a module's current values back into a graph through the same check as
-every other data change (``passes.rewrite.replace_data``: type and encoding), so a weight
-that left its mask or its codebook is one clear error, never a silently broken encoding.
+every other data change (``Graph.replace_constants``: type and encoding, all or nothing),
+so a weight that left its mask or its codebook is one clear error, never a silently broken
+encoding.
 
 For training code::
 
@@ -42,6 +43,7 @@ from ..ir import ops
 from ..ir.encoding import Sparse, codebook_of, split_codebook
 from ..ir.graph import Graph, IRError, Value
 from ..ir.interpreter import as_tensor
+from ..ir.types import to_numpy_dtype
 
 Trainable = bool | Iterable[str] | Callable[[Value], bool]
 
@@ -182,19 +184,26 @@ def to_torch(graph: Graph, trainable: Trainable = True) -> ShrinkcModule:
     return gm.eval()
 
 
+def _to_numpy(t: torch.Tensor, dtype: str) -> np.ndarray:
+    t = t.detach().cpu().contiguous()
+    if dtype == "bf16":  # numpy has no bfloat16: through the bits
+        return t.view(torch.int16).numpy().view(to_numpy_dtype("bf16")).copy()
+    return t.numpy().astype(to_numpy_dtype(dtype), copy=True)
+
+
 def write_back(graph: Graph, module: torch.nn.Module, inplace: bool = False) -> Graph:
     """A graph whose constants hold ``module``'s current values (e.g. after fine-tuning).
 
-    Every constant goes through ``passes.rewrite.replace_data``: the type must be the
-    constant's and the data must keep its encoding (a pruned weight its zeros, a shared
-    one its codebook); the encodings are kept. Otherwise one IRError names the constant.
+    The new data goes in through ``Graph.replace_constants`` (``ir/edit.py``), the check
+    every data change passes: each constant keeps its type and its encoding (a pruned
+    weight its zeros, a shared one its codebook), or one IRError names the constant and
+    nothing is changed.
     """
-    from ..passes.rewrite import replace_data, to_numpy
-
     names = getattr(module, "shrinkc_names", None)
     if names is None:
         raise IRError("write_back needs a module made by shrinkc.to_torch")
     g = graph if inplace else graph.clone()
+    arrays = {}
     for attr, cname in names.items():
         if cname not in g.constants:
             raise IRError(f"write_back: graph has no constant %{cname} (was it changed since "
@@ -215,8 +224,9 @@ def write_back(graph: Graph, module: torch.nn.Module, inplace: bool = False) -> 
         if tuple(t.shape) != v.shape:
             raise IRError(f"write_back: %{cname} is {v.type} in the graph but "
                           f"{list(t.shape)} in the module")
-        try:
-            replace_data(v, to_numpy(t, v.dtype))
-        except IRError as e:
-            raise IRError(f"write_back: {e}") from None
+        arrays[v] = _to_numpy(t, v.dtype)
+    try:
+        g.replace_constants(arrays)
+    except IRError as e:
+        raise IRError(f"write_back: {e}") from None
     return g

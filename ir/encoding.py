@@ -2,8 +2,8 @@
 
 The dense ``Value.data`` is always the constant's value: passes, the interpreter and every
 backend read it. An encoding says how the constant is *stored* and what that costs, and
-states an invariant on the data that the verifier (and ``passes.rewrite.replace_data``)
-checks, so a change that breaks it — fine-tuning that revives pruned weights, an update
+states an invariant on the data that the verifier and every data change
+(``Graph.replace_constants``, ``passes.rewrite.replace_data``) check, so a change that breaks it — fine-tuning that revives pruned weights, an update
 that leaves the codebook — is caught and named.
 
 * ``Sparse(mask, index_bits)``: only the positions where ``mask`` is true may be non-zero

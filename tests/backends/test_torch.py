@@ -180,9 +180,11 @@ def test_write_back_refuses_what_breaks_an_encoding():
     m = to_torch(dense)
     with torch.no_grad():
         m.get_parameter("w_w1").add_(0.01)
-    with pytest.raises(IRError, match="write_back: new data for %w1 breaks its encoding "
-                                      "sparse.*non-zero value"):
-        write_back(g, m)
+    before = {n: v.data.copy() for n, v in g.constants.items()}
+    with pytest.raises(IRError, match="write_back: replace_constant: new data for %w1 .*breaks "
+                                      "its encoding sparse.*non-zero value"):
+        write_back(g, m, inplace=True)
+    assert all(np.array_equal(v.data, before[n]) for n, v in g.constants.items())  # atomic
     m = to_torch(dense)
     m.w_w2 = torch.nn.Parameter(torch.zeros(10, 31))
     with pytest.raises(IRError, match="write_back: %w2 is f32\\[10,32\\] in the graph but "
