@@ -199,6 +199,7 @@ class MaskSite:
     ``groups[gid]`` are the rows (``[size, m]``, -1 padded) of that group's channels."""
 
     mask: str
+    value: str  # the operand masked
     node: str
     operand: int
     axis: int
@@ -225,7 +226,7 @@ def masked_copy(graph: Graph, groups: list[Group]) -> tuple[Graph, list[MaskSite
                 mul = g.add_node("mul", [x, m], names=[g.fresh_name(f"{x.name}.masked")],
                                  before=node)
                 g.set_input(node, s.operand, mul.output)
-                sites[key] = MaskSite(m.name, node.name, s.operand, s.axis, x.shape[s.axis])
+                sites[key] = MaskSite(m.name, x.name, node.name, s.operand, s.axis, x.shape[s.axis])
             sites[key].groups[grp.id] = s.index
     return g, list(sites.values())
 

@@ -14,7 +14,8 @@ An op's rule says, for every axis of every operand and result, how its elements 
   channels, a convolution window, a view that regroups axes, …), with the reason shown;
 * ``c.free(v, ax)`` — removable with nothing else (an expanded axis);
 * ``c.role(v, ax, role)`` — what a constant's axis is, for the importance criteria:
-  ``"out"`` (a filter / weight row), ``"in"`` (a weight column), ``"bn"`` (a BN scale).
+  ``"out"`` (a filter / weight row), ``"in"`` (a weight column), ``"bias"``, ``"bn"`` (a
+  normalization's scale).
 
 An axis a rule does not mention is frozen ("the rule does not cover it"), and an op without
 a rule freezes all its axes: a new op is never pruned through by assumption. The test
@@ -186,7 +187,7 @@ def _out_channels(c, w, w_axis: int) -> None:
     c.role(w, w_axis, "out")
     if len(c.node.inputs) > 2:
         c.same(c.x(2), 0, out, 1)
-        c.role(c.x(2), 0, "out")
+        c.role(c.x(2), 0, "bias")
 
 
 def _conv_resize(node: Node, new) -> dict[str, Any]:
@@ -252,7 +253,7 @@ def _linear(c) -> None:
     c.role(w, 0, "out")
     if len(c.node.inputs) > 2:
         c.same(c.x(2), 0, out, r - 1)
-        c.role(c.x(2), 0, "out")
+        c.role(c.x(2), 0, "bias")
 
 
 @_rule("matmul")
