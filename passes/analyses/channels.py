@@ -23,7 +23,7 @@ channels fed as zeros into every sink.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -148,15 +148,18 @@ class _Couplings:
 
     def __init__(self, graph: Graph):
         self.base: dict[tuple[int, int], int] = {}
+        self.dim_index: dict[tuple[int, int], int] = {}
         self.dims: list[tuple[Value, int]] = []
         n = 0
         for v in graph.values():
             for ax, size in enumerate(v.shape):
                 self.base[(id(v), ax)] = n
+                self.dim_index[(id(v), ax)] = len(self.dims)
                 self.dims.append((v, ax))
                 n += size
         self.n = n
-        self.links: list[tuple[np.ndarray, np.ndarray]] = []
+        self.same_dims: list[tuple[int, int]] = []  # identity links between whole dims
+        self.links: list[tuple[np.ndarray, np.ndarray]] = []  # explicit element pairs
         self.reason = np.full(n, -1, np.int64)
         self.reasons: list[str] = []
         self.marked = np.zeros(n, bool)  # a sink or a weight role: a channel group
@@ -186,7 +189,10 @@ class _Couplings:
         if a.shape[ax] != b.shape[bx]:
             raise ValueError(f"{self.node.describe()}: rule links %{a.name}:{ax} "
                              f"({a.shape[ax]}) to %{b.name}:{bx} ({b.shape[bx]})")
-        self.pairs(a, ax, None, b, bx, None)
+        self._cover(a, ax)
+        self._cover(b, bx)
+        self.same_dims.append((self.dim_index[(id(a), ax % a.type.rank)],
+                               self.dim_index[(id(b), bx % b.type.rank)]))
 
     def pairs(self, a: Value, ax: int, ai, b: Value, bx: int, bi) -> None:
         self._cover(a, ax)
@@ -248,35 +254,55 @@ class _Couplings:
             self._freeze(self.ids(v, ax), reason)
 
 
+def _components(c: _Couplings) -> np.ndarray:
+    """The connected component of every element. Dims linked by identity are merged first
+    (one networkx graph over dims), so the element graph holds only the explicit pairs."""
+    nd = len(c.dims)
+    sizes = np.array([v.shape[ax] for v, ax in c.dims], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if nd else sizes
+    dg = nx.Graph()
+    dg.add_nodes_from(range(nd))
+    dg.add_edges_from(c.same_dims)
+    rep = np.arange(nd)
+    for members in nx.connected_components(dg):
+        m = sorted(members)
+        rep[m] = m[0]
+    dim_of = np.repeat(np.arange(nd), sizes)
+    elem = np.arange(c.n, dtype=np.int64)
+    rep_elem = starts[rep[dim_of]] + (elem - starts[dim_of])
+    eg = nx.Graph()
+    eg.add_nodes_from(np.unique(rep_elem).tolist())
+    for a, b in c.links:
+        eg.add_edges_from(zip(rep_elem[a].tolist(), rep_elem[b].tolist()))
+    comp_of_rep = np.full(c.n, -1, np.int64)
+    for i, members in enumerate(nx.connected_components(eg)):
+        comp_of_rep[np.fromiter(members, np.int64, len(members))] = i
+    return comp_of_rep[rep_elem], dim_of, starts
+
+
 def analyze_channels(graph: Graph) -> ChannelAnalysis:
     """The channel groups of ``graph`` (see the module docstring)."""
     c = _Couplings(graph)
     c.run(graph)
-    g = nx.Graph()
-    g.add_nodes_from(range(c.n))
-    for a, b in c.links:
-        g.add_edges_from(zip(a.tolist(), b.tolist()))
-    comp = np.empty(c.n, np.int64)
-    comps = []
-    for i, members in enumerate(nx.connected_components(g)):
-        ids = np.fromiter(members, np.int64, len(members))
-        ids.sort()
-        comp[ids] = i
-        comps.append(ids)
-    sizes = np.array([v.shape[ax] for v, ax in c.dims], np.int64)
-    dim_of = np.repeat(np.arange(len(c.dims)), sizes)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]) if len(sizes) else sizes
+    comp, dim_of, starts = _components(c)
     frozen = c.reason >= 0
+    ncomp = int(comp.max()) + 1 if c.n else 0
+    marked = np.zeros(ncomp, bool)
+    marked[comp[c.marked]] = True
+    # the elements of each channel component, sorted by component then element
+    sel = np.flatnonzero(marked[comp])
+    sel = sel[np.argsort(comp[sel], kind="stable")]
+    cuts = np.flatnonzero(np.diff(comp[sel])) + 1
+    comps = dict(zip(comp[sel[np.r_[0, cuts]]].tolist(), np.split(sel, cuts))) if len(sel) \
+        else {}
+    other = ncomp - len(comps)
 
     # components with the same dims (and multiplicities) form a group
     by_signature: dict[tuple, list[int]] = defaultdict(list)
-    other = 0
-    for i, ids in enumerate(comps):
-        if not c.marked[ids].any():
-            other += 1
-            continue
-        sig = tuple(sorted(Counter(dim_of[ids].tolist()).items()))
-        by_signature[(bool(frozen[ids].any()), sig)].append(i)
+    for i, ids in comps.items():
+        dims_, counts = np.unique(dim_of[ids], return_counts=True)
+        sig = (bool(frozen[ids].any()), tuple(dims_.tolist()), tuple(counts.tolist()))
+        by_signature[sig].append(i)
 
     node_pos = {id(n): i for i, n in enumerate(graph.nodes)}
     users: dict[int, list[Node]] = defaultdict(list)
@@ -290,17 +316,21 @@ def analyze_channels(graph: Graph) -> ChannelAnalysis:
         return (p, d)
 
     raw = []
-    for (is_frozen, sig), cids in by_signature.items():
-        dims = sorted((d for d, _ in sig), key=position)
+    for (is_frozen, dims, _), cids in by_signature.items():
+        dims = sorted(dims, key=position)
         anchor = next((d for d in dims if c.dims[d][0].producer is not None), dims[0])
-        cids.sort(key=lambda i: comps[i][dim_of[comps[i]] == anchor][0])
+        first = {i: int(comps[i][dim_of[comps[i]] == anchor][0]) for i in cids}
+        cids.sort(key=first.__getitem__)
+        ids = np.concatenate([comps[i] for i in cids])
+        chan = np.repeat(np.arange(len(cids)), [len(comps[i]) for i in cids])
+        order = np.lexsort((ids, chan, dim_of[ids]))  # by dim, then channel, then element
+        ids, chan, dd = ids[order], chan[order], dim_of[ids[order]]
         index = {}
         for d in dims:
-            rows = [comps[i][dim_of[comps[i]] == d] - starts[d] for i in cids]
-            index[d] = np.stack(rows)
+            lo, hi = np.searchsorted(dd, d), np.searchsorted(dd, d, side="right")
+            index[d] = (ids[lo:hi] - starts[d]).reshape(len(cids), -1)
         reasons = []
         if is_frozen:
-            ids = np.concatenate([comps[i] for i in cids])
             reasons = list(dict.fromkeys(
                 c.reasons[r] for r in dict.fromkeys(c.reason[ids[frozen[ids]]].tolist())))
         raw.append((position(anchor), anchor, dims, index, reasons, set(cids)))
