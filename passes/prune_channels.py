@@ -15,8 +15,10 @@ channels fed as zeros into their consumers (the oracle of ``analyses/channels_pl
 
 Options:
 
-* ``ratio`` — fraction of channels to remove: of each group (``scope=local``), or of all
-  prunable channels, lowest normalized scores first (``scope=global``);
+* ``ratio`` — fraction of channels to remove: of each group, or of all prunable channels;
+* ``scope`` — ``local``: each group loses ``ratio`` of its channels; ``global``: one
+  threshold over all groups' scores, each divided by its group's mean (write
+  ``scope=global``; the pipeline parser takes the keyword as a word);
 * ``criterion`` — channel importance (``analyses/channels_importance.py``): ``l1`` / ``l2``
   (filter norms, Li et al.), ``bn-scale`` (|gamma|, Network Slimming), ``taylor`` (first-order
   Taylor at the consumers on calibration batches, Molchanov et al.), ``apoz`` (share of zero

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import keyword
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -168,9 +169,31 @@ def _split_items(text: str) -> list[tuple[int, str]]:
 _ITEM_RE = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
 
+# ``name=word`` where word is not Python (a keyword such as ``global``, or ``bn-scale``)
+_BARE_OPTION_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*$")
+
+
 def _parse_options(name: str, inner: str) -> dict[str, Any]:
     if not inner.strip():
         return {}
+    bare: dict[str, Any] = {}
+    rest = []
+    for _, item in _split_items(inner):
+        m = _BARE_OPTION_RE.match(item)
+        if m and (keyword.iskeyword(m.group(2)) or "-" in m.group(2)) and \
+                m.group(2) not in ("True", "False", "None"):
+            if m.group(1) in bare:
+                raise PipelineError(f"pass '{name}': option {m.group(1)} is given twice")
+            bare[m.group(1)] = _BareWord(m.group(2))
+        else:
+            rest.append(item)
+    if bare:
+        out = _parse_options(name, ",".join(rest)) if rest else {}
+        for k, v in bare.items():
+            if k in out:
+                raise PipelineError(f"pass '{name}': option {k} is given twice")
+            out[k] = v
+        return out
     try:
         call = ast.parse(f"_({inner})", mode="eval").body
     except SyntaxError as e:

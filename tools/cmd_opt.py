@@ -58,6 +58,9 @@ def add_parser(sub) -> None:
     g.add_argument("--dump-dir", metavar="DIR",
                    help="save the IR before the first pass and after each (NNN_name.shrk)")
     g.add_argument("--stop-after", metavar="NAME", help="stop after the first pass NAME")
+    g.add_argument("--explain", action="store_true",
+                   help="print the channel groups, their members and every refusal (what "
+                        "prune-channels / prune-explain saw; else the result's)")
     g.add_argument("--reproducer-dir", metavar="DIR",
                    help="where a failing pass's reproducer goes (default: a temporary dir)")
     g.add_argument("--load-plugin", action="append", default=[], metavar="MODULE",
@@ -145,6 +148,13 @@ def run(args) -> int:
     first = summarize(graph)
     pm.run(graph)
     last = summarize(graph)
+    if args.explain:
+        text = ctx.artifacts.get("prune-explain")
+        if text is None:
+            from ..passes.prune_explain import explain_graph
+
+            text = explain_graph(graph)
+        print(text)
     if args.output:
         if args.output.endswith(".onnx"):
             from .. import to_onnx

@@ -58,6 +58,16 @@ def test_parse_values_are_python_literals_and_bare_words(toy):
     assert f.max_growth == 2.0 and isinstance(f.max_growth, float)
 
 
+def test_bare_words_may_be_keywords_or_hyphenated(toy):
+    # prune-channels(scope=global, criterion=bn-scale): neither is a Python expression
+    [p] = parse_pipeline("toy(note=global, criterion=l2, sizes=(3,))")
+    assert p.note == "global" and p.criterion == "l2" and p.sizes == (3,)
+    [q] = parse_pipeline("toy(note = bn-scale)")
+    assert q.note == "bn-scale" and canonical(canonical("toy(note=in)")) == canonical("toy(note=in)")
+    with pytest.raises(PipelineError, match="given twice"):
+        parse_pipeline("toy(note=global, note='x')")
+
+
 def test_canonical_spells_out_every_option_and_parses_back(toy):
     text = canonical("fold-bn , toy(rank=3),dce,fold-constants(max_growth=2)")
     assert text == ('fold-bn,toy(ratio=0.5, rank=3, criterion="l1", note="", sizes=[1, 2], '
