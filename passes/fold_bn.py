@@ -18,6 +18,11 @@ non-float dtypes (``skipped_dtype``), a ``linear`` whose output is not 2-D, wher
 not the feature axis (``skipped_layout``), a weight with a storage encoding
 (``skipped_encoded``). A batch norm after any other op is left as it is (``unmatched``).
 
+Written as one rule of the rewrite toolkit (``passes/patterns.py``): the pattern
+``batch_norm(conv2d | conv_transpose2d | linear(x, w, b?), gamma, beta, mean, var)``, the
+refusals above as its check, ``fold`` as its rewrite. ``shrinkc opt --explain`` says for
+every batch norm left why.
+
 No options. Stats: ``folded`` and the counters above.
 """
 
@@ -30,10 +35,16 @@ import numpy as np
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import to_numpy_dtype
 from .base import Pass, PassContext, PassResult
+from .patterns import Match, Pat, Rule, apply_rules
 from .registry import register_pass
 from .rewrite import remove_unused_constants, replace_data
 
 LAYERS = frozenset({"conv2d", "conv_transpose2d", "linear"})
+
+PATTERN = Pat("batch_norm", [
+    Pat(LAYERS, [Pat(name="x"), Pat(name="w"), Pat(name="b", optional=True)], name="layer"),
+    Pat(name="gamma"), Pat(name="beta"), Pat(name="mean"), Pat(name="var"),
+], name="bn")
 
 
 def _refuse(graph: Graph, layer: Node, bn: Node) -> str | None:
@@ -117,6 +128,20 @@ def fold(graph: Graph, layer: Node, bn: Node) -> Node:
     return target
 
 
+def _check(graph: Graph, m: Match) -> str | None:
+    return _refuse(graph, m["layer"], m["bn"])
+
+
+def _rewrite(graph: Graph, m: Match) -> None:
+    fold(graph, m["layer"], m["bn"])
+
+
+RULE = Rule("fold-bn", PATTERN, check=_check, rewrite=_rewrite, counter="folded",
+            unmatched="unmatched")
+STATS = ("folded", "skipped_shared", "skipped_nonconstant", "skipped_dtype", "skipped_layout",
+         "skipped_encoded", "unmatched")
+
+
 @register_pass("fold-bn")
 @dataclass
 class FoldBn(Pass):
@@ -125,20 +150,6 @@ class FoldBn(Pass):
     exact = True
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        stats = dict.fromkeys(("folded", "skipped_shared", "skipped_nonconstant",
-                               "skipped_dtype", "skipped_layout", "skipped_encoded",
-                               "unmatched"), 0)
-        for bn in [n for n in graph.nodes if n.op == "batch_norm"]:
-            layer = bn.inputs[0].producer
-            if layer is None or layer.op not in LAYERS:
-                stats["unmatched"] += 1
-                continue
-            reason = _refuse(graph, layer, bn)
-            if reason:
-                ctx.logger.debug("fold-bn: not folding %s into %s: %s", bn.describe(),
-                                 layer.describe(), reason)
-                stats[reason] += 1
-                continue
-            fold(graph, layer, bn)
-            stats["folded"] += 1
-        return PassResult(stats["folded"] > 0, stats)
+        result = apply_rules(graph, [RULE])
+        stats = {**dict.fromkeys(STATS, 0), **result.stats}
+        return PassResult(result.changed, stats)

@@ -1,7 +1,8 @@
 """``remove-identity``: remove nodes that return their input unchanged (exact).
 
-The rules are data: ``RULES[op](node)`` returns the operand the node forwards, or None.
-Every rule also needs the node's output type to equal that operand's type.
+The rules are data (``RULES``, rules of the rewrite toolkit ``passes/patterns.py``): each
+matches one op whose operand ``x`` it forwards, with the conditions below as named
+predicates; every rule also needs the node's output type to equal ``x``'s type.
 
 * ``identity``, ``dropout`` (inference), ``cast`` to the same dtype;
 * ``reshape`` / ``flatten`` / ``expand`` to the same shape, ``permute`` by the identity
@@ -30,94 +31,112 @@ import numpy as np
 
 from ..ir.graph import Graph, Node, Value
 from .base import Pass, PassContext, PassResult
+from .patterns import Match, Pat, Rule, apply_rules
 from .registry import register_pass
 from .rewrite import remove_unused_constants
 
-
-def _first(node: Node) -> Value:
-    return node.inputs[0]
+X = Pat(name="x")  # the operand the node forwards
 
 
-def _same_shape(node: Node) -> Value | None:
-    return node.inputs[0] if node.outputs[0].shape == node.inputs[0].shape else None
+def same_shape(node: Node) -> bool:
+    return node.outputs[0].shape == node.inputs[0].shape
 
 
-def _permute(node: Node) -> Value | None:
+def identity_perm(node: Node) -> bool:
     rank = node.inputs[0].type.rank
-    return node.inputs[0] if [d % max(rank, 1) for d in node.attrs["perm"]] == list(range(rank)) \
-        else None
+    return [d % max(rank, 1) for d in node.attrs["perm"]] == list(range(rank))
 
 
-def _slice(node: Node) -> Value | None:
+def whole_axis(node: Node) -> bool:
     x = node.inputs[0]
     axis_size = x.shape[node.attrs["axis"] % x.type.rank]
-    whole = node.outputs[0].shape == x.shape and (node.attrs["step"] == 1 or axis_size <= 1)
-    return x if whole else None
+    return node.outputs[0].shape == x.shape and (node.attrs["step"] == 1 or axis_size <= 1)
 
 
-def _single_operand(node: Node) -> Value | None:
-    return node.inputs[0] if len(node.inputs) == 1 else None
+def one_piece(node: Node) -> bool:
+    return len(node.outputs) == 1
 
 
-def _single_piece(node: Node) -> Value | None:
-    return node.inputs[0] if len(node.outputs) == 1 else None
+def same_dtype(node: Node) -> bool:
+    return node.outputs[0].dtype == node.inputs[0].dtype
 
 
-def _cast(node: Node) -> Value | None:
-    return node.inputs[0] if node.outputs[0].dtype == node.inputs[0].dtype else None
+def keepdim(node: Node) -> bool:
+    return bool(node.attrs["keepdim"])
 
 
-def _reduce(node: Node) -> Value | None:
-    return _same_shape(node) if node.attrs["keepdim"] else None
-
-
-def _pool(node: Node) -> Value | None:
+def trivial_window(node: Node) -> bool:
     a = node.attrs
-    trivial = (tuple(a["kernel"]) == (1, 1) and tuple(a["stride"]) == (1, 1)
-               and tuple(a["padding"]) == (0, 0))
-    return _same_shape(node) if trivial else None
+    return (tuple(a["kernel"]) == (1, 1) and tuple(a["stride"]) == (1, 1)
+            and tuple(a["padding"]) == (0, 0))
 
 
-def _is_const(v: Value, value: float) -> bool:
-    return v.is_constant and v.data.size > 0 and bool(np.all(v.data == value))
+def _all(value: float) -> Callable[[Value], bool]:
+    def pred(v: Value) -> bool:
+        return v.data.size > 0 and bool(np.all(v.data == value))
+
+    pred.__name__ = f"all_{value:g}"
+    return pred
 
 
-def _neutral(value: float, right_only: bool) -> Callable[[Node], Value | None]:
-    """``x op c`` (and ``c op x`` unless ``right_only``) where c is all ``value``."""
+def _keeps_type(i: int) -> Callable[[Node], bool]:
+    def pred(node: Node) -> bool:
+        return len(node.outputs) == 1 and node.outputs[0].type == node.inputs[i].type
 
-    def rule(node: Node) -> Value | None:
-        a, b = node.inputs
-        if _is_const(b, value):
-            return a
-        if not right_only and _is_const(a, value):
-            return b
-        return None
-
-    return rule
+    pred.__name__ = f"output_type_is_operand_{i}_type"
+    return pred
 
 
-RULES: dict[str, Callable[[Node], Value | None]] = {
-    "identity": _first,
-    "dropout": _first,
-    "cast": _cast,
-    "reshape": _same_shape,
-    "flatten": _same_shape,
-    "expand": _same_shape,
-    "permute": _permute,
-    "slice": _slice,
-    "concat": _single_operand,
-    "split": _single_piece,
-    "mean": _reduce,
-    "sum": _reduce,
-    "max_pool2d": _pool,
-    "avg_pool2d": _pool,
-    "adaptive_avg_pool2d": _same_shape,
-    "add": _neutral(0.0, right_only=False),
-    "sub": _neutral(0.0, right_only=True),
-    "mul": _neutral(1.0, right_only=False),
-    "div": _neutral(1.0, right_only=True),
-    "pow": _neutral(1.0, right_only=True),
-}
+def _forwarding(op: str, *where: Callable[[Node], bool], neutral: float | None = None,
+                left: bool = False) -> Rule:
+    """The rule removing ``op`` nodes that forward operand ``x`` (``x op c`` / ``c op x``
+    when ``neutral`` is the constant c's value, all of it)."""
+    if neutral is None:
+        inputs, i = [X, ...], 0
+    else:
+        c = Pat(const=True, where=_all(neutral))
+        inputs, i = ([c, X], 1) if left else ([X, c], 0)
+    return Rule(f"remove-identity:{op}{'-left' if left else ''}",
+                Pat(op, inputs, where=(*where, _keeps_type(i))),
+                check=_check, rewrite=_forward, counter=f"removed_{op}")
+
+
+def _check(graph: Graph, m: Match) -> str | None:
+    node, src = m.root, m["x"]
+    if node.outputs[0] in graph.outputs and (src.producer is None or src in graph.outputs):
+        return "kept_graph_output"
+    return None
+
+
+def _forward(graph: Graph, m: Match) -> None:
+    node, src = m.root, m["x"]
+    out = node.outputs[0]
+    name = out.name if out in graph.outputs else None
+    graph.replace_all_uses(out, src)
+    graph.erase(node)
+    if name is not None:
+        graph.rename(src, name)
+
+
+RULES: list[Rule] = [
+    _forwarding("identity"),
+    _forwarding("dropout"),
+    _forwarding("cast", same_dtype),
+    *(_forwarding(op, same_shape) for op in ("reshape", "flatten", "expand",
+                                             "adaptive_avg_pool2d")),
+    _forwarding("permute", identity_perm),
+    _forwarding("slice", whole_axis),
+    Rule("remove-identity:concat", Pat("concat", [X], where=_keeps_type(0)), check=_check,
+         rewrite=_forward, counter="removed_concat"),
+    _forwarding("split", one_piece),
+    *(_forwarding(op, keepdim, same_shape) for op in ("mean", "sum")),
+    *(_forwarding(op, trivial_window, same_shape) for op in ("max_pool2d", "avg_pool2d")),
+    _forwarding("add", neutral=0.0), _forwarding("add", neutral=0.0, left=True),
+    _forwarding("sub", neutral=0.0),
+    _forwarding("mul", neutral=1.0), _forwarding("mul", neutral=1.0, left=True),
+    _forwarding("div", neutral=1.0),
+    _forwarding("pow", neutral=1.0),
+]
 
 
 @register_pass("remove-identity")
@@ -128,27 +147,11 @@ class RemoveIdentity(Pass):
     exact = True
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        stats: dict[str, int | float] = {"removed": 0, "kept_graph_output": 0}
-        operands: list[Value] = []
-        for node in list(graph.nodes):
-            rule = RULES.get(node.op)
-            src = rule(node) if rule is not None else None
-            if src is None or len(node.outputs) != 1 or node.outputs[0].type != src.type:
-                continue
-            out = node.outputs[0]
-            if out in graph.outputs:
-                if src.producer is None or src in graph.outputs:
-                    stats["kept_graph_output"] += 1
-                    continue
-                name = out.name
-                graph.replace_all_uses(out, src)
-                graph.erase(node)
-                graph.rename(src, name)
-            else:
-                graph.replace_all_uses(out, src)
-                graph.erase(node)
-            operands.extend(node.inputs)
-            stats["removed"] += 1
-            stats[f"removed_{node.op}"] = stats.get(f"removed_{node.op}", 0) + 1
+        result = apply_rules(graph, RULES)
+        removed = {k: v for k, v in result.stats.items() if k.startswith("removed_") and v}
+        stats: dict[str, int | float] = {"removed": sum(removed.values()),
+                                         "kept_graph_output": result.stats.get(
+                                             "kept_graph_output", 0), **removed}
+        operands = [v for n in result.rewritten for v in n.inputs]
         stats["constants_removed"] = remove_unused_constants(graph, operands)
-        return PassResult(stats["removed"] > 0, stats)
+        return PassResult(result.changed, stats)

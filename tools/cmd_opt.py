@@ -10,12 +10,14 @@ one command that reruns it) in ``--reproducer-dir`` (default: a new temporary di
 Debugging one pass at a time: ``--print-after-all``, ``--print-changed``,
 ``--numeric-diff`` (each pass's outputs against the original model), ``--stats``,
 ``--time-passes``, ``--dump-dir DIR`` (``000_input.shrk``, ``001_fold-bn.shrk``, …),
-``--stop-after NAME``.
+``--stop-after NAME``, ``--explain`` (why each rewrite rule did or did not fire on each
+node it looked at).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -55,6 +57,9 @@ def add_parser(sub) -> None:
     g.add_argument("--time-passes", action="store_true", help="time each pass")
     g.add_argument("--stats", action="store_true",
                    help="node / param / MAC / FLOP / byte changes and counters of each pass")
+    g.add_argument("--explain", action="store_true",
+                   help="for passes written as rewrite rules (fold-bn, remove-identity, ...): "
+                        "each rewrite, and why a rule did not fire on a node it anchors at")
     g.add_argument("--dump-dir", metavar="DIR",
                    help="save the IR before the first pass and after each (NNN_name.shrk)")
     g.add_argument("--stop-after", metavar="NAME", help="stop after the first pass NAME")
@@ -110,6 +115,7 @@ def run(args) -> int:
     from ..ir.serialize import save
     from ..passes.analyses.cost import summarize
     from ..passes.instruments import stdout_writer
+    from ..passes.patterns import explaining
 
     for plugin in args.load_plugin:
         P.load_plugin(plugin)
@@ -146,7 +152,8 @@ def run(args) -> int:
 
     graph = load_model(args.model, parse_shape(args.input_shape))
     first = summarize(graph)
-    pm.run(graph)
+    with explaining(write) if args.explain else contextlib.nullcontext():
+        pm.run(graph)
     last = summarize(graph)
     if args.explain:
         text = ctx.artifacts.get("prune-explain")

@@ -139,3 +139,40 @@ def test_onnx_output_needs_the_onnx_backend(resnet, tmp_path, capsys):
     else:
         assert main(["opt", str(resnet), "--passes=fold-bn", "-o", str(out)]) == 0
         assert out.is_file()
+
+
+RULE_GRAPH = """
+graph "g" (%x: f32[1,3,8,8]) {
+  %w1: f32[4,3,1,1] = const #1
+  %w2: f32[4,4,1,1] = const #2
+  %g: f32[4] = const [1.0, 2.0, 0.5, 1.5]
+  %b: f32[4] = const [0.0, 0.1, -0.2, 0.3]
+  %m: f32[4] = const [0.1, -0.1, 0.2, 0.0]
+  %v: f32[4] = const [1.0, 0.5, 2.0, 1.5]
+  %c1: f32[1,4,8,8] = conv2d(%x, %w1) loc("conv1")
+  %b1: f32[1,4,8,8] = batch_norm(%c1, %g, %b, %m, %v) loc("bn1")
+  %c2: f32[1,4,8,8] = conv2d(%b1, %w2) loc("conv2")
+  %b2: f32[1,4,8,8] = batch_norm(%c2, %g, %b, %m, %v) loc("bn2")
+  %r: f32[1,4,8,8] = relu(%b2)
+  %b3: f32[1,4,8,8] = batch_norm(%r, %g, %b, %m, %v) loc("bn3")
+  %s: f32[1,4,8,8] = add(%b3, %c2)
+  return %s
+}
+"""
+
+
+def test_stats_show_rule_counters_and_non_match_reasons_and_explain_names_them(tmp_path,
+                                                                               capsys):
+    path = save(parse_graph(RULE_GRAPH, missing_weights="random"), tmp_path / "g.shrk")
+    assert main(["opt", str(path), "--passes=fold-bn", "--stats", "--explain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stats = [ln for ln in lines if ln.startswith("stats 001_fold-bn:")]
+    assert len(stats) == 1 and stats[0].endswith("; folded=1, skipped_shared=1, unmatched=1")
+    assert [ln for ln in lines if ln.startswith("explain ")] == [
+        "explain rule fold-bn: rewrote b1 (bn1)",
+        "explain rule fold-bn: b2 (bn2) refused: skipped_shared",
+        "explain rule fold-bn: b3 (bn3) not matched: operand 0 %r: r is relu, not conv2d | "
+        "conv_transpose2d | linear",
+    ]
+    assert main(["opt", str(path), "--passes=fold-bn"]) == 0
+    assert "explain" not in capsys.readouterr().out  # only with --explain
