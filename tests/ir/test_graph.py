@@ -242,7 +242,7 @@ def test_replace_constant_keeps_an_encoding_that_still_holds():
     assert w2.encoding is None and np.array_equal(w2.data, three)
 
 
-def test_add_operand_gives_a_conv_a_bias():
+def test_add_operand_gives_a_conv_a_bias(assert_close):
     g = chain()
     c2 = g.node("conv2")
     b2 = g.add_constant(np.ones(5, np.float32), "conv2.bias")
@@ -250,8 +250,7 @@ def test_add_operand_gives_a_conv_a_bias():
     assert g.add_operand(c2, b2) == []  # types unchanged
     assert c2.inputs[2] is b2 and b2.uses == [c2]
     verify(g)
-    np.testing.assert_allclose(run_numpy(g, random_inputs(g))[0], before + 1, rtol=1e-6,
-                               atol=1e-6)
+    assert_close(run_numpy(g, random_inputs(g))[0], before + 1, depth=g)
 
 
 def test_add_operand_misuse_names_the_node_and_changes_nothing():
@@ -353,7 +352,7 @@ def prune_conv1(g, keep, *, w2=True):
     return arrays
 
 
-def test_pruning_conv_output_channels_with_the_verbs():
+def test_pruning_conv_output_channels_with_the_verbs(assert_close):
     g = chain(np.float64)
     ref = g.clone()
     keep = np.array([0, 2, 3, 6, 7])
@@ -370,8 +369,7 @@ def test_pruning_conv_output_channels_with_the_verbs():
         ref.replace_constant(ref.constants[name], a)
     x = random_inputs(g)
     assert x[0].dtype == torch.float64
-    np.testing.assert_allclose(run_numpy(g, x)[0], run_numpy(ref, x)[0], rtol=1e-12,
-                               atol=1e-12)
+    assert_close(run_numpy(g, x)[0], run_numpy(ref, x)[0])  # float64 on both sides
 
 
 def test_pruning_without_the_consumer_is_refused_and_named():
