@@ -11,7 +11,7 @@ Debugging one pass at a time: ``--print-after-all``, ``--print-changed``,
 ``--numeric-diff`` (each pass's outputs against the original model), ``--stats``,
 ``--time-passes``, ``--dump-dir DIR`` (``000_input.shrk``, ``001_fold-bn.shrk``, …),
 ``--stop-after NAME``, ``--explain`` (why each rewrite rule did or did not fire on each
-node it looked at).
+node it looked at; then the channel groups prune-channels saw).
 """
 
 from __future__ import annotations
@@ -57,15 +57,15 @@ def add_parser(sub) -> None:
     g.add_argument("--time-passes", action="store_true", help="time each pass")
     g.add_argument("--stats", action="store_true",
                    help="node / param / MAC / FLOP / byte changes and counters of each pass")
-    g.add_argument("--explain", action="store_true",
-                   help="for passes written as rewrite rules (fold-bn, remove-identity, ...): "
-                        "each rewrite, and why a rule did not fire on a node it anchors at")
     g.add_argument("--dump-dir", metavar="DIR",
                    help="save the IR before the first pass and after each (NNN_name.shrk)")
     g.add_argument("--stop-after", metavar="NAME", help="stop after the first pass NAME")
     g.add_argument("--explain", action="store_true",
-                   help="print the channel groups, their members and every refusal (what "
-                        "prune-channels / prune-explain saw; else the result's)")
+                   help="while the passes run, each rewrite of a rewrite rule (fold-bn, "
+                        "remove-identity, ...) and why a rule did not fire on a node it "
+                        "anchors at ('explain rule ...' lines); after them, the channel "
+                        "groups, their members and every refusal (what prune-channels / "
+                        "prune-explain saw; else the result's)")
     g.add_argument("--reproducer-dir", metavar="DIR",
                    help="where a failing pass's reproducer goes (default: a temporary dir)")
     g.add_argument("--load-plugin", action="append", default=[], metavar="MODULE",
