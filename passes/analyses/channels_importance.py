@@ -125,6 +125,8 @@ def _activation_scores(graph: Graph, groups: Sequence[Group], criterion: str, ct
                        ) -> dict[int, np.ndarray]:
     masked, sites = masked_copy(graph, list(groups))
     acc = {g.id: np.zeros(g.size) for g in groups}
+    if not sites:  # no group is summed anywhere: every channel scores the same
+        return acc
     data = batches(graph, ctx)
     for xs in data:
         if criterion == "taylor":

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from shrinkc import trace
 from shrinkc.ir.interpreter import run
 from shrinkc.ir.text import graph_diff
@@ -595,3 +597,122 @@ def test_cli_explain(capsys, tmp_path):
     assert code == 0 and out.exists()
     assert "channel groups of graph" in text and "graph output" in text
     assert "keeps 3 of 6" in text
+
+
+# ============================================================================ property
+class RandomNet:
+    """A random conv net built in the IR from the coupling blocks (faster than tracing)."""
+
+    def __init__(self, seed: int, channels: int = 4, side: int = 6):
+        from shrinkc.ir.graph import Graph
+        from shrinkc.ir.types import TensorType
+
+        self.rng = np.random.default_rng(seed)
+        self.g = Graph("random")
+        self.x = self.g.add_input(TensorType("f32", (1, channels, side, side)), "x")
+
+    def const(self, shape, name, scale=0.5, positive=False):
+        a = self.rng.random(shape) + 0.5 if positive else self.rng.standard_normal(shape) * scale
+        return self.g.add_constant(a.astype(np.float32), self.g.fresh_name(name))
+
+    def op(self, op, *xs, **attrs):
+        return self.g.add_node(op, list(xs), attrs).outputs
+
+    def conv(self, x, cout, k=3, groups=1, bn=True):
+        cin = x.shape[1]
+        w = self.const((cout, cin // groups, k, k), "w", scale=1.0 / np.sqrt(cin * k * k / groups))
+        [y] = self.op("conv2d", x, w, self.const((cout,), "b"), padding=(k // 2, k // 2),
+                      groups=groups)
+        if bn:
+            [y] = self.op("batch_norm", y, self.const((cout,), "gamma", positive=True),
+                          self.const((cout,), "beta"), self.const((cout,), "mean", 0.2),
+                          self.const((cout,), "var", positive=True))
+        return y
+
+    def relu(self, x):
+        return self.op("relu", x)[0]
+
+    # ---------------------------------------------------------------- blocks
+    def block(self, kind: str, x, width: int):
+        c = x.shape[1]
+        if kind == "cbr":
+            return self.relu(self.conv(x, width))
+        if kind == "residual":
+            return self.relu(self.op("add", x, self.conv(self.relu(self.conv(x, width)), c))[0])
+        if kind == "projection":
+            [y] = self.op("add", self.conv(self.relu(self.conv(x, width)), width + 1),
+                          self.conv(x, width + 1, k=1))
+            return self.relu(y)
+        if kind == "concat":
+            return self.op("concat", x, self.relu(self.conv(x, width)), axis=1)[0]
+        if kind in ("split", "swap") and c >= 2:
+            a = c // 2 if kind == "swap" else int(self.rng.integers(1, c))
+            p, q = self.op("split", x, axis=1, sizes=(a, c - a))
+            if kind == "swap":
+                return self.op("concat", q, p, axis=1)[0]
+            return self.op("concat", self.relu(self.conv(p, width)), q, axis=1)[0]
+        if kind == "depthwise":
+            return self.relu(self.conv(x, c * int(self.rng.integers(1, 3)), groups=c))
+        if kind == "grouped" and c % 2 == 0:
+            return self.relu(self.conv(x, 2 * width, groups=2))
+        if kind == "se":
+            [s] = self.op("mean", x, axes=(2, 3))
+            h = max(1, c // 2)
+            [s] = self.op("linear", s, self.const((h, c), "fc1"), self.const((h,), "fc1b"))
+            [s] = self.op("linear", self.relu(s), self.const((c, h), "fc2"), self.const((c,), "b"))
+            [s] = self.op("reshape", self.op("sigmoid", s)[0], shape=(1, c, 1, 1))
+            return self.op("mul", x, s)[0]
+        if kind == "shuffle" and c % 2 == 0:
+            s = x.shape
+            [y] = self.op("reshape", x, shape=(1, 2, c // 2, s[2], s[3]))
+            [y] = self.op("permute", y, perm=(0, 2, 1, 3, 4))
+            return self.op("reshape", y, shape=s)[0]
+        if kind == "channel_mean":
+            [m] = self.op("mean", x, axes=(1,), keepdim=True)
+            return self.op("mul", x, self.op("sigmoid", m)[0])[0]
+        if kind == "slice" and c >= 2:
+            return self.op("slice", x, axis=1, start=1, end=c)[0]
+        return self.relu(self.conv(x, width))
+
+    def finish(self, x, flatten: bool):
+        if flatten:
+            [x] = self.op("flatten", x, start_dim=1)
+        else:
+            [x] = self.op("flatten", self.op("adaptive_avg_pool2d", x, output_size=(1, 1))[0])
+        [y] = self.op("linear", x, self.const((5, x.shape[1]), "head"), self.const((5,), "hb"))
+        self.g.outputs = [y]
+        return self.g
+
+
+BLOCKS = ["cbr", "residual", "projection", "concat", "split", "swap", "depthwise", "grouped",
+          "se", "shuffle", "channel_mean", "slice"]
+
+
+@st.composite
+def random_nets(draw):
+    seed = draw(st.integers(0, 2 ** 16))
+    net = RandomNet(seed, channels=draw(st.integers(2, 5)))
+    x = net.relu(net.conv(net.x, draw(st.integers(3, 8))))
+    for kind in draw(st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=4)):
+        x = net.block(kind, x, draw(st.integers(3, 8)))
+    return net.finish(x, flatten=draw(st.booleans()))
+
+
+@settings(max_examples=25, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(graph=random_nets(), ratio=st.floats(0.1, 0.9),
+       criterion=st.sampled_from(["l1", "l2", "bn-scale", "taylor", "apoz", "random"]),
+       scope=st.sampled_from(["local", "global"]), round_to=st.sampled_from([1, 2]))
+def test_property_random_nets_are_pruned_exactly_or_refused(graph, ratio, criterion, scope,
+                                                             round_to):
+    from shrinkc.ir.interpreter import random_inputs
+
+    x = random_inputs(graph, seed=3)
+    pruned, plan, stats = prune(graph, f"prune-channels(ratio={ratio}, criterion={criterion}, "
+                                       f"scope={scope}, round_to={round_to})", x)
+    a = analyze_channels(graph)
+    assert stats["prunable"] + stats["refused"] == len(a.groups)
+    for grp in a.refused:
+        assert grp.reasons and all(isinstance(r, str) and r for r in grp.reasons)
+    assert all(a.group(gp.id).prunable for gp in plan.groups)
+    assert_oracle(graph, pruned, plan, x)
