@@ -92,6 +92,10 @@ class Group:
                 out.append(n.loc)
         return out
 
+    def layers(self) -> list[str]:
+        """The weighted layers (conv, linear, matmul, norms) among ``nodes``: loc or name."""
+        return list(dict.fromkeys(n.loc or n.name for n in self.nodes if n.op in _LAYER_OPS))
+
     def describe(self) -> str:
         layers = ", ".join(dict.fromkeys(n.describe() for n in self.nodes
                                          if n.op in _LAYER_OPS)) or "no weighted layer"

@@ -72,8 +72,7 @@ class PrunePlan:
             g = analysis.group(gid)
             k = tuple(sorted(int(i) for i in keep[gid]))
             if len(k) < g.size:
-                layers = tuple(dict.fromkeys(n.loc or n.name for n in g.nodes))
-                groups.append(GroupPlan(gid, str(g.anchor), g.size, k, layers))
+                groups.append(GroupPlan(gid, str(g.anchor), g.size, k, tuple(g.layers())))
         return cls(analysis.graph.name, groups, dict(meta or {}))
 
     # ------------------------------------------------------------ text

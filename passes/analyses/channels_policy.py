@@ -231,10 +231,7 @@ def sensitivity(analysis: ChannelAnalysis, groups: list[Group], scores: dict[int
                 ys = [run(masked, xs, params=params) for xs in data]
             errors.append(sum(_rel_l2(y, ref) for y, ref in zip(ys, refs)) / len(data))
         result.groups.append({"id": g.id, "anchor": str(g.anchor), "size": g.size,
-                              "layers": list(dict.fromkeys(n.loc or n.name for n in g.nodes
-                                                           if n.op in ("conv2d", "linear",
-                                                                       "conv_transpose2d",
-                                                                       "matmul"))),
+                              "layers": g.layers(),
                               "errors": errors})
     return result
 
