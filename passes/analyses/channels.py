@@ -99,7 +99,8 @@ class Group:
     def describe(self) -> str:
         layers = ", ".join(dict.fromkeys(n.describe() for n in self.nodes
                                          if n.op in _LAYER_OPS)) or "no weighted layer"
-        return f"group {self.id} ({self.size} channels at {self.anchor}; layers: {layers})"
+        s = "" if self.size == 1 else "s"
+        return f"group {self.id} ({self.size} channel{s} at {self.anchor}; layers: {layers})"
 
 
 _LAYER_OPS = frozenset({"conv2d", "conv_transpose2d", "linear", "matmul", "embedding",
@@ -315,9 +316,12 @@ def analyze_channels(graph: Graph) -> ChannelAnalysis:
             users[id(v)].append(n)
 
     def position(d: int) -> tuple[int, int]:
+        """Graph order: a result at its producer, a constant at its first user."""
         v, ax = c.dims[d]
-        p = node_pos[id(v.producer)] if v.producer is not None else -1
-        return (p, d)
+        if v.producer is not None:
+            return (node_pos[id(v.producer)], d)
+        first = min((node_pos[id(u)] for u in users[id(v)]), default=-1)
+        return (first if v.is_constant else -1, d)
 
     raw = []
     for (is_frozen, dims, _), cids in by_signature.items():
