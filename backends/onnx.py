@@ -547,6 +547,284 @@ def _dequantize(e: _Ex, n: Node) -> None:
     e.one("DequantizeLinear", n, [e.x(v) for v in n.inputs], _q_axis(n))
 
 
+# ---------------------------------------------------------------------------- more element-wise
+_SIMPLE_MORE = {"abs": "Abs", "log": "Log", "softsign": "Softsign", "logical_not": "Not",
+                "selu": "Selu"}
+
+
+@_exports(*_SIMPLE_MORE)
+def _simple_more(e: _Ex, n: Node) -> None:
+    e.one(_SIMPLE_MORE[n.op], n, [e.x(n.inputs[0])])
+
+
+@_exports("rsqrt")
+def _rsqrt(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    s = e.tmp("sqrt", x.dtype, x.shape)
+    e.emit("Sqrt", [e.x(x)], [s])
+    e.emit("Reciprocal", [s], [e.out(n.output)])
+
+
+@_exports("leaky_relu")
+def _leaky_relu(e: _Ex, n: Node) -> None:
+    e.one("LeakyRelu", n, [e.x(n.inputs[0])], {"alpha": n.attrs["negative_slope"]})
+
+
+@_exports("elu")
+def _elu(e: _Ex, n: Node) -> None:
+    e.one("Elu", n, [e.x(n.inputs[0])], {"alpha": n.attrs["alpha"]})
+
+
+@_exports("softplus")
+def _softplus(e: _Ex, n: Node) -> None:
+    """ONNX Softplus is log(1 + exp(x)): beta and threshold are written out around it (with
+    beta 1 the threshold changes nothing in float32 beyond 17: log1p(exp(-17)) < 2^-24)."""
+    x = n.inputs[0]
+    beta, thr = n.attrs["beta"], n.attrs["threshold"]
+    if beta == 1.0 and thr >= 17.0:
+        e.one("Softplus", n, [e.x(x)])
+        return
+    dt, shape = x.dtype, x.shape
+    bx = e.tmp("beta_x", dt, shape)
+    e.emit("Mul", [e.x(x), e.const(beta, "beta", dt)], [bx])
+    sp = e.tmp("softplus", dt, shape)
+    e.emit("Softplus", [bx], [sp])
+    scaled = e.tmp("scaled", dt, shape)
+    e.emit("Div", [sp, e.const(beta, "beta_div", dt)], [scaled])
+    big = e.tmp("linear_region", "bool", shape)
+    e.emit("Greater", [bx, e.const(thr, "threshold", dt)], [big])
+    e.emit("Where", [big, e.x(x), scaled], [e.out(n.output)])
+
+
+def _common(e: _Ex, n: Node, want: str | None = None) -> list[gs.Tensor]:
+    """The operands cast to one type (ONNX wants equal types): ``want`` or torch's promotion."""
+    if want is None:
+        import torch
+
+        from ..ir.types import dtype_from_torch, to_torch_dtype
+
+        t = to_torch_dtype(n.inputs[0].dtype)
+        for v in n.inputs[1:]:
+            t = torch.promote_types(t, to_torch_dtype(v.dtype))
+        want = dtype_from_torch(t)
+    ins = []
+    for i, v in enumerate(n.inputs):
+        t = e.x(v)
+        if v.dtype != want:
+            c = e.tmp(f"cast{i}", want, v.shape)
+            e.emit("Cast", [t], [c], {"to": IR_TO_ONNX[want]})
+            t = c
+        ins.append(t)
+    return ins
+
+
+_COMPARE = {"eq": "Equal", "lt": "Less", "le": "LessOrEqual", "gt": "Greater",
+            "ge": "GreaterOrEqual", "logical_and": "And", "logical_or": "Or"}
+
+
+@_exports(*_COMPARE)
+def _compare(e: _Ex, n: Node) -> None:
+    e.one(_COMPARE[n.op], n, _common(e, n))
+
+
+@_exports("ne")
+def _ne(e: _Ex, n: Node) -> None:
+    eq = e.tmp("eq", "bool", n.output.shape)
+    e.emit("Equal", _common(e, n), [eq])
+    e.emit("Not", [eq], [e.out(n.output)])
+
+
+@_exports("maximum", "minimum")
+def _max_min(e: _Ex, n: Node) -> None:
+    e.one("Max" if n.op == "maximum" else "Min", n, _common(e, n, n.output.dtype))
+
+
+@_exports("prelu")
+def _prelu(e: _Ex, n: Node) -> None:
+    e.one("PRelu", n, _common(e, n, n.output.dtype))
+
+
+@_exports("where")
+def _where(e: _Ex, n: Node) -> None:
+    cond, a, b = n.inputs
+    want = n.output.dtype
+    ins = [e.x(cond)]
+    for i, v in enumerate((a, b)):
+        t = e.x(v)
+        if v.dtype != want:
+            c = e.tmp(f"cast{i}", want, v.shape)
+            e.emit("Cast", [t], [c], {"to": IR_TO_ONNX[want]})
+            t = c
+        ins.append(t)
+    e.one("Where", n, ins)
+
+
+# ---------------------------------------------------------------------------- more reductions
+@_exports("max", "min")
+def _reduce_max_min(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    op = "ReduceMax" if n.op == "max" else "ReduceMin"
+    axes = list(n.attrs["axes"]) or list(range(x.type.rank))
+    keep = int(n.attrs["keepdim"])
+    if e.opset >= 18:
+        e.one(op, n, [e.x(x), e.i64(axes, "axes")], {"keepdims": keep})
+    else:
+        e.one(op, n, [e.x(x)], {"axes": axes, "keepdims": keep})
+
+
+@_exports("cumsum")
+def _cumsum(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    t = e.x(x)
+    if x.dtype != n.output.dtype:  # torch sums ints in i64
+        c = e.tmp("cast", n.output.dtype, x.shape)
+        e.emit("Cast", [t], [c], {"to": IR_TO_ONNX[n.output.dtype]})
+        t = c
+    e.one("CumSum", n, [t, e.const(np.array(n.attrs["axis"], np.int64), "axis")])
+
+
+# ---------------------------------------------------------------------------- pad, tile, gather
+_PAD_MODE = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+@_exports("pad")
+def _pad(e: _Ex, n: Node) -> None:
+    x = n.inputs[0]
+    a = n.attrs
+    ins = [e.x(x), e.i64(a["pads"], "pads")]
+    if a["mode"] == "constant":
+        ins.append(e.const(np.array(a["value"], to_numpy_dtype(x.dtype)), "value"))
+    e.one("Pad", n, ins, {"mode": _PAD_MODE[a["mode"]]})
+
+
+@_exports("tile")
+def _tile(e: _Ex, n: Node) -> None:
+    e.one("Tile", n, [e.x(n.inputs[0]), e.i64(n.attrs["repeats"], "repeats")])
+
+
+@_exports("gather")
+def _gather(e: _Ex, n: Node) -> None:
+    e.one("Gather", n, [e.x(v) for v in n.inputs], {"axis": n.attrs["axis"]})
+
+
+@_exports("gather_elements")
+def _gather_elements(e: _Ex, n: Node) -> None:
+    e.one("GatherElements", n, [e.x(v) for v in n.inputs], {"axis": n.attrs["axis"]})
+
+
+# ---------------------------------------------------------------------------- 3-D, LRN
+def _pads_nd(p: Sequence[int]) -> list[int]:
+    return [int(v) for v in p] * 2
+
+
+@_exports("conv3d")
+def _conv3d(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("Conv", n, [e.x(v) for v in n.inputs],
+          {"kernel_shape": list(n.inputs[1].shape[2:]), "strides": list(a["stride"]),
+           "pads": _pads_nd(a["padding"]), "dilations": list(a["dilation"]),
+           "group": a["groups"]})
+
+
+@_exports("max_pool3d")
+def _max_pool3d(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("MaxPool", n, [e.x(n.inputs[0])],
+          {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+           "pads": _pads_nd(a["padding"]), "dilations": list(a["dilation"]),
+           "ceil_mode": int(a["ceil_mode"])})
+
+
+@_exports("avg_pool3d")
+def _avg_pool3d(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    e.one("AveragePool", n, [e.x(n.inputs[0])],
+          {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+           "pads": _pads_nd(a["padding"]), "ceil_mode": int(a["ceil_mode"]),
+           "count_include_pad": int(a["count_include_pad"])})
+
+
+@_exports("lrn")
+def _lrn(e: _Ex, n: Node) -> None:
+    a = n.attrs
+    if a["size"] % 2 == 0:
+        e.fail(f"LRN with an even size ({a['size']}) centres its window differently in ONNX "
+               f"(one more channel after) than in torch (one more before)")
+    e.one("LRN", n, [e.x(n.inputs[0])],
+          {"size": a["size"], "alpha": a["alpha"], "beta": a["beta"], "bias": a["bias"]})
+
+
+# ---------------------------------------------------------------------------- attention
+@_exports("scaled_dot_product_attention")
+def _sdpa(e: _Ex, n: Node) -> None:
+    """Written out (ONNX's Attention op is opset 23): MatMul(q, kᵀ) · scale + mask, Softmax,
+    MatMul v; a bool mask becomes 0 / -inf, causal a constant additive mask; fewer k/v heads
+    than q heads are repeated (Reshape, Expand, Reshape)."""
+    q, k, v = n.inputs[:3]
+    mask = n.inputs[3] if len(n.inputs) > 3 else None
+    dt = q.dtype
+    r = q.type.rank
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = n.attrs["scale"] if n.attrs["scale"] is not None else 1.0 / math.sqrt(E)
+
+    def heads(t: Value, what: str) -> gs.Tensor:
+        hq, hk = q.shape[-3], t.shape[-3]
+        if hq == hk:
+            return e.x(t)
+        lead, g = list(t.shape[:-3]), hq // hk
+        five = lead + [hk, 1, S, t.shape[-1]]
+        a = e.tmp(f"{what}_5d", dt, five)
+        e.emit("Reshape", [e.x(t), e.i64(five, f"{what}_5d_shape")], [a])
+        b = e.tmp(f"{what}_rep", dt, lead + [hk, g, S, t.shape[-1]])
+        e.emit("Expand", [a, e.i64(lead + [hk, g, S, t.shape[-1]], f"{what}_rep_shape")], [b])
+        c = e.tmp(f"{what}_heads", dt, lead + [hq, S, t.shape[-1]])
+        e.emit("Reshape", [b, e.i64(lead + [hq, S, t.shape[-1]], f"{what}_heads_shape")], [c])
+        return c
+
+    kt = e.tmp("k_t", dt)
+    e.emit("Transpose", [heads(k, "k")], [kt], {"perm": list(range(r - 2)) + [r - 1, r - 2]})
+    qk = e.tmp("scores", dt)
+    e.emit("MatMul", [e.x(q), kt], [qk])
+    s = e.tmp("scaled", dt)
+    e.emit("Mul", [qk, e.const(scale, "scale", dt)], [s])
+    add = []
+    if mask is not None:
+        if mask.dtype == "bool":
+            m = e.tmp("mask_add", dt)
+            e.emit("Where", [e.x(mask), e.const(0.0, "zero", dt), e.const(-np.inf, "ninf", dt)],
+                   [m])
+            add.append(m)
+        else:
+            add.append(e.x(mask))
+    if n.attrs["causal"]:
+        tri = np.where(np.tril(np.ones((L, S), bool)), 0.0, -np.inf)
+        add.append(e.const(tri.astype(to_numpy_dtype(dt)), "causal"))
+    for i, m in enumerate(add):
+        t = e.tmp(f"masked{i}", dt)
+        e.emit("Add", [s, m], [t])
+        s = t
+    p = e.tmp("probs", dt)
+    e.emit("Softmax", [s], [p], {"axis": -1})
+    e.emit("MatMul", [p, heads(v, "v")], [e.out(n.output)])
+
+
+# ---------------------------------------------------------------------------- upsample
+@_exports("upsample")
+def _upsample(e: _Ex, n: Node) -> None:
+    """Resize to the output sizes: nearest = asymmetric + floor (torch's nearest); bilinear
+    = linear with pytorch_half_pixel, or align_corners."""
+    x = n.inputs[0]
+    a = n.attrs
+    if a["mode"] == "nearest":
+        attrs = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                 "nearest_mode": "floor"}
+    else:
+        attrs = {"mode": "linear", "coordinate_transformation_mode":
+                 "align_corners" if a["align_corners"] else "pytorch_half_pixel"}
+    e.one("Resize", n, [e.x(x), None, None, e.i64(list(x.shape[:2]) + list(a["size"]), "sizes")],
+          attrs)
+
+
 # ============================================================================ driver
 def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     """The checked ``ModelProto`` for ``graph`` (IR version 10); nothing is written."""

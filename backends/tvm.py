@@ -625,6 +625,251 @@ def _cast(lw: _Lowerer, node: Node, a: list) -> Any:
     return relax.op.astype(a[0], DTYPE_TO_TVM[node.attrs["dtype"]])
 
 
+# ---------------------------------------------------------------------------- more element-wise
+for _op, _fn in (("abs", "abs"), ("log", "log"), ("rsqrt", "rsqrt"), ("selu", "nn.selu"),
+                 ("logical_not", "logical_not")):
+    LOWERINGS[_op] = _simple(_fn)
+
+
+@lowers("leaky_relu")
+def _leaky_relu(lw: _Lowerer, node: Node, a: list) -> Any:
+    return relax.op.nn.leakyrelu(a[0], node.attrs["negative_slope"])
+
+
+@lowers("elu")
+def _elu(lw: _Lowerer, node: Node, a: list) -> Any:
+    dt = lw.in_type(0).dtype
+    neg = relax.op.multiply(lw.const(node.attrs["alpha"], dt),
+                            relax.op.subtract(relax.op.exp(a[0]), lw.const(1.0, dt)))
+    return relax.op.where(relax.op.greater(a[0], lw.const(0.0, dt)), a[0], neg)
+
+
+@lowers("softplus")
+def _softplus(lw: _Lowerer, node: Node, a: list) -> Any:
+    return relax.op.nn.softplus(a[0], node.attrs["beta"], node.attrs["threshold"])
+
+
+@lowers("softsign")
+def _softsign(lw: _Lowerer, node: Node, a: list) -> Any:
+    dt = lw.in_type(0).dtype
+    return relax.op.divide(a[0], relax.op.add(lw.const(1.0, dt), relax.op.abs(a[0])))
+
+
+@lowers("prelu")
+def _prelu(lw: _Lowerer, node: Node, a: list) -> Any:
+    dt = lw.out_type().dtype
+    x = _astype(lw, a[0], lw.in_type(0).dtype, dt)
+    s = _astype(lw, a[1], lw.in_type(1).dtype, dt)
+    return relax.op.where(relax.op.greater_equal(x, lw.const(0, dt)), x, relax.op.multiply(x, s))
+
+
+def _promoted(lw: _Lowerer, a: list) -> tuple[list, str]:
+    """The operands cast to torch's promotion of their dtypes (comparisons: the result is
+    bool, so the output type does not say)."""
+    import torch
+
+    from ..ir.types import dtype_from_torch, to_torch_dtype
+
+    t = to_torch_dtype(lw.in_type(0).dtype)
+    for i in range(1, len(a)):
+        t = torch.promote_types(t, to_torch_dtype(lw.in_type(i).dtype))
+    want = dtype_from_torch(t)
+    return [_astype(lw, x, lw.in_type(i).dtype, want) for i, x in enumerate(a)], want
+
+
+def _compare(fn_name: str) -> Lowering:
+    def lower(lw: _Lowerer, node: Node, a: list) -> Any:
+        xs, _ = _promoted(lw, a)
+        return getattr(relax.op, fn_name)(*xs)
+
+    return lower
+
+
+for _op, _fn in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le", "less_equal"),
+                 ("gt", "greater"), ("ge", "greater_equal"), ("logical_and", "logical_and"),
+                 ("logical_or", "logical_or")):
+    LOWERINGS[_op] = _compare(_fn)
+LOWERINGS["maximum"] = _binary("maximum")
+LOWERINGS["minimum"] = _binary("minimum")
+
+
+@lowers("where")
+def _where(lw: _Lowerer, node: Node, a: list) -> Any:
+    want = lw.out_type().dtype
+    return relax.op.where(a[0], _astype(lw, a[1], lw.in_type(1).dtype, want),
+                          _astype(lw, a[2], lw.in_type(2).dtype, want))
+
+
+LOWERINGS["max"] = _reduce("max")
+LOWERINGS["min"] = _reduce("min")
+
+
+@lowers("cumsum")
+def _cumsum(lw: _Lowerer, node: Node, a: list) -> Any:
+    axis = node.attrs["axis"] % lw.in_type(0).rank
+    return relax.op.cumsum(a[0], axis=axis, dtype=DTYPE_TO_TVM[lw.out_type().dtype])
+
+
+# ---------------------------------------------------------------------------- pad, tile, gather
+_TVM_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "replicate"}
+
+
+@lowers("pad")
+def _pad(lw: _Lowerer, node: Node, a: list) -> Any:
+    """Negative pads (constant mode) crop: a strided slice first, then the positive pads."""
+    t = lw.in_type(0)
+    r, p = t.rank, node.attrs["pads"]
+    x = a[0]
+    if min(p) < 0:
+        begin = [max(-p[d], 0) for d in range(r)]
+        end = [t.shape[d] - max(-p[r + d], 0) for d in range(r)]
+        x = lw.emit(relax.op.strided_slice(x, axes=list(range(r)), begin=begin, end=end,
+                                           assume_inbound=True))
+    width = []
+    for d in range(r):
+        width += [max(p[d], 0), max(p[r + d], 0)]
+    if not any(width):
+        return x
+    return relax.op.nn.pad(x, width, _TVM_PAD_MODES[node.attrs["mode"]], node.attrs["value"])
+
+
+@lowers("tile")
+def _tile(lw: _Lowerer, node: Node, a: list) -> Any:
+    return relax.op.tile(a[0], list(node.attrs["repeats"]))
+
+
+def _wrapped_indices(lw: _Lowerer, idx: Any, itype: TensorType, dim: int) -> Any:
+    """Indices with negative ones counted from the end (as ONNX), in int32 or int64."""
+    c = lw.constant(idx)
+    if c is not None:
+        return lw.const(np.where(c < 0, c + dim, c), itype.dtype)
+    neg = relax.op.less(idx, lw.const(0, itype.dtype))
+    return lw.emit(relax.op.where(neg, relax.op.add(idx, lw.const(dim, itype.dtype)), idx))
+
+
+@lowers("gather")
+def _gather(lw: _Lowerer, node: Node, a: list) -> Any:
+    t = lw.in_type(0)
+    axis = node.attrs["axis"] % t.rank
+    idx = _wrapped_indices(lw, a[1], lw.in_type(1), t.shape[axis])
+    return relax.op.take(a[0], idx, axis=axis)
+
+
+@lowers("gather_elements")
+def _gather_elements(lw: _Lowerer, node: Node, a: list) -> Any:
+    t = lw.in_type(0)
+    axis = node.attrs["axis"] % t.rank
+    idx = _wrapped_indices(lw, a[1], lw.in_type(1), t.shape[axis])
+    return relax.op.gather_elements(a[0], idx, axis=axis)
+
+
+# ---------------------------------------------------------------------------- 3-D, LRN
+@lowers("conv3d")
+def _conv3d(lw: _Lowerer, node: Node, a: list) -> Any:
+    at = node.attrs
+    y = lw.emit(relax.op.nn.conv3d(
+        a[0], a[1], strides=at["stride"], padding=at["padding"], dilation=at["dilation"],
+        groups=at["groups"], data_layout="NCDHW", kernel_layout="OIDHW",
+        out_dtype=DTYPE_TO_TVM[lw.out_type().dtype]))
+    return _bias_add(lw, y, a[2], 5) if len(a) > 2 else y
+
+
+def _pool3d_padding(lw: _Lowerer, node: Node) -> tuple[list[int], bool]:
+    """As ``_pool_padding`` for 3-D: ceil_mode as extra padding at the end of each dim."""
+    at = node.attrs
+    ins, outs = lw.in_type(0).shape[2:], lw.out_type().shape[2:]
+    dil = at.get("dilation", (1, 1, 1))
+    extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - (i + 2 * p))
+             for i, o, s, d, k, p in zip(ins, outs, at["stride"], dil, at["kernel"],
+                                         at["padding"])]
+    pads = list(at["padding"]) + [p + e for p, e in zip(at["padding"], extra)]
+    return pads, any(extra)
+
+
+@lowers("max_pool3d")
+def _max_pool3d(lw: _Lowerer, node: Node, a: list) -> Any:
+    at = node.attrs
+    pad, _ = _pool3d_padding(lw, node)
+    return relax.op.nn.max_pool3d(a[0], pool_size=at["kernel"], strides=at["stride"],
+                                  padding=pad, dilation=at["dilation"], ceil_mode=False,
+                                  layout="NCDHW")
+
+
+@lowers("avg_pool3d")
+def _avg_pool3d(lw: _Lowerer, node: Node, a: list) -> Any:
+    at = node.attrs
+    pad, extended = _pool3d_padding(lw, node)
+    if extended and at["count_include_pad"]:
+        raise LoweringError(f"node {node.describe()}: avg_pool3d with ceil_mode windows past "
+                            f"the padding and count_include_pad has no TVM lowering")
+    return relax.op.nn.avg_pool3d(a[0], pool_size=at["kernel"], strides=at["stride"],
+                                  padding=pad, ceil_mode=False,
+                                  count_include_pad=at["count_include_pad"], layout="NCDHW")
+
+
+@lowers("lrn")
+def _lrn(lw: _Lowerer, node: Node, a: list) -> Any:
+    """x / (bias + alpha / size * window sum of x^2) ^ beta; the window sum over channels is
+    ``size`` shifted slices of the zero-padded squares (torch's window: size // 2 before)."""
+    t = lw.in_type(0)
+    size, dt = node.attrs["size"], t.dtype
+    sq = lw.emit(relax.op.multiply(a[0], a[0]))
+    width = [0, 0, size // 2, (size - 1) // 2] + [0, 0] * (t.rank - 2)
+    padded = lw.emit(relax.op.nn.pad(sq, width))
+    c = t.shape[1]
+    total = None
+    for j in range(size):
+        part = lw.emit(relax.op.strided_slice(padded, axes=[1], begin=[j], end=[j + c],
+                                              assume_inbound=True))
+        total = part if total is None else lw.emit(relax.op.add(total, part))
+    at = node.attrs
+    div = relax.op.power(relax.op.add(lw.const(at["bias"], dt), relax.op.multiply(
+        lw.const(at["alpha"] / size, dt), total)), lw.const(at["beta"], dt))
+    return relax.op.divide(a[0], lw.emit(div))
+
+
+# ---------------------------------------------------------------------------- attention
+@lowers("scaled_dot_product_attention")
+def _sdpa(lw: _Lowerer, node: Node, a: list) -> Any:
+    """softmax(q kᵀ · scale + mask) v with matmul and softmax (Relax's attention op wants
+    [batch, seq, heads, dim] and no bool mask); k / v heads are repeated for grouped queries."""
+    q_t, k_t = lw.in_type(0), lw.in_type(1)
+    dt, r = q_t.dtype, q_t.rank
+    L, S, E = q_t.shape[-2], k_t.shape[-2], q_t.shape[-1]
+    scale = node.attrs["scale"] if node.attrs["scale"] is not None else 1.0 / np.sqrt(E)
+    q, k, v = a[:3]
+    if k_t.shape[-3] != q_t.shape[-3]:
+        g = q_t.shape[-3] // k_t.shape[-3]
+        k = lw.emit(relax.op.repeat(k, g, axis=r - 3))
+        v = lw.emit(relax.op.repeat(v, g, axis=r - 3))
+    kt = lw.emit(relax.op.permute_dims(k, list(range(r - 2)) + [r - 1, r - 2]))
+    s = lw.emit(relax.op.multiply(relax.op.matmul(q, kt), lw.const(scale, dt)))
+    if len(a) > 3:
+        if lw.in_type(3).dtype == "bool":
+            s = lw.emit(relax.op.where(a[3], s, lw.const(-np.inf, dt)))
+        else:
+            s = lw.emit(relax.op.add(s, a[3]))
+    if node.attrs["causal"]:
+        tri = np.where(np.tril(np.ones((L, S), bool)), 0.0, -np.inf)
+        s = lw.emit(relax.op.add(s, lw.const(tri, dt)))
+    p = lw.emit(relax.op.nn.softmax(s, axis=-1))
+    return relax.op.matmul(p, v)
+
+
+# ---------------------------------------------------------------------------- upsample
+@lowers("upsample")
+def _upsample(lw: _Lowerer, node: Node, a: list) -> Any:
+    at = node.attrs
+    if at["mode"] == "nearest":
+        return relax.op.image.resize2d(a[0], list(at["size"]), layout="NCHW",
+                                       method="nearest_neighbor",
+                                       coordinate_transformation_mode="asymmetric",
+                                       rounding_method="floor")
+    return relax.op.image.resize2d(a[0], list(at["size"]), layout="NCHW", method="linear",
+                                   coordinate_transformation_mode="align_corners"
+                                   if at["align_corners"] else "pytorch_half_pixel")
+
+
 # ============================================================================ driver
 @dataclass
 class Lowered:

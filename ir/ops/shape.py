@@ -1,8 +1,17 @@
-"""Data-movement and reduction ops: reshape, flatten, permute, concat, split, slice, mean."""
+"""Data-movement and reduction ops: reshape, flatten, permute, concat, split, slice, expand,
+pad, tile, gather, gather_elements; mean, sum, max, min, cumsum.
+
+``pad`` takes ONNX's layout: ``pads = [begin_0, …, begin_{r-1}, end_0, …, end_{r-1}]`` over
+every dim (a negative pad crops, constant mode only). ``gather`` is numpy's ``take`` along
+``axis`` with N-D indices (ONNX Gather, ``index_select``); ``gather_elements`` is
+``torch.gather`` (ONNX GatherElements, ``take_along_dim``). Negative indices count from the
+end, as in ONNX.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import Attr, OpDef, register
 
@@ -112,3 +121,126 @@ register(OpDef("mean", ("x",), mean, kind="reduce",
 register(OpDef("sum", ("x",), sum_, kind="reduce",
                attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
                flops_fn=lambda i, o, a: i[0].numel, doc="sum over axes."))
+
+
+def max_(x, *, axes, keepdim):
+    return torch.amax(x, axes, keepdim)
+
+
+max_.__name__ = "max"
+
+
+def min_(x, *, axes, keepdim):
+    return torch.amin(x, axes, keepdim)
+
+
+min_.__name__ = "min"
+
+
+def cumsum(x, *, axis):
+    return torch.cumsum(x, axis)
+
+
+register(OpDef("max", ("x",), max_, kind="reduce",
+               attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
+               flops_fn=lambda i, o, a: i[0].numel, doc="maximum over axes (values)."))
+register(OpDef("min", ("x",), min_, kind="reduce",
+               attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
+               flops_fn=lambda i, o, a: i[0].numel, doc="minimum over axes (values)."))
+register(OpDef("cumsum", ("x",), cumsum, kind="reduce", attrs={"axis": Attr("int")},
+               flops_fn=lambda i, o, a: i[0].numel,
+               doc="inclusive prefix sum along axis (ints sum to i64, as torch)."))
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "replicate"}
+
+
+def pad(x, *, pads, mode, value):
+    r = x.dim()
+    if mode != "constant":  # torch pads only the trailing dims in these modes
+        # torch pads k trailing dims of a (k+1)- or (k+2)-D tensor in these modes
+        lead = min(next((d for d in range(r) if pads[d] or pads[r + d]), r), max(r - 2, 1))
+        torch_pads = []
+        for d in reversed(range(lead, r)):
+            torch_pads += [pads[d], pads[r + d]]
+        return F.pad(x, torch_pads, mode=_PAD_MODES[mode]) if torch_pads else x
+    torch_pads = []
+    for d in reversed(range(r)):
+        torch_pads += [pads[d], pads[r + d]]
+    return F.pad(x, torch_pads, mode="constant", value=value)
+
+
+def _pad_check(ts, a):
+    r, p = ts[0].rank, a["pads"]
+    if len(p) != 2 * r:
+        return f"pads {list(p)} must have 2 x rank = {2 * r} values (all begins, then all ends)"
+    if a["mode"] not in _PAD_MODES:
+        return f"mode {a['mode']!r} is not one of {sorted(_PAD_MODES)}"
+    if a["mode"] != "constant":
+        if min(p) < 0:
+            return f"negative pads (cropping) only in constant mode, got {list(p)}"
+        padded = [d for d in range(r) if p[d] or p[r + d]]
+        if padded and (padded[0] < max(1, r - 3) or r > 5):
+            return (f"{a['mode']} padding pads at most the last 3 dims and never the first, "
+                    f"got {list(p)} for {ts[0]}")
+        for d in padded:
+            if a["mode"] == "reflect" and max(p[d], p[r + d]) >= ts[0].shape[d]:
+                return f"reflect padding {p[d]}/{p[r + d]} must be smaller than dim {d} of {ts[0]}"
+    return None
+
+
+register(OpDef("pad", ("x",), pad, kind="shape",
+               attrs={"pads": Attr("ints"), "mode": Attr("str", "constant"),
+                      "value": Attr("float", 0.0)},
+               check_fn=_pad_check,
+               doc="pad every dim by pads[d] before and pads[rank + d] after; mode constant "
+                   "(value), reflect (mirror without the edge) or replicate (edge)."))
+
+
+def tile(x, *, repeats):
+    return x.repeat(tuple(repeats))
+
+
+register(OpDef("tile", ("x",), tile, kind="shape", attrs={"repeats": Attr("ints")},
+               check_fn=lambda ts, a: (None if len(a["repeats"]) == ts[0].rank
+                                       and min(a["repeats"], default=1) >= 1
+                                       else f"repeats {list(a['repeats'])} must give a count "
+                                            f">= 1 for each of the {ts[0].rank} dims"),
+               doc="repeat the whole tensor repeats[d] times along each dim (ONNX Tile)."))
+
+
+def _wrap(idx: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.where(idx < 0, idx + n, idx).long()
+
+
+def gather(x, indices, *, axis):
+    n = x.shape[axis]
+    flat = torch.index_select(x, axis, _wrap(indices, n).reshape(-1))
+    ax = axis % x.dim()
+    return flat.reshape(tuple(x.shape[:ax]) + tuple(indices.shape) + tuple(x.shape[ax + 1:]))
+
+
+def gather_elements(x, indices, *, axis):
+    return torch.gather(x, axis, _wrap(indices, x.shape[axis]))
+
+
+def _index_check(ts, a):
+    x, i = ts
+    if i.dtype not in ("i32", "i64"):
+        return f"indices must be i32 or i64, got {i}"
+    if x.rank == 0 or not -x.rank <= a["axis"] < x.rank:
+        return f"axis {a['axis']} is out of range for {x}"
+    return None
+
+
+register(OpDef("gather", ("x", "indices"), gather, kind="shape", attrs={"axis": Attr("int", 0)},
+               check_fn=_index_check,
+               doc="numpy take: out = x[..., indices, ...] at axis; out shape is "
+                   "x.shape[:axis] + indices.shape + x.shape[axis+1:]."))
+register(OpDef("gather_elements", ("x", "indices"), gather_elements, kind="shape",
+               attrs={"axis": Attr("int", 0)},
+               check_fn=lambda ts, a: _index_check(ts, a) or (
+                   None if ts[1].rank == ts[0].rank
+                   else f"indices {ts[1]} must have the rank of {ts[0]}"),
+               doc="torch.gather: out[i][j] = x[indices[i][j]][j] (axis 0); out has the "
+                   "indices' shape."))

@@ -120,6 +120,52 @@ def _kitchen_sink() -> Graph:
     add("cast", [s], {"dtype": "i32"})
     add("cast", [ids], {"dtype": "f32"})
     add("cast", [s], {"dtype": "f16"})
+    # issue 19's ops
+    for op in ("abs", "selu", "softsign"):
+        add(op, [s])
+    add("log", [add("exp", [s])])
+    add("rsqrt", [add("exp", [s])])
+    add("leaky_relu", [s], {"negative_slope": 0.2})
+    add("elu", [s], {"alpha": 0.7})
+    add("softplus", [s], {"beta": 2.0, "threshold": 1.0})
+    add("prelu", [x, w(4, 1, 1)])
+    for op in ("maximum", "minimum"):
+        add(op, [s, w(3, 1)])
+    for op in ("eq", "ne", "lt", "le", "gt", "ge"):
+        add(op, [s, half])
+    add("eq", [ii, ids])  # i32 vs i64: promoted
+    pos = add("gt", [s, half])
+    add("logical_not", [pos])
+    add("logical_and", [pos, add("lt", [s, _c(g, 1.0)])])
+    add("logical_or", [pos, add("lt", [s, _c(g, -1.0)])])
+    add("where", [pos, s, half])
+    add("max", [s], {"axes": (1,), "keepdim": True})
+    add("min", [s], {"axes": (0, 2), "keepdim": False})
+    add("cumsum", [s], {"axis": 2})
+    add("cumsum", [ii], {"axis": 1})  # i32 sums to i64
+    add("pad", [x], {"pads": (0, 0, 1, 2, 0, 0, 2, 1), "value": 0.5})
+    add("pad", [x], {"pads": (0, 0, -1, 1, 0, 0, 2, -2)})  # cropping
+    add("pad", [x], {"pads": (0, 0, 2, 1, 0, 0, 1, 3), "mode": "reflect"})
+    add("pad", [s], {"pads": (0, 1, 2, 0, 2, 1), "mode": "replicate"})
+    add("tile", [s], {"repeats": (1, 2, 3)})
+    add("gather", [s, _c(g, [[0, -1], [2, 1]], np.int64)], {"axis": 2})
+    add("gather", [s, ids], {"axis": 2})
+    add("gather_elements", [s, _c(g, rng.integers(-3, 3, (2, 3, 4)), np.int64)], {"axis": 1})
+    v = g.add_input(TensorType("f32", (1, 2, 5, 5, 5)), "v")
+    add("conv3d", [v, w(4, 2, 3, 3, 3), w(4)], {"padding": (1, 0, 1), "stride": (2, 1, 1)})
+    add("max_pool3d", [v], {"kernel": (2, 2, 2), "stride": (2, 2, 2), "ceil_mode": True})
+    add("avg_pool3d", [v], {"kernel": (3, 3, 3), "stride": (2, 2, 2), "padding": (1, 1, 1),
+                            "count_include_pad": False})
+    add("lrn", [x], {"size": 3, "alpha": 0.1})
+    q = g.add_input(TensorType("f32", (2, 4, 5, 8)), "q")
+    kv = g.add_input(TensorType("f32", (2, 2, 6, 8)), "kv")
+    m = g.add_input(TensorType("bool", (2, 1, 5, 6)), "m")
+    add("scaled_dot_product_attention", [q, kv, kv, m], {"causal": True})
+    add("scaled_dot_product_attention", [q, q, q], {"scale": 0.3})
+    add("scaled_dot_product_attention", [q, q, q, w(5, 5)])  # additive mask
+    add("upsample", [x], {"size": (14, 21), "mode": "nearest"})
+    add("upsample", [x], {"size": (10, 12), "mode": "bilinear"})
+    add("upsample", [x], {"size": (10, 12), "mode": "bilinear", "align_corners": True})
     g.outputs = outs
     return g
 

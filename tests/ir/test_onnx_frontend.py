@@ -12,6 +12,8 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -366,10 +368,54 @@ def test_pools_and_reductions():
     assert check(m18).nodes[0].attrs == {"axes": (1,), "keepdim": True}
 
 
-def test_asymmetric_pads_are_refused_with_the_node_named():
+def test_asymmetric_pads_become_a_pad_op():
+    nodes = [node("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
+             node("Conv", ["m", "w"], ["c"], auto_pad="SAME_UPPER", strides=[2, 2]),
+             node("AveragePool", ["c"], ["y"], kernel_shape=[2, 2], pads=[1, 0, 0, 1])]
+    m = make(nodes, {"x": [1, 2, 5, 5]}, ["y"], {"w": rand(3, 2, 2, 2)})
+    g = check(m)
+    assert [n.op for n in g.nodes] == ["pad", "max_pool2d", "pad", "conv2d", "pad",
+                                       "avg_pool2d", "mul"]  # mul: count_include_pad=0
+    assert g.nodes[0].attrs == {"pads": (0, 0, 0, 0, 0, 0, 1, 1), "mode": "constant",
+                                "value": -math.inf}
+
+
+def test_asymmetric_pads_with_ceil_mode_are_refused_with_the_node_named():
     m = make([node("MaxPool", ["x"], ["y"], name="pool1", kernel_shape=[2, 2],
-                   pads=[0, 0, 1, 1])], {"x": [1, 1, 4, 4]}, ["y"])
+                   pads=[0, 0, 1, 1], ceil_mode=1)], {"x": [1, 1, 4, 4]}, ["y"])
     with pytest.raises(OnnxImportError, match=r"'pool1' \(MaxPool\).*asymmetric pads"):
+        load_onnx(m)
+
+
+def test_1d_convs_and_pools_are_2d_on_a_view():
+    nodes = [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1], dilations=[2], group=2),
+             node("MaxPool", ["c"], ["m"], kernel_shape=[3], strides=[2]),
+             node("AveragePool", ["m"], ["y"], kernel_shape=[2], pads=[0, 1])]
+    m = make(nodes, {"x": [2, 4, 11]}, ["y"], {"w": rand(6, 2, 3), "b": rand(6)})
+    g = check(m)
+    assert ops(g) == {"reshape": 6, "conv2d": 1, "max_pool2d": 1, "pad": 1, "avg_pool2d": 1,
+                      "mul": 1}
+    assert g.node("c").op == "reshape" and g.node("c").inputs[0].producer.op == "conv2d"
+
+
+def test_gather_with_nd_indices_and_legacy_prelu():
+    nodes = [node("Gather", ["x", "idx"], ["g"], axis=1),
+             node("PRelu", ["g", "slope"], ["y"])]
+    m = make(nodes, {"x": [2, 5, 3]}, ["y"],
+             {"idx": np.array([[[4, 0], [-1, 2]]], np.int64), "slope": rand(3)})
+    g = check(m)
+    assert [n.op for n in g.nodes] == ["gather", "prelu"]
+    assert g.node("g").output.shape == (2, 1, 2, 2, 3)
+    # opset < 7 exports (ONNX's own node tests): one slope per channel as a 1-D [C] tensor
+    legacy = make([node("PRelu", ["x", "slope"], ["y"])], {"x": [2, 3, 4]}, ["y"],
+                  {"slope": rand(3)}, checked=False)
+    g = load_onnx(legacy)
+    assert g.nodes[0].inputs[1].shape == (3, 1)
+
+
+def test_even_lrn_is_refused():
+    m = make([node("LRN", ["x"], ["y"], name="norm1", size=4)], {"x": [1, 6, 3, 3]}, ["y"])
+    with pytest.raises(OnnxImportError, match=r"'norm1' \(LRN\).*even size"):
         load_onnx(m)
 
 

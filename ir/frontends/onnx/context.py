@@ -189,40 +189,54 @@ class Ctx:
 
 
 def pair2(values: Sequence[int] | None, default: int, c: Ctx, what: str) -> tuple[int, int]:
+    return ints_n(values, default, 2, c, what)
+
+
+def ints_n(values: Sequence[int] | None, default: int, nd: int, c: Ctx,
+           what: str) -> tuple[int, ...]:
+    """``nd`` ints (one per spatial dim), ``default`` each when absent."""
     if values is None:
-        return (default, default)
+        return (default,) * nd
     values = tuple(int(v) for v in values)
-    if len(values) != 2:
-        c.fail(f"{what} {list(values)}: only 2-D (NCHW) is supported")
+    if len(values) != nd:
+        c.fail(f"{what} {list(values)}: expected {nd} values (one per spatial dim)")
     return values
 
 
-def conv_pads(c: Ctx, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
-          dilations: Sequence[int]) -> tuple[int, int]:
-    """Symmetric (h, w) padding from ``pads`` / ``auto_pad``; asymmetric padding is refused."""
+def spatial_pads(c: Ctx, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+                 dilations: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(begins, ends) padding of each spatial dim from ``pads`` / ``auto_pad``."""
     a = c.node.attrs
+    nd = len(spatial)
     auto = a.get("auto_pad", "NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto == "VALID":
-        return (0, 0)
+        return (0,) * nd, (0,) * nd
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = []
+        begins, ends = [], []
         for n, k, s, d in zip(spatial, kernel, strides, dilations):
             total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-            if total % 2:
-                c.fail(f"auto_pad={auto} needs asymmetric padding ({total} in total) for input "
-                       f"size {n}; the IR has symmetric padding only (no pad op)")
-            pads.append(total // 2)
-        return tuple(pads)
+            small, big = total // 2, total - total // 2
+            begins.append(small if auto == "SAME_UPPER" else big)
+            ends.append(big if auto == "SAME_UPPER" else small)
+        return tuple(begins), tuple(ends)
     if auto != "NOTSET":
         c.fail(f"auto_pad={auto} is not supported")
-    p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
-    if len(p) != 4:
-        c.fail(f"pads {p}: only 2-D (NCHW) is supported")
-    if p[0] != p[2] or p[1] != p[3]:
-        c.fail(f"asymmetric pads {p} (begin {p[:2]} != end {p[2:]}) are not supported: the IR's "
-               f"convolutions and pools pad symmetrically and there is no pad op")
-    return (p[0], p[1])
+    p = [int(v) for v in a.get("pads", [0] * (2 * nd))]
+    if len(p) != 2 * nd:
+        c.fail(f"pads {p}: expected {2 * nd} values for {nd} spatial dims")
+    return tuple(p[:nd]), tuple(p[nd:])
+
+
+def conv_pads(c: Ctx, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
+              dilations: Sequence[int]) -> tuple[int, ...]:
+    """Symmetric padding from ``pads`` / ``auto_pad``; asymmetric padding is refused (the
+    callers that can, pad explicitly with ``spatial_pads`` instead)."""
+    begins, ends = spatial_pads(c, spatial, kernel, strides, dilations)
+    if begins != ends:
+        c.fail(f"asymmetric pads (begin {list(begins)} != end {list(ends)}) are not supported "
+               f"here")
+    return begins
 
 
 def need_4d(c: Ctx, x: Value) -> None:

@@ -1,8 +1,9 @@
 """Step 4 of the ONNX import: pattern rewrites on the graphsurgeon graph (``Fuser``).
 
 Erf- and Tanh-pattern GELU → ``Gelu``, ``x * Sigmoid(x)`` → ``Silu``, ``MatMul(x, W) [+ b]``
-with a constant 2-D ``W`` → ``Linear``; the fused nodes are in ``FUSED_DOMAIN`` and are
-converted by the handlers registered with ``@fused``.
+with a constant 2-D ``W`` → ``Linear``, ``Reciprocal(Sqrt(x))`` → ``Rsqrt``, ``Not(Equal(a,
+b))`` → ``Ne`` (the forms ``backends/onnx.py`` writes for rsqrt and ne); the fused nodes are
+in ``FUSED_DOMAIN`` and are converted by the handlers registered with ``@fused``.
 """
 
 from __future__ import annotations
@@ -169,10 +170,22 @@ class Fuser:
             self.replace([mm], "Linear", [x, w], mm.outputs[0])
         return True
 
+    # ------------------------------------------------------------------ rsqrt, ne
+    def unary_pair(self, second: gs.Node, first_op: str, op: str) -> bool:
+        """``second(first(x))`` with ``first`` used only there → ``op(first's inputs)``."""
+        first = _producer(second.inputs[0], first_op)
+        if first is None or id(first) in self.done or self.sole(first.outputs[0],
+                                                               second.op) is not second:
+            return False
+        self.replace([first, second], op, list(first.inputs), second.outputs[0])
+        return True
+
     def run(self) -> Counter[str]:
         rules: dict[str, Callable[[gs.Node], bool]] = {
             "Erf": self.gelu_erf, "Tanh": self.gelu_tanh, "Sigmoid": self.silu,
-            "MatMul": self.linear}
+            "MatMul": self.linear,
+            "Reciprocal": lambda n: self.unary_pair(n, "Sqrt", "Rsqrt"),
+            "Not": lambda n: self.unary_pair(n, "Equal", "Ne")}
         for node in list(self.graph.nodes):
             rule = rules.get(node.op)
             if rule is not None and id(node) not in self.done and node.domain in ("", None):

@@ -160,31 +160,86 @@ def _shape(c: Ctx, n: gs.Node) -> None:
 # ---------------------------------------------------------------------------- gather
 @maps("Gather")
 def _gather(c: Ctx, n: gs.Node) -> None:
+    """A constant 2-D table at axis 0 is an ``embedding``; constant indices that are a slice
+    become ``slice`` (+ ``reshape``); everything else is ``gather`` (N-D indices)."""
     data_t, idx_t = n.inputs[0], n.inputs[1]
     axis = int(n.attrs.get("axis", 0))
     data, idx = const_of(data_t), const_of(idx_t)
-    if data is not None and idx is None:
-        if data.ndim != 2 or axis != 0:
-            c.fail(f"Gather from a constant is supported as an embedding lookup (2-D table, "
-                   f"axis 0), got a {list(data.shape)} table with axis {axis}")
+    if data is not None and idx is None and data.ndim == 2 and axis == 0:
         c.emit("embedding", [c.v(idx_t), c.v(data_t)], out=n.outputs[0])
         return
-    if idx is None:
-        c.fail("Gather with computed indices from a computed tensor is not supported")
     x = c.v(data_t)
     axis = c.axis(axis, x.type.rank)
     dim = x.shape[axis]
-    flat = [int(i) + dim if int(i) < 0 else int(i) for i in idx.reshape(-1)]
-    if idx.ndim > 1 or not flat:
-        c.fail(f"Gather with {idx.ndim}-D indices is not supported")
-    step = flat[1] - flat[0] if len(flat) > 1 else 1
-    if step <= 0 or any(b - a != step for a, b in itertools.pairwise(flat)):
-        c.fail(f"Gather indices {flat} are not an increasing arithmetic progression (a slice)")
-    attrs = {"axis": axis, "start": flat[0], "end": flat[-1] + 1, "step": step}
-    if idx.ndim == 1:
-        c.emit("slice", [x], attrs, out=n.outputs[0])
-    else:
-        s = c.emit("slice", [x], attrs, suffix="slice")
-        c.emit("reshape", [s], {"shape": x.shape[:axis] + x.shape[axis + 1:]}, out=n.outputs[0])
+    if idx is not None and idx.ndim <= 1 and idx.size:
+        flat = [int(i) + dim if int(i) < 0 else int(i) for i in idx.reshape(-1)]
+        step = flat[1] - flat[0] if len(flat) > 1 else 1
+        if step > 0 and all(b - a == step for a, b in itertools.pairwise(flat)):
+            attrs = {"axis": axis, "start": flat[0], "end": flat[-1] + 1, "step": step}
+            if idx.ndim == 1:
+                c.emit("slice", [x], attrs, out=n.outputs[0])
+            else:
+                s = c.emit("slice", [x], attrs, suffix="slice")
+                c.emit("reshape", [s], {"shape": x.shape[:axis] + x.shape[axis + 1:]},
+                       out=n.outputs[0])
+            return
+    c.emit("gather", [x, c.v(idx_t)], {"axis": axis}, out=n.outputs[0])
 
 
+@maps("GatherElements")
+def _gather_elements(c: Ctx, n: gs.Node) -> None:
+    x = c.x()
+    axis = c.axis(int(n.attrs.get("axis", 0)), x.type.rank)
+    c.emit("gather_elements", [x, c.v(n.inputs[1])], {"axis": axis}, out=n.outputs[0])
+
+
+# ---------------------------------------------------------------------------- pad, tile, cumsum
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
+@maps("Pad")
+def _pad(c: Ctx, n: gs.Node) -> None:
+    x = c.x()
+    r = x.type.rank
+    mode = n.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in _PAD_MODES:
+        c.fail(f"mode {mode!r} is not supported ({', '.join(_PAD_MODES)})")
+    pads = c.ints(c.inp(1), "pads")
+    axes = c.ints(c.inp(3), "axes") if c.inp(3) is not None else list(range(r))
+    axes = [c.axis(a, r) for a in axes]
+    if len(pads) != 2 * len(axes):
+        c.fail(f"pads {pads} do not match axes {axes}")
+    full = [0] * (2 * r)
+    for i, a in enumerate(axes):
+        full[a], full[r + a] = pads[i], pads[len(axes) + i]
+    value = 0.0
+    if c.inp(2) is not None:
+        value = float(c.array(c.inp(2), "constant_value").reshape(-1)[0])
+    if not any(full):
+        c.alias(n.outputs[0], x)
+        return
+    c.emit("pad", [x], {"pads": tuple(full), "mode": _PAD_MODES[mode], "value": value},
+           out=n.outputs[0])
+
+
+@maps("Tile")
+def _tile(c: Ctx, n: gs.Node) -> None:
+    x = c.x()
+    reps = c.ints(c.inp(1), "repeats")
+    if all(r == 1 for r in reps):
+        c.alias(n.outputs[0], x)
+        return
+    c.emit("tile", [x], {"repeats": tuple(reps)}, out=n.outputs[0])
+
+
+@maps("CumSum")
+def _cumsum(c: Ctx, n: gs.Node) -> None:
+    if int(n.attrs.get("exclusive", 0)) or int(n.attrs.get("reverse", 0)):
+        c.fail("exclusive or reverse CumSum is not supported")
+    x = c.x()
+    axis = c.axis(c.ints(c.inp(1), "axis")[0], x.type.rank)
+    y = c.emit("cumsum", [x], {"axis": axis}, out=None if x.dtype in ("i8", "u8", "i16", "i32")
+               else n.outputs[0], suffix="cumsum")
+    if y.dtype != x.dtype:  # torch sums small ints in i64; ONNX keeps the type
+        c.emit("cast", [y], {"dtype": x.dtype}, out=n.outputs[0])
