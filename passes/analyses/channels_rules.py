@@ -464,3 +464,80 @@ def _reduce(c) -> None:
         else:
             c.same(x, ax, out, j)
             j += 1
+
+
+# ---------------------------------------------------------------------------- issue 19's ops
+RULES.update({op: RULES["relu"] for op in (
+    "abs", "log", "rsqrt", "leaky_relu", "elu", "selu", "softplus", "softsign", "logical_not")})
+RULES.update({op: RULES["add"] for op in (
+    "maximum", "minimum", "prelu", "eq", "ne", "lt", "le", "gt", "ge", "logical_and",
+    "logical_or", "where")})  # numpy broadcasting of every operand, as add
+
+
+def _freeze_all(c, reason: str) -> None:
+    for v in list(c.node.inputs) + list(c.node.outputs):
+        for ax in range(v.type.rank):
+            c.freeze(v, ax, reason)
+
+
+def _same_except(c, frozen: set[int], reason: str) -> None:
+    """Axis ``ax`` of operand 0 is axis ``ax`` of the result, except the ``frozen`` ones."""
+    x, out = c.x(0), c.out()
+    for ax in range(x.type.rank):
+        if ax in frozen:
+            c.freeze(x, ax, reason)
+            c.freeze(out, ax, reason)
+        else:
+            c.same(x, ax, out, ax)
+
+
+@_rule("max", "min")
+def _reduce_extreme(c) -> None:
+    x, out = c.x(0), c.out()
+    r = x.type.rank
+    axes = {_ax(a, r) for a in c.node.attrs["axes"]}
+    j = 0
+    for ax in range(r):
+        if ax in axes:
+            c.freeze(x, ax, f"{c.node.op} over this axis")
+            if c.node.attrs["keepdim"]:
+                c.free(out, j)
+                j += 1
+        else:
+            c.same(x, ax, out, j)
+            j += 1
+
+
+@_rule("cumsum")
+def _cumsum(c) -> None:
+    _same_except(c, {_ax(c.node.attrs["axis"], c.x(0).type.rank)}, "a prefix sum along it")
+
+
+@_rule("pad")
+def _pad(c) -> None:
+    p, r = c.node.attrs["pads"], c.x(0).type.rank
+    _same_except(c, {d for d in range(r) if p[d] or p[r + d]}, "a padded axis")
+
+
+@_rule("tile")
+def _tile(c) -> None:
+    _same_except(c, {d for d, k in enumerate(c.node.attrs["repeats"]) if k != 1},
+                 "a tiled axis")
+
+
+@_rule("max_pool3d", "avg_pool3d", "upsample")
+def _spatial_window(c) -> None:
+    _same_except(c, set(range(2, c.x(0).type.rank)), "a pooling / resampling window")
+
+
+@_rule("lrn")
+def _lrn(c) -> None:
+    _same_except(c, {1}, "LRN normalizes over neighbouring channels")
+
+
+@_rule("gather", "gather_elements", "conv3d", "scaled_dot_product_attention")
+def _opaque(c) -> None:
+    _freeze_all(c, {"gather": "indexed by a gather", "gather_elements": "indexed by a gather",
+                    "conv3d": "3-D convolutions are not pruned yet",
+                    "scaled_dot_product_attention": "attention heads are pruned whole, by a "
+                    "head-pruning pass"}[c.node.op])
