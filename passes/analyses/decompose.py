@@ -1,0 +1,186 @@
+"""Tensor decompositions of conv kernels: Tucker-2 and CP, through tensorly, in float64.
+
+The one place shrinkc calls tensorly. Its return types changed across versions
+(``partial_tucker`` gives ``(core, factors)`` up to 0.7 and ``((core, factors), errors)``
+from 0.8; ``parafac`` a ``(weights, factors)`` tuple, a ``KruskalTensor`` or a
+``CPTensor``), so both calls go through ``_tucker_parts`` / ``_cp_parts``, which accept
+every form. Installed and tested: tensorly 0.10.
+
+* ``tucker2(w, rank_out, rank_in, max_iter=..., tol=...)`` — ``w [C_out, C_in, kh, kw] ≈
+  core ×₀ U_out ×₁ U_in`` by HOOI from the HOSVD (tensorly's ``partial_tucker`` on modes 0
+  and 1, ``init="svd"``), at most ``max_iter`` sweeps (0: the HOSVD itself);
+* ``cp(w, rank, max_iter=..., time_budget=..., tol=..., seed=...)`` — CP-ALS (tensorly's
+  ``parafac``, SVD init) stopped by whichever comes first: convergence (relative error
+  change below ``tol``), ``max_iter`` sweeps, or ``time_budget`` seconds (checked after
+  every sweep, so a run overshoots the budget by at most one sweep — about 1 s on a
+  256×256×3×3 kernel here);
+* ``cp_exact(w)`` — an exact CP of rank ``kh·kw·min(C_out, C_in)`` built without ALS
+  (one SVD per kernel tap; the CP factors along h and w are one-hot), which is what
+  "full rank" means for ``cp-conv``.
+
+Results carry the relative reconstruction error ``||w - ŵ|| / ||w||`` computed from the
+factors (float64), the sweeps run and the seconds spent.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rank import relative_error
+
+__all__ = ["CP", "Tucker2", "cp", "cp_exact", "cp_to_tensor", "relative_error", "tucker2",
+           "tucker_to_tensor"]
+
+
+# ============================================================================ Tucker-2
+@dataclass
+class Tucker2:
+    """``w ≈ einsum('abhw,oa,ib->oihw', core, out_factor, in_factor)``."""
+
+    core: np.ndarray  # [R_out, R_in, kh, kw]
+    out_factor: np.ndarray  # [C_out, R_out]
+    in_factor: np.ndarray  # [C_in, R_in]
+    error: float
+    iterations: int
+    seconds: float
+
+
+def tucker_to_tensor(core: np.ndarray, out_factor: np.ndarray, in_factor: np.ndarray
+                     ) -> np.ndarray:
+    return np.einsum("abhw,oa,ib->oihw", core, out_factor, in_factor, optimize=True)
+
+
+def _tucker_parts(result) -> tuple[np.ndarray, list[np.ndarray], int | None]:
+    """``(core, factors, sweeps)`` from any version's ``partial_tucker`` result."""
+    first, second = result
+    if isinstance(first, np.ndarray):  # tensorly <= 0.7: (core, factors)
+        return first, list(second), None
+    core, factors = first  # tensorly >= 0.8: ((core, factors), rec_errors)
+    return core, list(factors), len(second)
+
+
+def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
+            tol: float = 1e-6) -> Tucker2:
+    """Tucker-2 of a 4-D kernel on its two channel modes (see the module docstring)."""
+    import tensorly as tl
+    from tensorly.decomposition import partial_tucker
+
+    w = np.asarray(w, dtype=np.float64)
+    t0 = time.perf_counter()
+    with tl.backend_context("numpy"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_eigenvecs larger than min(matrix.shape)"
+        res = partial_tucker(w, rank=[rank_out, rank_in], modes=[0, 1], n_iter_max=max_iter,
+                             init="svd", tol=tol)
+    core, (u_out, u_in), sweeps = _tucker_parts(res)
+    core, u_out, u_in = (np.asarray(a, dtype=np.float64) for a in (core, u_out, u_in))
+    err = relative_error(w, tucker_to_tensor(core, u_out, u_in))
+    return Tucker2(core, u_out, u_in, err, max_iter if sweeps is None else sweeps,
+                   time.perf_counter() - t0)
+
+
+# ============================================================================ CP
+@dataclass
+class CP:
+    """``w ≈ sum_r out[:, r] ⊗ in_[:, r] ⊗ h[:, r] ⊗ w[:, r]`` with the CP weights (λ)
+    already folded into the factors, balanced: each factor's column r has norm
+    ``|λ_r ∏ norms|^(1/4)``. ``stopped`` is ``converged``, ``max_iter``, ``time_budget`` or
+    ``exact`` (``cp_exact``)."""
+
+    out: np.ndarray  # [C_out, R]
+    in_: np.ndarray  # [C_in, R]
+    h: np.ndarray  # [kh, R]
+    w: np.ndarray  # [kw, R]
+    error: float
+    iterations: int
+    seconds: float
+    stopped: str
+
+    @property
+    def rank(self) -> int:
+        return self.out.shape[1]
+
+
+def cp_to_tensor(out: np.ndarray, in_: np.ndarray, h: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return np.einsum("or,ir,hr,wr->oihw", out, in_, h, w, optimize=True)
+
+
+def _cp_parts(result) -> tuple[np.ndarray | None, list[np.ndarray]]:
+    """``(weights, factors)`` from any version's ``parafac`` result (CPTensor,
+    KruskalTensor, or a plain ``(weights, factors)`` tuple)."""
+    if hasattr(result, "weights") and hasattr(result, "factors"):
+        return result.weights, list(result.factors)
+    weights, factors = result
+    return weights, list(factors)
+
+
+def _balance(weights: np.ndarray | None, factors: list[np.ndarray]) -> list[np.ndarray]:
+    """Fold λ into the factors, every factor's column scaled to the same norm."""
+    factors = [np.asarray(f, dtype=np.float64) for f in factors]
+    rank = factors[0].shape[1]
+    lam = np.ones(rank) if weights is None else np.asarray(weights, dtype=np.float64)
+    norms = [np.linalg.norm(f, axis=0) for f in factors]
+    total = np.abs(lam) * np.prod(norms, axis=0)
+    share = total ** (1.0 / len(factors))
+    out = []
+    for i, (f, n) in enumerate(zip(factors, norms)):
+        scale = np.divide(share, n, out=np.zeros_like(n), where=n > 0)
+        if i == 0:
+            scale = scale * np.sign(lam)
+        out.append(f * scale)
+    return out
+
+
+def cp(w: np.ndarray, rank: int, *, max_iter: int = 100, time_budget: float = 10.0,
+       tol: float = 1e-6, seed: int = 0) -> CP:
+    """CP-ALS of a 4-D kernel (see the module docstring). ``tol`` must be positive."""
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
+    if tol <= 0:  # tensorly 0.10 computes no error (and its callback fails) with tol=0
+        raise ValueError("tol must be positive")
+    w = np.asarray(w, dtype=np.float64)
+    t0 = time.perf_counter()
+    sweeps = [-1]  # the callback also runs once after the initialisation
+
+    def callback(_cp, _err) -> bool:
+        sweeps[0] += 1
+        return time.perf_counter() - t0 > time_budget
+
+    with tl.backend_context("numpy"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = parafac(w, rank, n_iter_max=max_iter, init="svd", tol=tol, random_state=seed,
+                      callback=callback)
+    seconds = time.perf_counter() - t0
+    out, in_, h, ww = _balance(*_cp_parts(res))
+    n = max(sweeps[0], 0)
+    stopped = ("time_budget" if seconds > time_budget and n < max_iter
+               else "max_iter" if n >= max_iter else "converged")
+    err = relative_error(w, cp_to_tensor(out, in_, h, ww))
+    return CP(out, in_, h, ww, err, n, seconds, stopped)
+
+
+def cp_exact(w: np.ndarray) -> CP:
+    """An exact CP of rank ``kh·kw·min(C_out, C_in)``: for each tap (i, j) the SVD of
+    ``w[:, :, i, j]`` gives ``min(C_out, C_in)`` terms whose h- and w-factors are the
+    one-hot vectors of i and j."""
+    from .rank import factor_pair
+
+    t0 = time.perf_counter()
+    w = np.asarray(w, dtype=np.float64)
+    c_out, c_in, kh, kw = w.shape
+    r = min(c_out, c_in)
+    outs, ins, hs, ws = [], [], [], []
+    for i in range(kh):
+        for j in range(kw):
+            left, right = factor_pair(w[:, :, i, j], r)
+            outs.append(left)
+            ins.append(right.T)
+            hs.append(np.repeat(np.eye(kh)[:, i:i + 1], r, axis=1))
+            ws.append(np.repeat(np.eye(kw)[:, j:j + 1], r, axis=1))
+    out, in_, h, ww = (np.concatenate(a, axis=1) for a in (outs, ins, hs, ws))
+    err = relative_error(w, cp_to_tensor(out, in_, h, ww))
+    return CP(out, in_, h, ww, err, 0, time.perf_counter() - t0, "exact")

@@ -1,0 +1,178 @@
+"""``cp-conv``: CP decomposition of convolutions into a separable chain (Lebedev et al. 2015;
+lossy).
+
+Matches ``conv2d(x, W[, b])`` with a constant ``W [C_out, C_in/g, kh, kw]``, a kernel
+larger than 1×1 and ``g`` groups (depthwise excluded), and produces, per group, ::
+
+    conv2d 1×1   C_in -> R          (groups=g)
+    conv2d kh×1  depthwise on R     (stride [s_h, 1], padding [p_h, 0], dilation [d_h, 1])
+    conv2d 1×kw  depthwise on R     (stride [1, s_w], padding [0, p_w], dilation [1, d_w])
+    conv2d 1×1   R -> C_out (+ b)   (groups=g)
+
+from ``W ≈ Σ_r out_r ⊗ in_r ⊗ h_r ⊗ w_r`` (CP-ALS in float64 through tensorly's
+``parafac``, ``analyses/decompose.py``), the CP weights λ folded into the four factors
+(balanced: each factor's column carries the fourth root of the term's norm). The IR's
+padding is symmetric per axis, so splitting stride / padding / dilation per axis is exact
+(the 1×1 before them maps zero padding to zero). A kernel with ``kh = 1`` (or ``kw = 1``)
+gets no k×1 (1×k) step: its factor is folded into the first 1×1 and the other step takes
+both axes' stride and padding. ``rank=full`` builds an exact CP of rank
+``kh·kw·min(C_out, C_in)`` per group without ALS (one SVD per kernel tap). New weights are
+``<stem>.cp_in/cp_h/cp_w/cp_out.weight``; every node keeps the layer's loc.
+
+ALS is bounded per layer by ``max_iter`` sweeps and ``time_budget`` seconds (checked after
+each sweep: a layer overshoots by at most one sweep, ~1 s on a 256×256×3×3 kernel here).
+The defaults, 50 sweeps and 5 s per layer, bound a ResNet-18's 17 k×k convolutions to
+about 100 s of ALS. A layer whose fit does not reach the requested error — ``max_error``,
+or ``sqrt(1 - energy)`` with ``energy=`` — is skipped (``skipped_not_converged``, the error
+reached and why ALS stopped in the report).
+
+Options (the rank options are shared with ``tucker-conv`` and ``svd-linear``, see
+``passes/lowrank.py``; give at most one of the first five):
+
+* ``rank`` — the CP rank ``R``; ``full`` = the exact construction above;
+* ``ratio`` — each layer keeps at most this fraction of its parameters (rounded down);
+* ``energy`` — ``R`` = the larger of the two channel unfoldings' ranks keeping this energy
+  (a lower bound: a rank-R CP has unfoldings of rank <= R; rounded up), and the fit must
+  reach relative error ``sqrt(1 - energy)``;
+* ``vbmf`` — ``R`` = the larger of the two unfoldings' EVBMF ranks (rounded up); the
+  default when no rank option is given;
+* ``target_macs`` — MACs of the whole graph after the pass (an int, or a float in (0, 1]),
+  ranks chosen greedily by a proxy error (the unfoldings' discarded energy at rank R, a
+  lower bound of the CP error) per MAC saved;
+* ``round_to`` — ranks rounded to a multiple of this (default 8);
+* ``break_even`` — skip a layer whose chain would not have fewer MACs (default true);
+* ``min_params`` — layers with fewer weight parameters are left alone (default 1024);
+* ``include`` / ``exclude`` — glob patterns on the node's loc (or name);
+* ``max_iter`` — ALS sweeps per layer (default 50);
+* ``time_budget`` — seconds of ALS per layer (default 5.0);
+* ``tol`` — ALS stops when the relative error changes by less than this (default 1e-5);
+* ``max_error`` — the largest relative reconstruction error accepted (default none).
+
+Not decomposed (each counted): ``skipped_pointwise`` (no report row), ``skipped_depthwise``,
+``skipped_not_converged``, and the common ``skipped_nonconstant``,
+``skipped_shared_weight``, ``skipped_dtype``, ``skipped_encoded``, ``skipped_tiny``,
+``skipped_excluded``, ``skipped_break_even``, ``skipped_budget``.
+
+Stats: ``decomposed``, the reasons, ``macs_before/after`` and ``params_before/after`` of
+the decomposed layers, ``max_error``, ``seconds``. The per-layer report is
+``ctx.artifacts["cp-conv"]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.graph import Graph, Node
+from .analyses import rank as R
+from .analyses.decompose import CP, cp, cp_exact
+from .lowrank import ChainStep, Fit, Layer, LowRankPass, Skip, conv_layer, group_slices
+from .base import PassContext, option
+from .registry import register_pass
+
+
+@register_pass("cp-conv")
+@dataclass
+class CpConv(LowRankPass):
+    """CP: conv2d -> 1x1 (C_in->R), depthwise kx1, depthwise 1xk, 1x1 (R->C_out)."""
+
+    exact = False
+    ops = frozenset({"conv2d"})
+    reasons = ("skipped_pointwise", "skipped_depthwise", "skipped_not_converged")
+    quiet = frozenset({"skipped_pointwise"})
+
+    max_iter: int = option(50, ge=1, help="ALS sweeps per layer")
+    time_budget: float = option(5.0, gt=0, help="seconds of ALS per layer (checked after "
+                                                "each sweep)")
+    tol: float = option(1e-5, gt=0, help="ALS stops when the relative error changes by "
+                                         "less than this")
+    max_error: float | None = option(None, gt=0, help="the largest relative reconstruction "
+                                                      "error accepted (else skipped)")
+
+    def inspect(self, graph: Graph, node: Node) -> Layer | str:
+        layer = conv_layer(graph, node, allow_pointwise=False)
+        if isinstance(layer, str):
+            return layer
+        blocks = group_slices(layer)
+        o, i, kh, kw = blocks[0].shape
+        layer.full = (kh * kw * min(o, i),)
+        layer.modes = [[R.unfold(b, 1), R.unfold(b, 0)] for b in blocks]
+        x, out = node.inputs[0], node.outputs[0]
+        layer.info["mid_pixels"] = x.shape[0] * out.shape[2] * x.shape[3]
+        return layer
+
+    def mode_ranks_to_rank(self, layer: Layer, ranks: tuple[int, ...]) -> tuple[int, ...]:
+        return (max(ranks),)
+
+    def estimate(self, layer: Layer, rank: tuple[int, ...]) -> float:
+        return max(layer.mode_errors((rank[0], rank[0])))
+
+    def cost(self, layer: Layer, rank: tuple[int, ...]) -> tuple[int, int]:
+        (r,), g, info = rank, layer.groups, layer.info
+        kh, kw = info["k"]
+        c_in, c_out = info["c_in"], info["c_out"]
+        macs = info["in_pixels"] * g * r * (c_in // g) + info["out_pixels"] * c_out * r
+        params = g * r * (c_in // g) + c_out * r
+        if kh > 1:  # the k×1 step keeps the input's width unless it is the only one
+            macs += (info["mid_pixels"] if kw > 1 else info["out_pixels"]) * g * r * kh
+            params += g * r * kh
+        if kw > 1:
+            macs += info["out_pixels"] * g * r * kw
+            params += g * r * kw
+        return macs, params + (layer.bias.type.numel if layer.bias is not None else 0)
+
+    def _requested_error(self) -> float | None:
+        limits = [e for e in (self.max_error,
+                              (1 - self.energy) ** 0.5 if self.energy is not None else None)
+                  if e is not None]
+        return min(limits) if limits else None
+
+    def fit(self, layer: Layer, rank: tuple[int, ...], ctx: PassContext) -> Fit | Skip:
+        blocks = group_slices(layer)
+        budget = self.time_budget / len(blocks)
+        fits: list[CP] = []
+        for block in blocks:
+            if self.rank == "full":
+                fits.append(cp_exact(block))
+            else:
+                fits.append(cp(block, rank[0], max_iter=self.max_iter, time_budget=budget,
+                               tol=self.tol, seed=int(ctx.rng.integers(2 ** 31))))
+        norms = [float(np.sum(b ** 2)) for b in blocks]
+        err = (sum(f.error ** 2 * n for f, n in zip(fits, norms)) / (sum(norms) or 1.0)) ** 0.5
+        stopped = sorted({f.stopped for f in fits})
+        sweeps = max(f.iterations for f in fits)
+        note = f"ALS {sweeps} sweeps, {'/'.join(stopped)}"
+        want = self._requested_error()
+        if want is not None and err > want:
+            ctx.logger.info("%s: %s: error %.3g > %.3g after %s", self.name,
+                            layer.node.describe(), err, want, note)
+            return Skip("skipped_not_converged", err, f"{note}; wanted <= {want:.3g}")
+        return Fit((fits[0].rank,), self._steps(layer, fits), err, sweeps, note)
+
+    def _steps(self, layer: Layer, fits: list[CP]) -> list[ChainStep]:
+        a, g = layer.node.attrs, layer.groups
+        kh, kw = layer.info["k"]
+        (sh, sw), (ph, pw), (dh, dw) = a["stride"], a["padding"], a["dilation"]
+        r = fits[0].rank
+        ins = np.concatenate([f.in_.T for f in fits])  # [g*R, C_in/g]
+        hs = np.concatenate([f.h.T for f in fits])  # [g*R, kh]
+        ws = np.concatenate([f.w.T for f in fits])  # [g*R, kw]
+        outs = np.concatenate([f.out for f in fits])  # [C_out, R]
+        if kh == 1:  # a 1-tap axis: its factor is a per-channel scale, folded into cp_in
+            ins = ins * hs[:, :1]
+        if kw == 1:
+            ins = ins * ws[:, :1]
+        steps = [ChainStep("cp_in", "conv2d", [ins[:, :, None, None]], {"groups": g})]
+        if kh > 1:
+            steps.append(ChainStep("cp_h", "conv2d", [hs[:, None, :, None]], {
+                "stride": (sh, 1 if kw > 1 else sw), "padding": (ph, 0 if kw > 1 else pw),
+                "dilation": (dh, 1), "groups": g * r}))
+        if kw > 1:
+            steps.append(ChainStep("cp_w", "conv2d", [ws[:, None, None, :]], {
+                "stride": (1 if kh > 1 else sh, sw), "padding": (0 if kh > 1 else ph, pw),
+                "dilation": (1, dw), "groups": g * r}))
+        bias = [layer.bias] if layer.bias is not None else []
+        steps.append(ChainStep("cp_out", "conv2d", [outs[:, :, None, None], *bias],
+                               {"groups": g}))
+        return steps

@@ -1,0 +1,96 @@
+"""Tucker-2 and CP through tensorly (passes/analyses/decompose.py)."""
+
+import numpy as np
+import pytest
+from shrinkc.passes.analyses import decompose as D
+
+
+def _kernel(shape=(12, 8, 3, 3), seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def test_tucker2_at_full_rank_is_exact():
+    w = _kernel()
+    t = D.tucker2(w, 12, 8)
+    assert t.core.shape == (12, 8, 3, 3) and t.out_factor.shape == (12, 12)
+    assert t.in_factor.shape == (8, 8)
+    assert t.error < 1e-12
+    np.testing.assert_allclose(D.tucker_to_tensor(t.core, t.out_factor, t.in_factor), w,
+                               atol=1e-12)
+
+
+def test_tucker2_recovers_a_kernel_of_that_multilinear_rank():
+    rng = np.random.default_rng(1)
+    core = rng.standard_normal((4, 3, 3, 3))
+    w = D.tucker_to_tensor(core, rng.standard_normal((12, 4)), rng.standard_normal((8, 3)))
+    t = D.tucker2(w, 4, 3)
+    assert t.error < 1e-10
+    # the factors are orthonormal (HOOI)
+    np.testing.assert_allclose(t.out_factor.T @ t.out_factor, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(t.in_factor.T @ t.in_factor, np.eye(3), atol=1e-12)
+
+
+def test_tucker2_error_is_the_reconstruction_error_and_hooi_improves_on_hosvd():
+    w = _kernel(seed=2)
+    hosvd, hooi = D.tucker2(w, 4, 4, max_iter=0), D.tucker2(w, 4, 4, max_iter=20)
+    for t in (hosvd, hooi):
+        approx = D.tucker_to_tensor(t.core, t.out_factor, t.in_factor)
+        assert t.error == pytest.approx(np.linalg.norm(w - approx) / np.linalg.norm(w))
+    assert hooi.error <= hosvd.error + 1e-12
+    assert hosvd.iterations == 0
+
+
+def test_tucker_parts_reads_old_and_new_return_types():
+    core, factors = np.zeros((2, 2)), [np.eye(2), np.eye(2)]
+    assert D._tucker_parts((core, factors))[2] is None  # tensorly <= 0.7
+    c, f, sweeps = D._tucker_parts(((core, factors), [0.1, 0.05]))  # >= 0.8
+    assert c is core and len(f) == 2 and sweeps == 2
+
+
+def test_cp_parts_reads_every_return_type():
+    from tensorly.cp_tensor import CPTensor
+
+    weights, factors = np.ones(2), [np.ones((3, 2)), np.ones((4, 2))]
+    for res in (CPTensor((weights, factors)), (weights, factors)):
+        w, f = D._cp_parts(res)
+        assert w is weights and len(f) == 2
+
+
+def test_cp_exact_is_exact_with_one_hot_spatial_factors():
+    w = _kernel((6, 5, 3, 2))
+    c = D.cp_exact(w)
+    assert c.rank == 3 * 2 * 5 and c.stopped == "exact" and c.error < 1e-12
+    np.testing.assert_allclose(D.cp_to_tensor(c.out, c.in_, c.h, c.w), w, atol=1e-12)
+    assert set(np.unique(c.h)) == {0.0, 1.0} and set(np.unique(c.w)) == {0.0, 1.0}
+
+
+def test_cp_recovers_a_low_rank_kernel_and_balances_lambda():
+    rng = np.random.default_rng(3)
+    fs = [rng.standard_normal((n, 4)) for n in (10, 8, 3, 3)]
+    w = np.einsum("or,ir,hr,wr->oihw", *fs)
+    c = D.cp(w, 4, max_iter=500, tol=1e-12, time_budget=60)
+    assert c.error < 1e-6
+    assert c.error == pytest.approx(np.linalg.norm(w - D.cp_to_tensor(c.out, c.in_, c.h, c.w))
+                                    / np.linalg.norm(w))
+    norms = np.stack([np.linalg.norm(f, axis=0) for f in (c.out, c.in_, c.h, c.w)])
+    np.testing.assert_allclose(norms, np.broadcast_to(norms[0], norms.shape), rtol=1e-10)
+
+
+def test_cp_stops_at_the_iteration_cap_and_at_the_time_budget():
+    w = _kernel((16, 16, 3, 3), seed=4)
+    capped = D.cp(w, 8, max_iter=3, tol=1e-12, time_budget=60)
+    assert capped.iterations == 3 and capped.stopped == "max_iter"
+    timed = D.cp(w, 8, max_iter=10_000, tol=1e-15, time_budget=1e-9)
+    assert timed.stopped == "time_budget" and timed.iterations == 1
+    assert np.isfinite(timed.error)
+
+
+def test_cp_is_deterministic_for_a_seed():
+    w = _kernel((8, 8, 3, 3), seed=5)
+    a, b = D.cp(w, 30, max_iter=5, seed=7), D.cp(w, 30, max_iter=5, seed=7)
+    np.testing.assert_array_equal(a.out, b.out)
+
+
+def test_cp_refuses_tol_zero():
+    with pytest.raises(ValueError, match="tol"):
+        D.cp(_kernel(), 4, tol=0)
