@@ -209,6 +209,10 @@ class Sparse(Encoding):
         text = super().__str__()
         return text + (f" then {self.codebook}" if self.codebook is not None else "")
 
+    def __repr__(self) -> str:
+        return (f"Sparse(index_bits={self.index_bits}, nnz={self.nnz} of {self.mask.size}"
+                + (f", codebook={self.codebook!r})" if self.codebook is not None else ")"))
+
     def __eq__(self, other: object) -> bool:
         return (type(other) is Sparse and self.index_bits == other.index_bits
                 and self.codebook == other.codebook and self.mask.shape == other.mask.shape

@@ -130,6 +130,9 @@ def type_text(tp: Any) -> str:
     if typing.get_origin(tp) in (tuple, list):
         inner = typing.get_args(tp)
         return f"tuple[{type_text(inner[0]) if inner else 'Any'}, ...]"
+    if typing.get_origin(tp) is dict:
+        k, v = typing.get_args(tp)
+        return f"dict[{type_text(k)}, {type_text(v)}]"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -177,6 +180,11 @@ def _coerce(value: Any, tp: Any) -> Any:
         if not isinstance(value, (tuple, list)):
             raise TypeError
         return tuple(_coerce(v, inner[0]) if inner else v for v in value)
+    if typing.get_origin(tp) is dict:  # per-layer settings: {"fc1": 0.9, "conv*": 0.6}
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise TypeError
+        return {_coerce(k, kt): _coerce(v, vt) for k, v in value.items()}
     raise TypeError(f"unsupported option type {tp!r}")
 
 
@@ -218,6 +226,9 @@ def format_value(value: Any) -> str:
             else repr(value)
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{format_value(k)}: {format_value(v)}"
+                               for k, v in value.items()) + "}"
     return repr(value)
 
 
