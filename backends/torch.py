@@ -10,12 +10,12 @@ what the interpreter computes. What a constant becomes is decided by its role
 
 Encoded weights stay encoded while they train (a small module computes the weight):
 
-* ``sparse``: :class:`MaskedWeight`, ``weight = dense * mask`` with the mask a buffer, so
-  the pruned positions get zero gradient and stay zero;
+* ``sparse``: :class:`MaskedWeight`, ``weight = where(mask, dense, 0)`` with the mask a
+  buffer, so the pruned positions get zero gradient and stay zero;
 * ``codebook``: :class:`SharedWeight`, ``weight = centroids[indices]`` with the centroids
   a parameter and the indices a buffer — autograd sums the gradients of each cluster into
   its centroid (Deep Compression's trained quantization); stacked on ``sparse``,
-  ``weight = centroids[indices] * mask``.
+  ``weight = where(mask, centroids[indices], 0)``.
 
 ``write_back`` puts a module's current values back into a graph through the same check as
 every other data change (``Graph.replace_constants``: type and encoding, all or nothing),
@@ -58,19 +58,21 @@ def _attr_name(name: str, taken: set[str]) -> str:
 
 
 class MaskedWeight(torch.nn.Module):
-    """A pruned weight: ``dense * mask`` (``mask`` a buffer; pruned positions stay zero)."""
+    """A pruned weight: ``where(mask, dense, 0)`` (``mask`` a buffer; pruned positions stay
+    zero)."""
 
     def __init__(self, dense: torch.Tensor, mask: torch.Tensor, trainable: bool):
         super().__init__()
         self.dense = torch.nn.Parameter(dense, requires_grad=trainable)
         self.register_buffer("mask", mask)
 
-    def forward(self) -> torch.Tensor:
-        return self.dense * self.mask.to(self.dense.dtype)
+    def forward(self) -> torch.Tensor:  # where, not *: pruned positions are +0.0, never -0.0
+        return torch.where(self.mask, self.dense, torch.zeros((), dtype=self.dense.dtype))
 
 
 class SharedWeight(torch.nn.Module):
-    """A weight-shared weight: ``centroids[indices]`` (times ``mask`` when it is also pruned).
+    """A weight-shared weight: ``centroids[indices]`` (zero outside ``mask`` when it is also
+    pruned).
     The centroids train; each one's gradient is the sum over the positions that use it."""
 
     def __init__(self, centroids: torch.Tensor, indices: torch.Tensor,
@@ -83,7 +85,9 @@ class SharedWeight(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         w = self.centroids[self.indices]
-        return w if self.mask is None else w * self.mask.to(w.dtype)
+        if self.mask is None:
+            return w
+        return torch.where(self.mask, w, torch.zeros((), dtype=w.dtype))
 
 
 class ShrinkcModule(torch.fx.GraphModule):

@@ -6,9 +6,9 @@ states an invariant on the data that the verifier and every data change
 (``Graph.replace_constants``, ``passes.rewrite.replace_data``) check, so a change that breaks it — fine-tuning that revives pruned weights, an update
 that leaves the codebook — is caught and named.
 
-* ``Sparse(mask, index_bits)``: only the positions where ``mask`` is true may be non-zero
-  (the mask is kept, so a kept weight may be exactly zero and a revived one is still
-  caught). Stored as the paper's CSR with relative indices: the non-zeros in row-major
+* ``Sparse(mask, index_bits)``: only the positions where ``mask`` is true may be non-zero;
+  the others hold +0.0 (the mask is kept, so a kept weight may be exactly zero and a
+  revived one is still caught). Stored as the paper's CSR with relative indices: the non-zeros in row-major
   order, each with its distance from the previous one in ``index_bits`` bits; a distance
   larger than ``2**index_bits`` inserts a filler entry (Han et al., Deep Compression).
 * ``Codebook(bits)``: at most ``2**bits`` distinct values (k-means clusters); stored as a
@@ -21,9 +21,9 @@ Text form (``ir/text.py``)::
 
     %w: f32[300,784] = const #digest as sparse(index_bits=5, nnz=21168) then codebook(bits=5)
 
-``nnz`` is the mask's count; the mask is ``data != 0`` unless the text names it
-(``mask=#digest``, its bits saved beside the weights), which it does only when a kept
-value is exactly zero. The compressed file format is ``ir/compress.py``.
+``nnz`` is the mask's count; the mask is the data's non-zeros (``nonzero``: -0.0 counts as
+a value) unless the text names it (``mask=#digest``, its bits saved beside the weights),
+which it does only when a kept value is +0.0. The compressed file format is ``ir/compress.py``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def _bits_view(a: np.ndarray) -> np.ndarray:
     """The elements' bit patterns (so -0.0 and 0.0, or two NaNs, stay distinct)."""
     a = np.ascontiguousarray(a)
     return a.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.itemsize in (1, 2, 4, 8) else a
+
+
+def nonzero(data: np.ndarray) -> np.ndarray:
+    """Where ``data`` is not +0: by bit pattern, so -0.0 counts as a value (a pruned position
+    holds +0.0, which is what the stored form gives back)."""
+    return _bits_view(np.asarray(data)) != 0
 
 
 def split_codebook(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,24 +171,25 @@ class Sparse(Encoding):
     def of(cls, data: np.ndarray, index_bits: int = 8, codebook: Codebook | None = None
            ) -> Sparse:
         """The encoding whose mask is ``data``'s non-zeros."""
-        return cls(np.asarray(data) != 0, index_bits, codebook)
+        return cls(nonzero(data), index_bits, codebook)
 
     @property
     def nnz(self) -> int:
         return int(np.count_nonzero(self.mask))
 
     def mask_is_implied(self, data: np.ndarray) -> bool:
-        """Whether the mask is exactly ``data != 0`` (then the text need not name it)."""
-        return bool(np.array_equal(self.mask, np.asarray(data) != 0))
+        """Whether the mask is exactly ``nonzero(data)`` (then the text need not name it)."""
+        return bool(np.array_equal(self.mask, nonzero(data)))
 
     def check(self, data: np.ndarray) -> str | None:
         data = np.asarray(data)
         if data.shape != self.mask.shape:
             return f"has shape {list(data.shape)} but its mask {list(self.mask.shape)}"
-        revived = np.flatnonzero((data != 0) & ~self.mask)
+        revived = np.flatnonzero(nonzero(data) & ~self.mask)
         if len(revived):
             return (f"has {len(revived)} non-zero value(s) at pruned positions (first at "
-                    f"flat index {int(revived[0])})")
+                    f"flat index {int(revived[0])}: {str(data.reshape(-1)[revived[0]])}; a pruned "
+                    f"position holds +0.0)")
         if self.codebook is not None:
             reason = self.codebook.check(data[self.mask])
             if reason:
@@ -254,7 +261,7 @@ def make_encoding(name: str, params: dict[str, Any], data: np.ndarray | None = N
         if implied:
             if data is None:
                 raise IRError("sparse: needs the constant's data or a mask")
-            params["mask"] = np.asarray(data) != 0
+            params["mask"] = nonzero(data)
         if inner is not None:
             params["codebook"] = inner
         try:

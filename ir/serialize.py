@@ -1,5 +1,6 @@
 """Saving and loading graphs: the text form in ``NAME.shrk`` and the constants in
-``NAME.safetensors`` beside it (never pickle). Writes are atomic: a failed save leaves no
+``NAME.safetensors`` beside it (never pickle), or everything in one compressed
+``NAME.shrkz`` (``ir/compress.py``). Writes are atomic: a failed save leaves no
 half-written file. An encoding's array that the data does not imply (a sparse mask with a
 kept zero) is saved under ``NAME@mask`` (``encoding.array_key``) and digest-checked like
 the constants.
@@ -35,7 +36,8 @@ def weights_path(path: str | os.PathLike) -> Path:
     return p.with_suffix(".safetensors")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -48,13 +50,22 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save(graph: Graph, path: str | os.PathLike) -> Path:
-    """Write ``path`` (text IR) and its ``.safetensors`` weights. Returns the text path."""
+def save(graph: Graph, path: str | os.PathLike, compress: bool | None = None) -> Path:
+    """Write ``path`` (text IR) and its ``.safetensors`` weights, or with ``compress`` (the
+    default for a ``.shrkz`` path) one compressed file (``ir/compress.py``: CSR, Huffman,
+    checksums). Returns the path written."""
     from safetensors.numpy import save_file
 
+    from .compress import SUFFIX, save_compressed
+
     path = Path(path)
+    if compress is None:
+        compress = path.suffix == SUFFIX
+    if compress:
+        return save_compressed(graph, path)
     if path.suffix != ".shrk":
-        raise IRError(f"{path}: a saved graph's file name ends in .shrk")
+        raise IRError(f"{path}: a saved graph's file name ends in .shrk ({SUFFIX} when "
+                      f"compressed)")
     tensors, meta = {}, {"format": "shrinkc", "graph": graph.name}
     for name, v in graph.constants.items():
         arr = np.ascontiguousarray(v.data)
@@ -67,18 +78,24 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
             raise IRError(f"cannot save: constant %{name} has the name of an encoding array")
         tensors[name] = arr
     text = print_graph(graph)
-    _atomic_write(weights_path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(weights_path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
 def load(path: str | os.PathLike) -> Graph:
-    """Read a graph saved by ``save`` (checks every constant against its digest)."""
+    """Read a graph saved by ``save`` (checks every constant against its digest), from a
+    ``.shrk`` + ``.safetensors`` pair or a compressed ``.shrkz``."""
     from safetensors import safe_open
+
+    from .compress import MAGIC, load_compressed
 
     path = Path(path)
     if not path.is_file():
         raise IRError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        if f.read(5) == MAGIC[:5]:
+            return load_compressed(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:

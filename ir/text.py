@@ -244,9 +244,29 @@ class _Digest(str):
     """A ``#digest`` in an encoding's parameters: an array saved beside the weights."""
 
 
+def _fit_random(data: np.ndarray, specs: list[tuple[str, dict]]) -> np.ndarray:
+    """Random test data made to satisfy the encodings: a sparse one keeps its ``nnz``
+    largest magnitudes, a codebook snaps the (kept) values to ``2**bits`` levels."""
+    flat = data.reshape(-1).copy()
+    keep = np.ones(flat.size, bool)
+    for name, params in specs:
+        if name == "sparse" and "nnz" in params and "mask" not in params:
+            order = np.argsort(-np.abs(flat.astype(np.float64)), kind="stable")
+            keep = np.zeros(flat.size, bool)
+            keep[order[:int(params["nnz"])]] = True
+            flat[~keep] = 0
+        elif name == "codebook" and keep.any():
+            vals = flat[keep].astype(np.float64)
+            levels = np.linspace(vals.min(), vals.max(), 2 ** int(params.get("bits", 8)))
+            flat[keep] = levels[np.abs(vals[:, None] - levels).argmin(1)].astype(flat.dtype)
+    return flat.reshape(data.shape)
+
+
 def _parse_encoding(ln: _Line, cname: str, data: np.ndarray,
-                    weights: Mapping[str, np.ndarray] | None, missing: str):
-    """``as ENC(…) [then ENC(…)]`` after a constant."""
+                    weights: Mapping[str, np.ndarray] | None, missing: str,
+                    random_data: bool = False) -> tuple[object, np.ndarray]:
+    """``as ENC(…) [then ENC(…)]`` after a constant: (the encoding, the data — random test
+    data is fitted to the encoding)."""
     from .encoding import array_key, make_encoding
 
     ln.take("as")
@@ -273,16 +293,18 @@ def _parse_encoding(ln: _Line, cname: str, data: np.ndarray,
         if not ln.peek("then"):
             break
         ln.take("then")
+    if random_data:
+        data = _fit_random(data, specs)
     try:
         enc = None
         for name, params in reversed(specs):
             enc = make_encoding(name, params, data, inner=enc)
-        reason = enc.check(data) if missing != "random" else None  # random data: verify says
+        reason = enc.check(data)
     except IRError as e:
         ln.fail(str(e))
     if reason:
         ln.fail(f"constant %{cname} stored as {enc} {reason}")
-    return enc
+    return enc, data
 
 
 def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
@@ -354,10 +376,12 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
             if len(results) != 1:
                 ln.fail("a constant defines one value")
             n, t = results[0]
+            random_data = (missing_weights == "random" and ln.peek(kind="digest")
+                           and (weights is None or n not in weights))
             env[n] = g.add_constant(_parse_constant(ln, n, t, weights, missing_weights, rng), n)
             if ln.peek("as"):
-                env[n].encoding = _parse_encoding(ln, n, env[n].data, weights,
-                                                  missing_weights)
+                env[n].encoding, env[n].data = _parse_encoding(
+                    ln, n, env[n].data, weights, missing_weights, random_data)
         else:
             op = ln.take(kind="ident")
             if op not in ops.OPS:

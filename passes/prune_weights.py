@@ -9,8 +9,9 @@ deterministic, and exactly ``round(sparsity * size)`` elements are pruned.
 
 Options:
 
-* ``sparsity`` — the fraction of each weight (``scope=layer``) or of all matched weights
-  together (``scope=global``: one magnitude threshold for all) to prune; ``0`` is exact.
+* ``sparsity`` — the fraction to prune; ``0`` is exact.
+* ``scope`` — ``layer``: ``sparsity`` of each weight; ``global``: of all matched weights
+  together, with one magnitude threshold for all.
 * ``per_layer`` — ``{"fc1": 0.92, "conv*": 0.6}``: a sparsity per layer, by ``fnmatch``
   pattern on the layer's loc, its node name or its weight's name (the first pattern that
   matches wins; a pattern that matches nothing is an error listing the layers). Such

@@ -15,8 +15,9 @@ spaced between the smallest and largest value (the paper found it best: it keeps
 rare large weights); ``density`` — equally spaced quantiles of the values; ``random`` —
 distinct values drawn with the context's seeded generator. Everything is deterministic
 under the context seed. An empty cluster takes over the upper half of the cluster with the
-largest squared error, so pruning's empty gap around zero wastes no centroid. A weight with at most ``2**bits`` distinct values is left as it
-is (exact), and just gets the encoding.
+largest squared error, so pruning's empty gap around zero wastes no centroid. A weight with
+at most ``2**bits`` distinct values is left as it is, bit for bit, and just gets the
+encoding.
 
 Options:
 

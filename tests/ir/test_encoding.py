@@ -57,7 +57,8 @@ def test_sparse_keeps_its_mask_and_catches_a_revived_weight():
     w.data.flat[pruned] = 0.01  # revived, while another went to zero: same count
     with pytest.raises(VerificationError, match=f"%w stored as sparse\\(index_bits=8, "
                        f"nnz={nnz}\\) has 1 non-zero value\\(s\\) at pruned positions "
-                       f"\\(first at flat index {pruned}\\)"):
+                       f"\\(first at flat index {pruned}: 0.01; a pruned position holds "
+                       f"\\+0.0\\)"):
         verify(g)
     with pytest.raises(ValueError, match="read-only"):
         w.encoding.mask[0, 0] = True  # masks are shared by clones: read-only
