@@ -1,5 +1,7 @@
 """``shrinkc inspect MODEL``: the per-layer table (name, op, output shape, params, MACs) and
-totals, or the text IR with ``--ir``."""
+totals, or the text IR with ``--ir``. A model with pruned or shared (encoded) weights also
+gets its storage in bytes per stage: dense, pruned (CSR), shared, Huffman (``--storage``
+prints it for any model)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("inspect", help="per-layer table of a model: shapes, params, MACs",
                        description=__doc__)
     p.add_argument("model", metavar="MODEL",
-                   help="zoo:NAME, package.module:factory, FILE.shrk or FILE.onnx")
+                   help="zoo:NAME, package.module:factory, FILE.shrk(z) or FILE.onnx")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
     p.add_argument("--ir", action="store_true", help="print the text IR instead of the table")
     p.add_argument("--all", action="store_true",
                    help="list every node (default: only nodes with params or MACs)")
+    p.add_argument("--storage", action="store_true",
+                   help="bytes per storage stage (dense, pruned CSR, shared, Huffman)")
     p.set_defaults(func=run)
 
 
@@ -40,4 +44,9 @@ def inspect_table(graph, all_nodes: bool = False) -> str:
 def run(args) -> int:
     g = load_model(args.model, parse_shape(args.input_shape))
     print(str(g) if args.ir else inspect_table(g, args.all))
+    if not args.ir and (args.storage or any(v.encoding is not None
+                                            for v in g.constants.values())):
+        from ..ir.compress import storage_report
+
+        print("\nstorage (bytes per stage):\n" + storage_report(g).text())
     return 0

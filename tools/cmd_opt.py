@@ -2,7 +2,9 @@
 
 PIPELINE is comma-separated passes with Python-literal options, e.g.
 ``fold-bn,fold-constants(max_growth=2.0),dce`` (``--print-passes`` lists them). OUT is a
-``.shrk`` file (text IR + ``.safetensors`` weights) or ``.onnx``; without ``-o`` nothing is
+``.shrk`` file (text IR + ``.safetensors`` weights), a compressed ``.shrkz`` (CSR +
+Huffman-coded pruned / shared weights; ``--stats`` then prints the bytes per stage) or
+``.onnx``; without ``-o`` nothing is
 written. The pipeline is checked before the model is loaded: a bad one is one error line,
 exit status 2, and no file. A failing pass leaves a reproducer (the IR before it and the
 one command that reruns it) in ``--reproducer-dir`` (default: a new temporary directory).
@@ -34,7 +36,7 @@ def add_parser(sub) -> None:
                    help="zoo:NAME, package.module:factory, FILE.shrk or FILE.onnx")
     p.add_argument("-p", "--passes", default="", metavar="PIPELINE",
                    help="the pass pipeline, e.g. 'fold-bn,dce' (default: none)")
-    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.shrk or .onnx)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the result (.shrk, .shrkz or .onnx)")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for passes' randomness and random example inputs (default 0)")
@@ -106,8 +108,8 @@ def _check_output(path: str | None) -> None:
             raise IRError(f"-o {path}: ONNX output needs shrinkc.backends.onnx ({e})") from None
         if not hasattr(onnx_backend, "to_onnx"):
             raise IRError(f"-o {path}: shrinkc.backends.onnx has no to_onnx yet; use .shrk")
-    elif not path.endswith(".shrk"):
-        raise IRError(f"-o {path}: the output is a .shrk or .onnx file")
+    elif not path.endswith((".shrk", ".shrkz")):
+        raise IRError(f"-o {path}: the output is a .shrk, .shrkz or .onnx file")
 
 
 def run(args) -> int:
@@ -169,6 +171,10 @@ def run(args) -> int:
             to_onnx(graph, args.output)
         else:
             save(graph, Path(args.output))
+    if args.stats and any(v.encoding is not None for v in graph.constants.values()):
+        from ..ir.compress import storage_report
+
+        print(storage_report(graph).text())
     print(f"shrinkc opt: {pm.pipeline or '(no passes)'}: nodes {first.nodes} -> {last.nodes}, "
           f"params {first.params:,} -> {last.params:,}; "
           + (f"wrote {args.output}" if args.output else "nothing written (no -o)"),

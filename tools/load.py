@@ -4,7 +4,7 @@ MODEL is one of:
   * ``package.module:factory`` — a Python callable returning a ``torch.nn.Module``
     (``--input-shape`` gives the example input; default from the zoo for zoo models),
   * ``zoo:NAME`` — a reference model from ``shrinkc.tools.zoo`` (e.g. ``zoo:resnet18``),
-  * ``FILE.shrk`` — a graph saved by ``shrinkc.save``,
+  * ``FILE.shrk`` — a graph saved by ``shrinkc.save`` (``FILE.shrkz``: compressed),
   * ``FILE.onnx`` — an ONNX model.
 """
 
@@ -59,7 +59,7 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
     from ..ir.serialize import load
 
     path = Path(spec)
-    if spec.endswith(".shrk"):
+    if spec.endswith((".shrk", ".shrkz")):
         return load(path)
     if spec.endswith(".onnx"):
         from ..ir.frontends.onnx import load_onnx

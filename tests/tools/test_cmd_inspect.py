@@ -28,3 +28,15 @@ def test_bad_model_spec_is_one_line_error(capsys, tmp_path):
     assert "--input-shape" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing.shrk")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_inspect_reports_storage_of_a_compressed_graph(capsys, tmp_path, reference_graphs):
+    from shrinkc import optimize, save
+
+    g = optimize(reference_graphs("lenet5")[2], "prune-weights(sparsity=0.8),share-weights")
+    p = save(g, tmp_path / "l.shrkz")
+    assert main(["inspect", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "storage (bytes per stage):" in out and ".shrkz file (with IR text)" in out
+    assert main(["inspect", "zoo:lenet5", "--storage"]) == 0
+    assert "1.0x" in capsys.readouterr().out  # dense: every stage is the dense size

@@ -44,7 +44,7 @@ def test_unknown_pass_error_lists_every_pass(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--print-after=fold-bm"], "unknown pass 'fold-bm'"),
     (["--stop-after=dce"], "stop-after: no pass 'dce' in the pipeline (its passes: fold-bn)"),
-    (["-o", "OUT.txt"], "the output is a .shrk or .onnx file"),
+    (["-o", "OUT.txt"], "the output is a .shrk, .shrkz or .onnx file"),
 ])
 def test_bad_options_fail_before_anything_is_written(args, message, tmp_path, capsys):
     args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
@@ -176,3 +176,17 @@ def test_stats_show_rule_counters_and_non_match_reasons_and_explain_names_them(t
     ]
     assert main(["opt", str(path), "--passes=fold-bn"]) == 0
     assert "explain" not in capsys.readouterr().out  # only with --explain
+
+
+def test_opt_writes_a_compressed_file_with_storage_stats(tmp_path, capsys, reference_graphs):
+    src = save(reference_graphs("lenet_300_100")[2], tmp_path / "l.shrk")
+    out = tmp_path / "l.shrkz"
+    assert main(["opt", str(src), "--passes=prune-weights(sparsity=0.9),share-weights(bits=4)",
+                 "-o", str(out), "--stats"]) == 0
+    text = capsys.readouterr().out
+    assert "pruned (CSR, relative idx)" in text and "Huffman-coded" in text
+    assert "storage only: the backends run the dense graph" in text
+    g = load(out)
+    assert g.constants["fc1.weight"].encoding.codebook.bits == 4
+    assert main(["opt", str(out), "-o", str(tmp_path / "again.shrkz")]) == 0  # reads .shrkz
+    assert graph_diff(load(tmp_path / "again.shrkz"), g) is None
