@@ -112,7 +112,7 @@ def apply_plan(graph: Graph, analysis: ChannelAnalysis, plan: PrunePlan) -> int:
 @register_pass("prune-channels")
 @dataclass
 class PruneChannels(Pass):
-    """Remove whole channels (filters, features, heads) with their dependents; refuse the unprovable."""
+    """Remove whole channels (filters, features, heads) and all they feed; refuse the unprovable."""
 
     exact = False
     ratio: float = option(0.3, ge=0.0, lt=1.0,
@@ -198,8 +198,9 @@ def explain(analysis: ChannelAnalysis, plan: PrunePlan | None = None) -> str:
     text = analysis.explain()
     if plan is None:
         return text
+    how = ", ".join(f"{k}={v}" for k, v in plan.meta.items() if k != "stats")
     lines = [text, f"plan: {plan.channels_removed} channels removed from {len(plan.groups)} "
-                   f"groups ({', '.join(f'{k}={v}' for k, v in plan.meta.items() if k != 'stats')})"]
+                   f"groups ({how})"]
     for gp in plan.groups:
         lines.append(f"  group {gp.id} ({gp.anchor}): keeps {len(gp.keep)} of {gp.size}")
     return "\n".join(lines)

@@ -162,7 +162,7 @@ def markdown(rows: list[PruneRow], *, threads: int, repeat: int) -> str:
 
         t = {k: (v.fmt() if v.runs_ms else "-") for k, v in r.timings.items()}
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"
-        lines.append(f"| {r.model} | {r.ratio:.1f} | {human(r.params)} | {human(r.macs)} | {acc} "
+        lines.append(f"| {r.model} | {r.ratio:g} | {human(r.params)} | {human(r.macs)} | {acc} "
                      f"| {r.channels_removed} | {t['torch']} | {t['onnxruntime']} | "
                      f"{speed('torch')} | {speed('onnxruntime')} | {r.max_diff_ort:.1e} |")
     return "\n".join(lines)
@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench_prune([m for m in args.models.split(",") if m],
                        [float(r) for r in args.ratios.split(",") if r], criterion=args.criterion,
                        scope=args.scope, threads=args.threads, warmup=warmup, repeat=repeat,
-                       test_images=args.test_images or (200 if args.smoke else None), trained=not args.untrained)
+                       test_images=args.test_images or (200 if args.smoke else None),
+                       trained=not args.untrained)
     print(markdown(rows, threads=args.threads, repeat=repeat))
     if args.json:
         with open(args.json, "w") as f:

@@ -106,8 +106,8 @@ def batches(graph: Graph, ctx) -> list[list[torch.Tensor]]:
         xs = [torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
               for x in xs]
         n = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else 1
-        if len(xs) != len(graph.inputs) or any(
-                tuple(x.shape[1:]) != v.shape[1:] or x.shape[0] % n for x, v in zip(xs, graph.inputs)):
+        if len(xs) != len(graph.inputs) or any(tuple(x.shape[1:]) != v.shape[1:] or x.shape[0] % n
+                                               for x, v in zip(xs, graph.inputs)):
             raise IRError(f"calibration batch of shapes {[tuple(x.shape) for x in xs]} does not "
                           f"fit the graph's inputs {[str(v.type) for v in graph.inputs]}")
         for i in range(0, xs[0].shape[0], n):

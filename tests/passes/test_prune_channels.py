@@ -21,7 +21,7 @@ from shrinkc.ir.interpreter import run
 from shrinkc.ir.text import graph_diff
 from shrinkc.passes import PassContext, PassError, PassManager
 from shrinkc.passes.analyses.channels import analyze_channels
-from shrinkc.passes.analyses.channels_plan import PrunePlan, zeroed_copy
+from shrinkc.passes.analyses.channels_plan import zeroed_copy
 from shrinkc.tools import zoo
 from suite import as_f64, assert_close
 from torch import nn

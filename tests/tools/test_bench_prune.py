@@ -13,7 +13,7 @@ def test_smoke_run_prints_the_table_and_json(capsys, tmp_path):
                              "--untrained", "--test-images", "20", "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "| vgg11_bn | 0.0 |" in text and "| vgg11_bn | 0.5 |" in text
+    assert "| vgg11_bn | 0 |" in text and "| vgg11_bn | 0.5 |" in text
     rows = json.loads(out.read_text())
     base, pruned = rows
     assert base["ratio"] == 0 and base["channels_removed"] == 0
