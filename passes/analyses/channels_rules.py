@@ -326,6 +326,27 @@ def _blocks(a: tuple[int, ...], b: tuple[int, ...]):
         yield ia, jb
 
 
+def _shuffle_carrier(out, part_axes: list[int]) -> int | None:
+    """The part of a split that a channel shuffle merges back as the outer axis.
+
+    ``reshape(x, [.., g, C/g, ..]) -> permute -> reshape(.., C, ..)`` is a channel
+    permutation (ShuffleNet). Pruning it is exact when whole slices of the part that becomes
+    the *outer* axis of the merge go (``C/g`` here: ``g`` channels at a time, one from each
+    group); that part carries the split's elements instead of the outermost one."""
+    if len(out.uses) != 1 or out.uses[0].op != "permute":
+        return None
+    perm_node = out.uses[0]
+    moved = perm_node.outputs[0]
+    if len(moved.uses) != 1 or moved.uses[0].op not in ("reshape", "flatten"):
+        return None
+    perm = [p % out.type.rank for p in perm_node.attrs["perm"]]
+    where = {perm.index(a): a for a in part_axes}  # position after the permute -> part
+    for ia, jb in _blocks(moved.shape, moved.uses[0].outputs[0].shape):
+        if len(jb) == 1 and len(ia) > 1 and set(ia) == set(where):
+            return where[ia[0]]
+    return None
+
+
 def _reshape(c) -> None:
     x, out = c.x(0), c.out()
     for ia, jb in _blocks(x.shape, out.shape):
@@ -337,16 +358,20 @@ def _reshape(c) -> None:
             c.same(x, ia[0], out, jb[0])
         elif len(ia) == 1 or len(jb) == 1:
             # one axis split into several (or several merged into one): its elements follow
-            # the outermost of the several; the inner ones cannot shrink
+            # one of the several, the carrier — the outermost, or for a channel shuffle the
+            # part it merges back as outer; the others cannot shrink
             whole, whole_ax, parts, part_axes = ((x, ia[0], out, jb) if len(ia) == 1
                                                  else (out, jb[0], x, ia))
-            inner = int(np.prod([parts.shape[a] for a in part_axes[1:]]))
+            carrier = (_shuffle_carrier(out, jb) if parts is out else None) or part_axes[0]
+            k = part_axes.index(carrier)
+            inner = int(np.prod([parts.shape[a] for a in part_axes[k + 1:]]))
             e = np.arange(whole.shape[whole_ax])
-            c.pairs(whole, whole_ax, e, parts, part_axes[0], e // inner)
-            for ax in part_axes[1:]:
-                c.freeze(parts, ax, f"an inner axis of a {c.node.op} that "
-                         f"{'splits' if parts is out else 'merges'} axes (only the outermost "
-                         f"part can shrink)")
+            c.pairs(whole, whole_ax, e, parts, carrier, (e // inner) % parts.shape[carrier])
+            for ax in part_axes:
+                if ax != carrier:
+                    c.freeze(parts, ax, f"a part of a {c.node.op} that "
+                             f"{'splits' if parts is out else 'merges'} axes other than the "
+                             f"one that can shrink (%{parts.name}:{carrier})")
         else:
             for v, axes in ((x, ia), (out, jb)):
                 for ax in axes:
@@ -535,9 +560,51 @@ def _lrn(c) -> None:
     _same_except(c, {1}, "LRN normalizes over neighbouring channels")
 
 
-@_rule("gather", "gather_elements", "conv3d", "scaled_dot_product_attention")
+@_rule("gather", "gather_elements", "conv3d")
 def _opaque(c) -> None:
     _freeze_all(c, {"gather": "indexed by a gather", "gather_elements": "indexed by a gather",
-                    "conv3d": "3-D convolutions are not pruned yet",
-                    "scaled_dot_product_attention": "attention heads are pruned whole, by a "
-                    "head-pruning pass"}[c.node.op])
+                    "conv3d": "3-D convolutions are not pruned yet"}[c.node.op])
+
+
+@_rule("scaled_dot_product_attention")
+def _sdpa(c) -> None:
+    """Heads go whole: q, k, v and the result share the head axis (with fewer k/v heads, k/v
+    head ``j`` takes its ``g`` query heads along). Queries are independent rows; the keys
+    are softmaxed over (frozen); the value dim passes through. The q·k dim is a contraction
+    (a sink) when the scale is explicit; with the default ``1/sqrt(dim)`` it is frozen."""
+    q, k, v, out = c.x(0), c.x(1), c.x(2), c.out()
+    r = q.type.rank
+    hd, ld, dd = r - 3, r - 2, r - 1
+    for t in (q, k, v):
+        for ax in range(hd):
+            if t.shape[ax] == out.shape[ax]:
+                c.same(t, ax, out, ax)
+            else:
+                c.freeze(t, ax, "a size-1 axis broadcast")
+    c.same(q, hd, out, hd)
+    hq, hk = q.shape[hd], k.shape[hd]
+    h = np.arange(hq)
+    c.pairs(q, hd, h, k, hd, h // (hq // hk))
+    c.same(v, hd, k, hd)
+    c.same(q, ld, out, ld)
+    for t in (k, v):
+        c.freeze(t, ld, "the keys of an attention (softmax over them)")
+    if c.node.attrs["scale"] is not None:
+        c.same(q, dd, k, dd)
+        c.sink(0, dd)
+        c.sink(1, dd)
+    else:
+        for t in (q, k):
+            c.freeze(t, dd, "the q·k head dim sets the default scale 1/sqrt(dim)")
+    c.same(v, dd, out, dd)
+    if len(c.node.inputs) > 3:  # the mask broadcasts to the scores [..., heads, q, keys]
+        m = c.x(3)
+        off = r - m.type.rank
+        for ax in range(m.type.rank):
+            pos, n = ax + off, m.shape[ax]
+            if pos == dd:
+                c.freeze(m, ax, "the keys of an attention (softmax over them)")
+            elif n != q.shape[pos]:
+                c.freeze(m, ax, "a size-1 axis broadcast")
+            else:
+                c.same(m, ax, q, pos)

@@ -52,11 +52,12 @@ CONV_OUT = """
     ("relu(%c1)", True, None),
     ("softmax(%c1) {axis=1}", False, "softmax normalizes over this axis"),
     ("mean(%c1) {axes=[1], keepdim=true}", False, "mean over this axis"),
+    ("max(%c1) {axes=[1], keepdim=true}", False, "max over this axis"),
     ("layer_norm(%c1) {normalized_shape=[6, 6]}", True, None),  # over H, W: channels free
     ("hardtanh(%c1) {min_val=0.0, max_val=6.0}", True, None),
 ])
 def test_channel_rules_of_ops_between_two_convs(ir, op, prunable, reason):
-    out_c = 1 if op.startswith("mean") else 6
+    out_c = 1 if op.startswith(("mean", "max")) else 6
     body = CONV_IN + f"  %y: f32[1,{out_c},6,6] = {op}\n" + CONV_OUT.format(c=out_c, v="y")
     a = _analysis(ir, body)
     g = _group(a, "c1")

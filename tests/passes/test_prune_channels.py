@@ -20,7 +20,7 @@ from shrinkc import trace
 from shrinkc.ir.interpreter import run
 from shrinkc.ir.text import graph_diff
 from shrinkc.passes import PassContext, PassError, PassManager
-from shrinkc.passes.analyses.channels import analyze_channels
+from shrinkc.passes.analyses.channels import Dim, analyze_channels
 from shrinkc.passes.analyses.channels_plan import zeroed_copy
 from shrinkc.tools import zoo
 from suite import as_f64, assert_close
@@ -365,9 +365,8 @@ def test_attention_prunes_whole_heads():
     pruned, plan, _ = prune(g, "prune-channels(ratio=0.5)", [x])
     shapes = [n.outputs[0].shape for n in pruned.nodes if n.op == "reshape"]
     assert (1, 5, 2, 4) in shapes  # two heads of four left
-    # the embedding dim is refused: a layer_norm-free residual stream, but the mean over
-    # tokens and the head-dim are provable only where they are
-    assert any("inner axis" in r for grp in a.refused for r in grp.reasons)
+    # the head dim is refused: a part of the reshape into heads other than the heads
+    assert any("other than the one that can shrink" in r for grp in a.refused for r in grp.reasons)
 
 
 def test_group_norm_prunes_whole_normalization_groups():
@@ -381,7 +380,7 @@ def test_group_norm_prunes_whole_normalization_groups():
 
 # ============================================================================ refusals
 class ChannelShuffle(nn.Module):
-    """ShuffleNet's view/transpose channel shuffle between two convs."""
+    """ShuffleNet's view/transpose channel shuffle between two convs: a permutation."""
 
     def __init__(self):
         super().__init__()
@@ -392,6 +391,35 @@ class ChannelShuffle(nn.Module):
         y = self.a(x)
         y = y.reshape(1, 2, 4, 8, 8).transpose(1, 2).reshape(1, 8, 8, 8)
         return self.head(self.b(y))
+
+
+class Regroup(nn.Module):
+    """A view that regroups channels with rows (8 x 8 -> 4 x 16) and back: no channel map."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 6)
+        self.head = head(6)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x).reshape(1, 4, 16, 8)).reshape(1, 8, 8, 8)
+        return self.head(self.b(y))
+
+
+def test_channel_shuffle_is_an_exact_permutation():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    g = trace(_randomize_bn(ChannelShuffle()), (x,))
+    grp = group_of(analyze_channels(g), "a.0")
+    assert grp.prunable and grp.size == 4  # one channel of each of the 2 shuffle groups
+    assert grp.index[grp.anchor].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    shuffled = next(d for d in grp.members if d.axis == 1 and any(
+        n.op == "conv2d" and n.inputs[0].name == d.value for n in grp.nodes))
+    assert grp.index[shuffled].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    pruned, plan, _ = prune(g, "prune-channels(ratio=0.5)", [x])
+    assert any(gp.id == grp.id for gp in plan.groups)
+    assert (1, 2, 2, 8, 8) in [n.outputs[0].shape for n in pruned.nodes if n.op == "reshape"]
+    assert_oracle(g, pruned, plan, [x])
 
 
 class ChannelMean(nn.Module):
@@ -408,7 +436,7 @@ class ChannelMean(nn.Module):
 
 
 @pytest.mark.parametrize("model, reason", [
-    (ChannelShuffle, "only the outermost part can shrink"),
+    (Regroup, "regroups axes"),
     (ChannelMean, "mean over this axis"),
 ])
 def test_unprovable_patterns_are_refused_and_the_rest_is_exact(model, reason):
@@ -716,3 +744,95 @@ def test_property_random_nets_are_pruned_exactly_or_refused(graph, ratio, criter
         assert grp.reasons and all(isinstance(r, str) and r for r in grp.reasons)
     assert all(a.group(gp.id).prunable for gp in plan.groups)
     assert_oracle(graph, pruned, plan, x)
+
+
+# ============================================================================ ONNX light
+def _light_model(name: str):
+    """The ONNX ``light`` architecture with seeded random weights (tests/ir's helper)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "ir" / "test_onnx_conformance.py"
+    spec = importlib.util.spec_from_file_location("onnx_conformance_for_prune", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.randomized_light_model(name)
+
+
+@pytest.mark.parametrize("name", [
+    "squeezenet", "shufflenet", "inception_v1",
+    pytest.param("inception_v2", marks=pytest.mark.slow),  # 10-15 s each: import, prune,
+    pytest.param("resnet50", marks=pytest.mark.slow),  # two float64 runs at 224 px, export
+    pytest.param("densenet121", marks=pytest.mark.slow)])
+def test_onnx_light_architectures(name):
+    from shrinkc import load_onnx
+    from shrinkc.backends.onnx import export_model, run_onnxruntime
+
+    g = load_onnx(_light_model(name))
+    x = torch.randn(*g.inputs[0].shape, generator=torch.Generator().manual_seed(0))
+    pruned, plan, stats = prune(g, "prune-channels(ratio=0.3)", [x])
+    assert stats["channels_removed"] > 0 and pruned.num_params < 0.9 * g.num_params
+    assert_oracle(g, pruned, plan, [x])
+    got = run_onnxruntime(export_model(pruned), [x.numpy()], threads=1)
+    with torch.no_grad():
+        assert_close(got, run(pruned, [x]), depth=pruned, msg="onnxruntime vs interpreter")
+
+
+# ============================================================================ sdpa
+def sdpa_block(ir, kv_heads: int = 4, scale: str = "none"):
+    """qkv linear -> split -> heads -> scaled_dot_product_attention -> merge -> proj."""
+    d = 4  # head dim; 4 query heads
+    kv = kv_heads * d
+    return ir(f"""
+    graph "attn" (%x: f32[1,5,6]) {{
+      %win: f32[16,6] = const #1
+      %wqkv: f32[{16 + 2 * kv},16] = const #2
+      %bqkv: f32[{16 + 2 * kv}] = const #3
+      %wo: f32[16,16] = const #4
+      %wh: f32[3,16] = const #5
+      %t: f32[1,5,16] = linear(%x, %win) loc("inp")
+      %qkv: f32[1,5,{16 + 2 * kv}] = linear(%t, %wqkv, %bqkv) loc("qkv")
+      %q0: f32[1,5,16], %k0: f32[1,5,{kv}], %v0: f32[1,5,{kv}] = split(%qkv) {{axis=2, sizes=[16, {kv}, {kv}]}}
+      %q1: f32[1,5,4,4] = reshape(%q0) {{shape=[1, 5, 4, 4]}}
+      %k1: f32[1,5,{kv_heads},4] = reshape(%k0) {{shape=[1, 5, {kv_heads}, 4]}}
+      %v1: f32[1,5,{kv_heads},4] = reshape(%v0) {{shape=[1, 5, {kv_heads}, 4]}}
+      %q: f32[1,4,5,4] = permute(%q1) {{perm=[0, 2, 1, 3]}}
+      %k: f32[1,{kv_heads},5,4] = permute(%k1) {{perm=[0, 2, 1, 3]}}
+      %v: f32[1,{kv_heads},5,4] = permute(%v1) {{perm=[0, 2, 1, 3]}}
+      %a: f32[1,4,5,4] = scaled_dot_product_attention(%q, %k, %v) {{scale={scale}}}
+      %a1: f32[1,5,4,4] = permute(%a) {{perm=[0, 2, 1, 3]}}
+      %a2: f32[1,5,16] = reshape(%a1) {{shape=[1, 5, 16]}}
+      %o: f32[1,5,16] = linear(%a2, %wo) loc("proj")
+      %m: f32[1,16] = mean(%o) {{axes=[1]}}
+      %y: f32[1,3] = linear(%m, %wh) loc("head")
+      return %y
+    }}""")
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_sdpa_prunes_whole_heads(ir, kv_heads):
+    g = sdpa_block(ir, kv_heads)
+    a = analyze_channels(g)
+    heads = next(grp for grp in a.groups if grp.anchor == Dim("qkv", 2))
+    assert heads.prunable and heads.size == kv_heads
+    # a k/v head takes its 4 / kv_heads query heads along
+    assert heads.index[Dim("q", 1)].shape == (kv_heads, 4 // kv_heads)
+    x = torch.randn(1, 5, 6)
+    pruned, plan, _ = prune(g, "prune-channels(ratio=0.5)", [x])
+    sdpa = next(n for n in pruned.nodes if n.op == "scaled_dot_product_attention")
+    assert sdpa.inputs[0].shape[1] == 2 and sdpa.inputs[1].shape[1] == kv_heads // 2
+    assert_oracle(g, pruned, plan, [x])
+
+
+def test_sdpa_head_dim_is_a_sink_but_the_heads_carry_the_reshape(ir):
+    """With an explicit scale the q·k dim is a contraction (a sink): a channel group, refused
+    because the reshape into heads lets only the head axis shrink; heads are still pruned."""
+    g = sdpa_block(ir, 4, scale="0.5")
+    a = analyze_channels(g)
+    qk = next(grp for grp in a.groups if Dim("q", 3) in grp.members)
+    assert [s.node.op for s in qk.sinks] == ["scaled_dot_product_attention"] * 2
+    assert not qk.prunable and any("other than the one that can shrink" in r for r in qk.reasons)
+    x = torch.randn(1, 5, 6)
+    pruned, plan, stats = prune(g, "prune-channels(ratio=0.5)", [x])
+    assert stats["channels_removed"] > 0
+    assert_oracle(g, pruned, plan, [x])
