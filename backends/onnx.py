@@ -284,6 +284,39 @@ def _conv2d(e: _Ex, n: Node) -> None:
            "pads": _pads(a["padding"]), "dilations": list(a["dilation"]), "group": a["groups"]})
 
 
+@_exports("circulant_matmul")
+def _circulant_matmul(e: _Ex, n: Node) -> None:
+    """Exact, without an FFT (ONNX has none that torch exports): a convolution over the
+    circularly extended input, ``Concat(x[..., 1:], x)`` with ``c`` reversed as the kernel
+    (see ir/ops/structured.py). The leading dims are copied from ``x`` at run time, so a
+    dynamic batch stays dynamic."""
+    x, c = n.inputs
+    p, q, k = c.shape
+    xt = e.tmp("blocks", x.dtype)
+    e.emit("Reshape", [e.x(x), e.i64([-1, q, 1, k], "blocks_shape")], [xt])
+    tail = e.tmp("tail", x.dtype)
+    e.emit("Slice", [xt, e.i64([1], "start"), e.i64([k], "end"), e.i64([3], "axes")], [tail])
+    ext = e.tmp("extended", x.dtype)
+    e.emit("Concat", [tail, xt], [ext], {"axis": 3})
+    if c.is_constant:
+        w = e.x(c, lambda a: a[..., ::-1].reshape(p, q, 1, k), "reversed")
+    else:
+        rev = e.tmp("reversed", c.dtype)
+        e.emit("Slice", [e.x(c), e.i64([-1], "rstart"), e.i64([-(k + 1)], "rend"),
+                         e.i64([2], "raxes"), e.i64([-1], "rsteps")], [rev])
+        w = e.tmp("kernel", c.dtype)
+        e.emit("Reshape", [rev, e.i64([p, q, 1, k], "kernel_shape")], [w])
+    y = e.tmp("conv", x.dtype)
+    e.emit("Conv", [ext, w], [y], {"kernel_shape": [1, k]})
+    shape = e.tmp("in_shape", "i64")
+    e.emit("Shape", [e.x(x)], [shape])
+    lead = e.tmp("lead", "i64")
+    e.emit("Slice", [shape, e.i64([0], "lstart"), e.i64([-1], "lend")], [lead])
+    out_shape = e.tmp("out_shape", "i64")
+    e.emit("Concat", [lead, e.i64([p * k], "width")], [out_shape], {"axis": 0})
+    e.emit("Reshape", [y, out_shape], [e.out(n.output)])
+
+
 @_exports("conv_transpose2d")
 def _conv_t(e: _Ex, n: Node) -> None:
     a = n.attrs

@@ -312,6 +312,27 @@ def _conv2d(lw: _Lowerer, node: Node, a: list) -> Any:
     return _bias_add(lw, y, a[2], 4) if len(a) > 2 else y
 
 
+@lowers("circulant_matmul")
+def _circulant_matmul(lw: _Lowerer, node: Node, a: list) -> Any:
+    """Exact, without an FFT (Relax has none): a convolution over the circularly extended
+    input, ``concat(x[..., 1:], x) * reverse(c)`` (see ir/ops/structured.py)."""
+    p, q, k = lw.in_type(1).shape
+    xt = lw.in_type(0)
+    n = xt.numel // (q * k)
+    x = lw.reshape(a[0], (n, q, 1, k))
+    tail = lw.emit(relax.op.strided_slice(x, axes=[3], begin=[1], end=[k], assume_inbound=True))
+    xe = lw.emit(relax.op.concat([tail, x], axis=3))
+    c = lw.constant(a[1])
+    if c is not None:
+        w = lw.const(np.ascontiguousarray(c[..., ::-1].reshape(p, q, 1, k)), lw.in_type(1).dtype)
+    else:
+        w = lw.emit(relax.op.flip(a[1], axis=2))
+        w = lw.reshape(w, (p, q, 1, k))
+    y = lw.emit(relax.op.nn.conv2d(xe, w, data_layout="NCHW", kernel_layout="OIHW",
+                                   out_dtype=DTYPE_TO_TVM[lw.out_type().dtype]))
+    return relax.op.reshape(y, lw.out_type().shape)
+
+
 @lowers("conv_transpose2d")
 def _conv_transpose2d(lw: _Lowerer, node: Node, a: list) -> Any:
     at = node.attrs

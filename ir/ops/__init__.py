@@ -240,7 +240,7 @@ def constant_roles(graph) -> dict[str, str]:
     return out
 
 
-from . import elementwise, nn, quant, shape  # noqa: E402,F401  (fill the table)
+from . import elementwise, nn, quant, shape, structured  # noqa: E402,F401  (fill the table)
 
 __all__ = ["ATTR_KINDS", "OPS", "ROLES", "TRAINABLE_ROLE", "Attr", "OpDef", "constant_roles",
            "get", "register"]

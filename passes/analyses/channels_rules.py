@@ -284,6 +284,19 @@ def _matmul(c) -> None:
         c.role(b, rb - 1, "out")
 
 
+@_rule("circulant_matmul")
+def _circulant_matmul(c) -> None:
+    x, w, out = c.x(0), c.x(1), c.out()
+    r = x.type.rank
+    for ax in range(r - 1):
+        c.same(x, ax, out, ax)
+    reason = "a circulant block mixes all of its k features (prune whole blocks: not supported)"
+    c.freeze(x, r - 1, reason)
+    c.freeze(out, r - 1, reason)
+    for ax in range(3):
+        c.freeze(w, ax, reason)
+
+
 @_rule("embedding")
 def _embedding(c) -> None:
     idx, w, out = c.x(0), c.x(1), c.out()

@@ -88,6 +88,7 @@ CASES: dict[str, Graph] = {
     "adaptive_divides": one("adaptive_avg_pool2d", {"output_size": (3, 2)}),
     "adaptive_uneven": one("adaptive_avg_pool2d", {"output_size": (4, 4)}),
     "embedding": one("embedding", inputs=[("i64", (2, 5))], consts=[rand(8, 3)]),
+    "circulant_matmul": one("circulant_matmul", x=(2, 3, 12), consts=[rand(2, 3, 4)]),
     "quantize_per_channel": one("quantize", {"dtype": "i8", "axis": 1},
                                 consts=[rand(4, positive=True), i8(0, 1, -2, 3)]),
     "quantize_u8": one("quantize", {"dtype": "u8"},
@@ -151,7 +152,8 @@ CASES: dict[str, Graph] = {
 # IR -> ONNX -> IR gives a different (equivalent) graph for these: written out as several
 # ONNX ops that the frontend does not fuse back, or canonicalised on the way in.
 NOT_INVERTIBLE = {"adaptive_divides", "adaptive_uneven", "flatten_inner", "slice_python_bounds",
-                  "div_int", "softplus_beta", "sdpa", "sdpa_mask", "cumsum_int"}
+                  "div_int", "softplus_beta", "sdpa", "sdpa_mask", "cumsum_int",
+                  "circulant_matmul"}
 NOT_INVERTIBLE_BELOW = {"group_norm": 21, "layer_norm": 17, "hardswish": 14}
 
 

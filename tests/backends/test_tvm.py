@@ -78,6 +78,7 @@ def _kitchen_sink() -> Graph:
     add("adaptive_avg_pool2d", [x], {"output_size": (1, 1)})
     add("adaptive_avg_pool2d", [x], {"output_size": (3, 2)})
     add("embedding", [ids, w(10, 4)])
+    add("circulant_matmul", [s, w(2, 2, 4)])  # s: [.., 8] = 2 blocks of 4
     for op in ("relu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "identity",
                "dropout", "neg", "exp", "erf"):
         add(op, [s])

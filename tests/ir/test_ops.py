@@ -31,6 +31,7 @@ SAMPLES = {
     "avg_pool2d": ([T((1, 2, 8, 8))], {"kernel": (2, 2), "stride": (2, 2)}),
     "adaptive_avg_pool2d": ([T((1, 2, 8, 8))], {"output_size": (1, 1)}),
     "embedding": ([T((2, 3), "i64"), T((10, 4))], {}),
+    "circulant_matmul": ([T((2, 3, 12)), T((2, 3, 4))], {}),
     "relu": ([T((3, 4))], {}), "hardtanh": ([T((3, 4))], {"min_val": 0.0, "max_val": 6.0}),
     "gelu": ([T((3, 4))], {"approximate": "tanh"}), "silu": ([T((3, 4))], {}),
     "sigmoid": ([T((3, 4))], {}), "tanh": ([T((3, 4))], {}), "hardswish": ([T((3, 4))], {}),
