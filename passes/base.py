@@ -9,8 +9,9 @@ Every pass module imports from here (not from the manager that runs passes)::
   (declared with ``option(default, help=..., ge=..., ...)``, checked and coerced when the
   pass is made, so ``tucker-conv(energy=2)`` fails before any work); ``spec()`` is the
   canonical text with every option spelled out; subclasses set ``exact`` and ``run``;
-* ``PassResult(changed, stats)`` — what ``run(graph, ctx)`` returns; ``stats`` are the pass's
-  own counters (shown by ``shrinkc opt --stats``);
+* ``PassResult(changed, stats, layers)`` — what ``run(graph, ctx)`` returns; ``stats`` are
+  the pass's own counters and ``layers`` its optional per-layer rows (both shown by
+  ``shrinkc opt --stats``);
 * ``PassError(reason, node=...)`` — a pass that refuses or fails names the node; the
   manager adds the pipeline context (which pass, which position, what already ran);
 * ``PipelineError`` — pipeline text or options that do not name passes and valid values;
@@ -81,10 +82,13 @@ class PassError(IRError):
 
 @dataclass
 class PassResult:
-    """What a pass reports: whether it changed the graph, and its own counters."""
+    """What a pass reports: whether it changed the graph, its own counters, and optionally
+    one row per layer it looked at (``layers``: dicts with the same keys, e.g. node, status,
+    rank, error; ``--stats`` prints them as a table under the counters)."""
 
     changed: bool
     stats: dict[str, int | float] = dataclasses.field(default_factory=dict)
+    layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class _BareWord(str):

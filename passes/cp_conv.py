@@ -54,8 +54,9 @@ Not decomposed (each counted): ``skipped_pointwise`` (no report row), ``skipped_
 ``skipped_excluded``, ``skipped_break_even``, ``skipped_budget``.
 
 Stats: ``decomposed``, the reasons, ``macs_before/after`` and ``params_before/after`` of
-the decomposed layers, ``max_error``, ``seconds``. The per-layer report is
-``ctx.artifacts["cp-conv"]``.
+the decomposed layers, ``max_error``, ``seconds``. One row per layer (status or skip reason, rank,
+relative error, params and MACs before → after, seconds) is ``PassResult.layers``, printed
+by ``shrinkc opt --stats``, and ``ctx.artifacts["cp-conv"]``.
 """
 
 from __future__ import annotations

@@ -292,12 +292,38 @@ class StatsRecord:
     before: CostSummary
     after: CostSummary
     counters: dict[str, int | float]
+    layers: list[dict] = field(default_factory=list)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    if isinstance(v, (tuple, list)) and len(v) == 2:  # before -> after
+        return f"{_cell(v[0])} -> {_cell(v[1])}"
+    return str(v)
+
+
+def layer_table(rows: Sequence[dict]) -> str:
+    """A pass's per-layer rows as an aligned text table (columns in first-seen order)."""
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join("  " + ln for ln in lines)
 
 
 @dataclass
 class Stats(PassInstrument):
-    """After each pass: node / param / MAC / FLOP / byte changes and the pass's own non-zero
-    counters; the totals at the end. ``records`` keeps every counter."""
+    """After each pass: node / param / MAC / FLOP / byte changes, the pass's own non-zero
+    counters and its per-layer rows as a table (``PassResult.layers``); the totals at the
+    end. ``records`` keeps every counter and row."""
 
     write: Writer = log_writer
     records: list[StatsRecord] = field(default_factory=list, init=False)
@@ -310,13 +336,15 @@ class Stats(PassInstrument):
 
     def after_pass(self, graph, step, ctx) -> None:
         after = summarize(graph) if step.result.changed else self._current
-        rec = StatsRecord(step.label, step.spec, self._current, after, dict(step.result.stats))
+        rec = StatsRecord(step.label, step.spec, self._current, after, dict(step.result.stats),
+                          [dict(r) for r in step.result.layers])
         self.records.append(rec)
         self._current = after
         counters = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in rec.counters.items() if v)  # zeros are noise
         self.write(f"stats {step.label}: {self._cost_text(rec.before, after)}"
-                   + (f"; {counters}" if counters else ""))
+                   + (f"; {counters}" if counters else "")
+                   + (f"\n{layer_table(rec.layers)}" if rec.layers else ""))
 
     @staticmethod
     def _cost_text(a: CostSummary, b: CostSummary) -> str:

@@ -438,6 +438,6 @@ class LowRankPass(Pass):
                             node.describe(), "x".join(map(str, fit.rank)), fit.error,
                             layer.macs, macs)
         stats["seconds"] = round(stats["seconds"], 3)
-        ctx.artifacts[self.name] = [r.as_dict() for r in reports]
-        result = PassResult(stats["decomposed"] > 0, stats)
-        return result
+        rows = [r.as_dict() for r in reports]
+        ctx.artifacts[self.name] = rows  # for API users (optimize(..., artifacts=...))
+        return PassResult(stats["decomposed"] > 0, stats, layers=rows)

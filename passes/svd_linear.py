@@ -43,8 +43,9 @@ a matmul of two constants, which is ``fold-constants``' job), ``skipped_shared_w
 ``skipped_break_even``, ``skipped_budget``.
 
 Stats: ``decomposed``, the reasons, ``macs_before/after`` and ``params_before/after`` of
-the decomposed layers, ``max_error``, ``seconds``. The per-layer report is
-``ctx.artifacts["svd-linear"]``.
+the decomposed layers, ``max_error``, ``seconds``. One row per layer (status or skip reason, rank,
+relative error, params and MACs before → after, seconds) is ``PassResult.layers``, printed
+by ``shrinkc opt --stats``, and ``ctx.artifacts["svd-linear"]``.
 """
 
 from __future__ import annotations

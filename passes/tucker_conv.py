@@ -34,7 +34,8 @@ Options (the rank options are shared with ``cp-conv`` and ``svd-linear``, see
 * ``include`` / ``exclude`` — glob patterns on the node's loc (or name), e.g.
   ``include="layer[34].*"``;
 * ``max_iter`` — HOOI sweeps after the HOSVD (default 10; 0 = HOSVD only; none at full
-  rank, where the HOSVD is exact).
+  rank, where the HOSVD is exact); sweeps also stop when the relative error changes by
+  less than 1e-4.
 
 Not decomposed (each counted in the stats): ``skipped_pointwise`` (a 1×1 kernel: use
 ``svd-linear``; counted, no report row), ``skipped_depthwise`` (one input channel per group),
@@ -44,8 +45,9 @@ Not decomposed (each counted in the stats): ``skipped_pointwise`` (a 1×1 kernel
 
 Stats: ``decomposed``, the reasons above, ``macs_before/after`` and
 ``params_before/after`` of the decomposed layers, ``max_error`` (relative reconstruction
-error of a weight), ``seconds``. The per-layer report (rank, error, params and MACs
-before → after, seconds) is ``ctx.artifacts["tucker-conv"]``.
+error of a weight), ``seconds``. One row per layer (status or skip reason, rank,
+relative error, params and MACs before → after, seconds) is ``PassResult.layers``, printed
+by ``shrinkc opt --stats``, and ``ctx.artifacts["tucker-conv"]``.
 """
 
 from __future__ import annotations

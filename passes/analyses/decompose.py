@@ -8,7 +8,10 @@ every form. Installed and tested: tensorly 0.10.
 
 * ``tucker2(w, rank_out, rank_in, max_iter=..., tol=...)`` — ``w [C_out, C_in, kh, kw] ≈
   core ×₀ U_out ×₁ U_in`` by HOOI from the HOSVD (tensorly's ``partial_tucker`` on modes 0
-  and 1, ``init="svd"``), at most ``max_iter`` sweeps (0: the HOSVD itself);
+  and 1, ``init="svd"``), at most ``max_iter`` sweeps (0: the HOSVD itself), stopping when
+  the relative error changes by less than ``tol`` (tensorly's default 1e-4: on a
+  512×512×3×3 kernel at rank 352 it stopped after 5 sweeps in 7.7 s, while 10 sweeps took
+  22 s and lowered the error by 0.03%);
 * ``cp(w, rank, max_iter=..., time_budget=..., tol=..., seed=...)`` — CP-ALS (tensorly's
   ``parafac``, SVD init) stopped by whichever comes first: convergence (relative error
   change below ``tol``), ``max_iter`` sweeps, or ``time_budget`` seconds (checked after
@@ -64,7 +67,7 @@ def _tucker_parts(result) -> tuple[np.ndarray, list[np.ndarray], int | None]:
 
 
 def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
-            tol: float = 1e-6) -> Tucker2:
+            tol: float = 1e-4) -> Tucker2:
     """Tucker-2 of a 4-D kernel on its two channel modes (see the module docstring)."""
     import tensorly as tl
     from tensorly.decomposition import partial_tucker

@@ -204,6 +204,35 @@ def test_stats_report_deltas_and_counters(g):
     assert out[2].startswith("stats total: nodes 4 -> 3 (-1)")
 
 
+def test_stats_print_a_pass_s_per_layer_rows_as_a_table(g):
+    @register_pass("two-rows")
+    @dataclass
+    class TwoRows(Pass):
+        """Reports two layers without changing anything."""
+
+        exact = True
+
+        def run(self, graph, ctx):
+            return PassResult(False, {"n": 2}, layers=[
+                {"node": "conv", "status": "done", "macs": (1000, 250), "error": 0.0123},
+                {"node": "fc_long_name", "status": "skipped_tiny", "macs": None}])
+
+    try:
+        out: list[str] = []
+        st = Stats(write=out.append)
+        optimize(g, "two-rows", instruments=[st])
+        head, *table = out[0].splitlines()
+        assert head.endswith("; n=2")
+        assert [ln.split() for ln in table] == [
+            ["node", "status", "macs", "error"],
+            ["conv", "done", "1,000", "->", "250", "0.0123"],
+            ["fc_long_name", "skipped_tiny", "-", "-"]]
+        assert table[1].index("done") == table[0].index("status")  # aligned columns
+        assert st.records[0].layers[1]["node"] == "fc_long_name"
+    finally:
+        unregister_pass("two-rows")
+
+
 # ---------------------------------------------------------------------------- DumpDir
 def test_dump_dir_files_load_back(g, tmp_path):
     (tmp_path / "007_old-pass.shrk").write_text("stale")

@@ -45,7 +45,10 @@ def test_pipeline_of_all_three_keeps_names_and_outputs():
     g = parse_graph(NET, missing_weights="random")
     after = g.clone()
     ctx = PassContext()
-    PassManager("tucker-conv(rank=8),svd-linear(rank=16)", ctx).run(after)
+    pm = PassManager("tucker-conv(rank=8),svd-linear(rank=16)", ctx)
+    pm.run(after)
+    # the per-layer rows: in the result (for --stats) and in the artifacts (for the API)
+    assert pm.steps[0].result.layers == ctx.artifacts["tucker-conv"]
     # graph outputs keep their names, the last op of each chain has the layer's name
     assert [v.name for v in after.outputs] == ["fc", "c2"]
     assert after.node("c2").outputs[0].name == "c2"

@@ -96,6 +96,18 @@ def test_opt_writes_an_equivalent_graph_and_reports(resnet, tmp_path, capsys):
     assert graph_diff(load(dump / "003_dce.shrk"), after) is None
 
 
+def test_stats_show_per_layer_rows_of_a_low_rank_pass(resnet, capsys):
+    assert main(["opt", str(resnet), "--passes=fold-bn,tucker-conv(rank=8)", "--stats"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("stats 002_tucker-conv:"))
+    assert lines[i + 1].split() == ["node", "loc", "status", "rank", "error", "params", "macs",
+                                    "seconds", "note"]
+    rows = [ln.split() for ln in lines[i + 2:] if ln.startswith("  ")]
+    assert [r[1] for r in rows][:3] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
+    assert all(r[2] in ("decomposed", "skipped_break_even", "skipped_tiny") for r in rows)
+    assert any(r[2] == "decomposed" and r[3] == "8x8" for r in rows)
+
+
 def test_print_after_named_pass_prints_parseable_ir(resnet, capsys):
     assert main(["opt", str(resnet), "--passes=fold-bn,dce", "--print-after=fold-bn"]) == 0
     out = capsys.readouterr().out
