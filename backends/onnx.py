@@ -13,7 +13,9 @@ the exact ``loc`` in its ``shrinkc.loc`` metadata, which ``load_onnx`` reads bac
 IR → ONNX → IR gives an equal graph. An IR op that needs several ONNX nodes (``linear`` on
 3-D input, ``gelu`` below opset 20, ``group_norm`` below 21, …) is written as the pattern that
 the frontend fuses back where it can. Quantized graphs export as QDQ (QuantizeLinear /
-DequantizeLinear, per-tensor or per-channel ``axis``). Opsets 13–21.
+DequantizeLinear, per-tensor or per-channel ``axis``; ``fake_quantize`` as such a pair,
+``dynamic_quantize`` as DynamicQuantizeLinear, which onnxruntime fuses with the
+DequantizeLinear and MatMul after it into its DynamicQuantizeMatMul). Opsets 13–21.
 
 ``OnnxRuntimeSession`` / ``run_onnxruntime`` run a model (path, bytes or ModelProto) on the
 CPU with a configurable number of intra-op threads (default: the cores this process may use).
@@ -38,6 +40,7 @@ from ..ir import ops
 from ..ir.onnx_common import IR_TO_ONNX, LOC_KEY, OPSET_MAX, OPSET_MIN
 from ..ir.graph import Graph, IRError, Node, Value
 from ..ir.interpreter import as_tensor
+from ..ir.ops.quant import QRANGES
 from ..ir.types import to_numpy_dtype
 
 log = logging.getLogger(__name__)
@@ -856,6 +859,46 @@ def _upsample(e: _Ex, n: Node) -> None:
                  "align_corners" if a["align_corners"] else "pytorch_half_pixel"}
     e.one("Resize", n, [e.x(x), None, None, e.i64(list(x.shape[:2]) + list(a["size"]), "sizes")],
           attrs)
+
+
+@_exports("fake_quantize")
+def _fake_quantize(e: _Ex, n: Node) -> None:
+    """QuantizeLinear → DequantizeLinear; a [qmin, qmax] narrower than the dtype's range
+    is then a Max / Min with the dequantized bounds (the same clamp, in the float domain)."""
+    x, s, z = n.inputs
+    at = n.attrs
+    dtype = at["dtype"]
+    if dtype == "i16" and e.opset < 21:
+        e.fail(f"int16 QuantizeLinear needs opset 21 (exporting opset {e.opset})")
+    lo, hi = QRANGES[dtype]
+    qmin = lo if at["qmin"] is None else at["qmin"]
+    qmax = hi if at["qmax"] is None else at["qmax"]
+    q = e.tmp("q", dtype, x.shape)
+    e.emit("QuantizeLinear", [e.x(x), e.x(s), e.x(z)], [q], _q_axis(n))
+    bounds = [(op, b) for op, b, full in (("Max", qmin, lo), ("Min", qmax, hi)) if b != full]
+    if not bounds:
+        e.emit("DequantizeLinear", [q, e.x(s), e.x(z)], [e.out(n.output)], _q_axis(n))
+        return
+    if not (s.is_constant and z.is_constant):
+        e.fail("a narrowed [qmin, qmax] needs a constant scale and zero point")
+    y = e.tmp("dq", "f32", x.shape)
+    e.emit("DequantizeLinear", [q, e.x(s), e.x(z)], [y], _q_axis(n))
+    sc, zc = np.asarray(s.data, np.float32), np.asarray(z.data, np.float32)
+    axis = at["axis"]
+    for i, (op, b) in enumerate(bounds):
+        bound = ((np.float32(b) - zc) * sc).astype(np.float32)
+        if bound.ndim and axis is not None:
+            shape = [1] * x.type.rank
+            shape[axis % x.type.rank] = -1
+            bound = bound.reshape(shape)
+        out = e.out(n.output) if i == len(bounds) - 1 else e.tmp("clamped", "f32", x.shape)
+        e.emit(op, [y, e.const(bound, op.lower())], [out])
+        y = out
+
+
+@_exports("dynamic_quantize")
+def _dynamic_quantize(e: _Ex, n: Node) -> None:
+    e.one("DynamicQuantizeLinear", n, [e.x(n.inputs[0])])
 
 
 # ============================================================================ driver

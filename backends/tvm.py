@@ -41,6 +41,7 @@ import numpy as np
 
 from ..ir import ops as irops
 from ..ir.graph import Graph, IRError, Node, Value
+from ..ir.ops.quant import QRANGES
 from ..ir.types import TensorType, to_numpy_dtype
 
 log = logging.getLogger(__name__)
@@ -601,9 +602,6 @@ LOWERINGS["sum"] = _reduce("sum")
 
 
 # ---------------------------------------------------------------------------- quant
-_QRANGES = {"i8": (-128, 127), "u8": (0, 255), "i16": (-32768, 32767),
-            "i32": (-(2 ** 31), 2 ** 31 - 1)}
-
 
 def _per_axis(lw: _Lowerer, p: Any, p_type: TensorType, x_type: TensorType,
               axis: int | None) -> Any:
@@ -627,7 +625,7 @@ def _quantize(lw: _Lowerer, node: Node, a: list) -> Any:
     q = lw.emit(relax.op.add(relax.op.round(relax.op.divide(x, s)), z))
     if dtype == "i32":  # ints above 2**24 are not exact in f32: clamp in f64
         q = _astype(lw, q, ft, "f64")
-    lo, hi = _QRANGES[dtype]
+    lo, hi = QRANGES[dtype]
     return relax.op.astype(relax.op.clip(q, lo, hi), DTYPE_TO_TVM[dtype])
 
 
@@ -639,6 +637,41 @@ def _dequantize(lw: _Lowerer, node: Node, a: list) -> Any:
     z = _astype(lw, _per_axis(lw, a[2], z_t, q_t, axis), z_t.dtype, "i32")
     s = _per_axis(lw, a[1], s_t, q_t, axis)
     return relax.op.multiply(relax.op.astype(relax.op.subtract(q, z), "float32"), s)
+
+
+@lowers("fake_quantize")
+def _fake_quantize(lw: _Lowerer, node: Node, a: list) -> Any:
+    # (clamp(round(x / scale) + zp, qmin, qmax) - zp) * scale, in the input's float type
+    x_t, s_t, z_t = (lw.in_type(i) for i in range(3))
+    at = node.attrs
+    lo, hi = QRANGES[at["dtype"]]
+    lo = lo if at["qmin"] is None else at["qmin"]
+    hi = hi if at["qmax"] is None else at["qmax"]
+    ft = "f64" if x_t.dtype == "f64" else "f32"
+    x = _astype(lw, a[0], x_t.dtype, ft)
+    s = _astype(lw, _per_axis(lw, a[1], s_t, x_t, at["axis"]), s_t.dtype, ft)
+    z = _astype(lw, _per_axis(lw, a[2], z_t, x_t, at["axis"]), z_t.dtype, ft)
+    q = relax.op.clip(relax.op.add(relax.op.round(relax.op.divide(x, s)), z), lo, hi)
+    return _astype(lw, lw.emit(relax.op.multiply(relax.op.subtract(q, z), s)), ft, x_t.dtype)
+
+
+@lowers("dynamic_quantize")
+def _dynamic_quantize(lw: _Lowerer, node: Node, a: list) -> list:
+    # ONNX DynamicQuantizeLinear: the range [min(0, min x), max(0, max x)] onto u8
+    lo, hi = QRANGES[node.attrs["dtype"]]
+    x = a[0]
+    zero = relax.const(0.0, "float32")
+    xmin = lw.emit(relax.op.minimum(relax.op.min(x), zero))
+    xmax = lw.emit(relax.op.maximum(relax.op.max(x), zero))
+    scale = lw.emit(relax.op.divide(relax.op.subtract(xmax, xmin),
+                                    relax.const(float(hi - lo), "float32")))
+    scale = lw.emit(relax.op.where(relax.op.equal(scale, zero), relax.const(1.0, "float32"),
+                                   scale))
+    zp = lw.emit(relax.op.clip(relax.op.round(relax.op.subtract(
+        relax.const(float(lo), "float32"), relax.op.divide(xmin, scale))), lo, hi))
+    q = relax.op.clip(relax.op.add(relax.op.round(relax.op.divide(x, scale)), zp), lo, hi)
+    tdt = DTYPE_TO_TVM[node.attrs["dtype"]]
+    return [lw.emit(relax.op.astype(q, tdt)), scale, lw.emit(relax.op.astype(zp, tdt))]
 
 
 @lowers("cast")

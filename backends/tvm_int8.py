@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..ir.graph import Graph, Node, Value
+from ..ir.ops.quant import QRANGES
 from . import tvm as btvm
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ def _lower_int8(lw: Any, m: Match) -> Any:
     r = relax.op.round(r)
     if np.any(zy):
         r = relax.op.add(r, _chan(lw, zy.astype(np.float32), rank, caxis, "f32"))
-    lo, hi = btvm._QRANGES[q.attrs["dtype"]]
+    lo, hi = QRANGES[q.attrs["dtype"]]
     return relax.op.astype(relax.op.clip(r, lo, hi), btvm.DTYPE_TO_TVM[q.attrs["dtype"]])
 
 
