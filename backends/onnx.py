@@ -13,7 +13,7 @@ the exact ``loc`` in its ``shrinkc.loc`` metadata, which ``load_onnx`` reads bac
 IR → ONNX → IR gives an equal graph. An IR op that needs several ONNX nodes (``linear`` on
 3-D input, ``gelu`` below opset 20, ``group_norm`` below 21, …) is written as the pattern that
 the frontend fuses back where it can. Quantized graphs export as QDQ (QuantizeLinear /
-DequantizeLinear, per-tensor or per-channel ``axis``; ``fake_quantize`` as such a pair,
+DequantizeLinear, per-tensor or per-channel ``axis``; ``fake_quantize`` as such a pair (with a Clip of the integers for a narrowed range),
 ``dynamic_quantize`` as DynamicQuantizeLinear, which onnxruntime fuses with the
 DequantizeLinear and MatMul after it into its DynamicQuantizeMatMul). Opsets 13–21.
 
@@ -167,7 +167,7 @@ def _T(a: np.ndarray) -> np.ndarray:
 # ============================================================================ exporters
 # ---------------------------------------------------------------------------- simple ones
 _SIMPLE = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "neg": "Neg", "sqrt": "Sqrt",
-           "exp": "Exp", "erf": "Erf", "identity": "Identity", "matmul": "MatMul"}
+           "exp": "Exp", "erf": "Erf", "identity": "Identity"}
 
 
 @_exports(*_SIMPLE)
@@ -329,12 +329,68 @@ def _conv_t(e: _Ex, n: Node) -> None:
            "output_padding": list(a["output_padding"])})
 
 
+def _dynamic_operands(n: Node) -> tuple[Value, Value, Value, Value, Value, Value] | None:
+    """(xq, x_scale, x_zero_point, wq, w_scale, w_zero_point) when ``n`` (linear / matmul)
+    reads ``dequantize(dynamic_quantize(x))`` and a dequantized constant weight (per tensor,
+    or per output channel)."""
+    xd, wd = n.inputs[0].producer, n.inputs[1].producer
+    if xd is None or wd is None or xd.op != "dequantize" or wd.op != "dequantize":
+        return None
+    xq = xd.inputs[0]
+    if xq.producer is None or xq.producer.op != "dynamic_quantize" or \
+            tuple(xd.inputs) != tuple(xq.producer.outputs):
+        return None
+    wq, sw, zw = wd.inputs
+    if not (wq.is_constant and sw.is_constant and zw.is_constant) or wq.dtype != "i8":
+        return None
+    out_axis = 0 if n.op == "linear" else wq.type.rank - 1
+    if sw.type.rank == 1 and wd.attrs["axis"] % wq.type.rank != out_axis:
+        return None
+    return (xq, xd.inputs[1], xd.inputs[2], wq, sw, zw)
+
+
+def _dynamic_matmul(e: _Ex, n: Node, ops_: tuple[Value, ...], bias: Value | None) -> None:
+    """onnxruntime's quantize_dynamic form, which it fuses into DynamicQuantizeMatMul:
+    MatMulInteger(xq, wq[ᵀ], zx, zw) → Cast → Mul(sx · sw) [→ Add bias]. (A
+    DequantizeLinear before a MatMul is fused instead into MatMulNBits, a weight-only kernel
+    that leaves the activations in float, or into a float Gemm.) The dequantize nodes this
+    replaces are left unused and dropped at export."""
+    xq, sx, zx, wq, sw, zw = ops_
+    wt = e.x(wq, _T, "T") if n.op == "linear" else e.x(wq)
+    acc = e.tmp("acc", "i32")
+    e.emit("MatMulInteger", [e.x(xq), wt, e.x(zx), e.x(zw)], [acc])
+    accf = e.tmp("acc_f", "f32")
+    e.emit("Cast", [acc], [accf], {"to": IR_TO_ONNX["f32"]})
+    scale = e.tmp("scale", "f32")
+    e.emit("Mul", [e.x(sx), e.x(sw)], [scale])
+    if bias is None:
+        e.emit("Mul", [accf, scale], [e.out(n.output)])
+        return
+    y = e.tmp("scaled", "f32")
+    e.emit("Mul", [accf, scale], [y])
+    e.emit("Add", [y, e.x(bias)], [e.out(n.output)])
+
+
+@_exports("matmul")
+def _matmul(e: _Ex, n: Node) -> None:
+    dyn = _dynamic_operands(n)
+    if dyn is not None:
+        _dynamic_matmul(e, n, dyn, None)
+        return
+    e.one("MatMul", n, [e.x(v) for v in n.inputs])
+
+
 @_exports("linear")
 def _linear(e: _Ex, n: Node) -> None:
     """2-D input: Gemm(transB=1). Otherwise MatMul with the [in, out] weight (+ Add bias),
-    the form torch's exporter writes and the frontend fuses back into ``linear``."""
+    the form torch's exporter writes and the frontend fuses back into ``linear``. A
+    dynamically quantized linear is written in the integer form of ``_dynamic_matmul``."""
     x, w = n.inputs[0], n.inputs[1]
     b = n.inputs[2] if len(n.inputs) > 2 else None
+    dyn = _dynamic_operands(n)
+    if dyn is not None:
+        _dynamic_matmul(e, n, dyn, b)
+        return
     if x.type.rank == 2:
         e.one("Gemm", n, [e.x(x), e.x(w)] + ([e.x(b)] if b is not None else []), {"transB": 1})
         return
@@ -863,8 +919,8 @@ def _upsample(e: _Ex, n: Node) -> None:
 
 @_exports("fake_quantize")
 def _fake_quantize(e: _Ex, n: Node) -> None:
-    """QuantizeLinear → DequantizeLinear; a [qmin, qmax] narrower than the dtype's range
-    is then a Max / Min with the dequantized bounds (the same clamp, in the float domain)."""
+    """QuantizeLinear → DequantizeLinear; a ``[qmin, qmax]`` narrower than the dtype's range
+    is a Clip of the integers between them (the same bounds for every channel)."""
     x, s, z = n.inputs
     at = n.attrs
     dtype = at["dtype"]
@@ -875,25 +931,11 @@ def _fake_quantize(e: _Ex, n: Node) -> None:
     qmax = hi if at["qmax"] is None else at["qmax"]
     q = e.tmp("q", dtype, x.shape)
     e.emit("QuantizeLinear", [e.x(x), e.x(s), e.x(z)], [q], _q_axis(n))
-    bounds = [(op, b) for op, b, full in (("Max", qmin, lo), ("Min", qmax, hi)) if b != full]
-    if not bounds:
-        e.emit("DequantizeLinear", [q, e.x(s), e.x(z)], [e.out(n.output)], _q_axis(n))
-        return
-    if not (s.is_constant and z.is_constant):
-        e.fail("a narrowed [qmin, qmax] needs a constant scale and zero point")
-    y = e.tmp("dq", "f32", x.shape)
-    e.emit("DequantizeLinear", [q, e.x(s), e.x(z)], [y], _q_axis(n))
-    sc, zc = np.asarray(s.data, np.float32), np.asarray(z.data, np.float32)
-    axis = at["axis"]
-    for i, (op, b) in enumerate(bounds):
-        bound = ((np.float32(b) - zc) * sc).astype(np.float32)
-        if bound.ndim and axis is not None:
-            shape = [1] * x.type.rank
-            shape[axis % x.type.rank] = -1
-            bound = bound.reshape(shape)
-        out = e.out(n.output) if i == len(bounds) - 1 else e.tmp("clamped", "f32", x.shape)
-        e.emit(op, [y, e.const(bound, op.lower())], [out])
-        y = out
+    if (qmin, qmax) != (lo, hi):
+        c = e.tmp("clipped", dtype, x.shape)
+        e.emit("Clip", [q, e.const(qmin, "qmin", dtype), e.const(qmax, "qmax", dtype)], [c])
+        q = c
+    e.emit("DequantizeLinear", [q, e.x(s), e.x(z)], [e.out(n.output)], _q_axis(n))
 
 
 @_exports("dynamic_quantize")
@@ -933,6 +975,9 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         outputs.append(t)
     gsg = gs.Graph(nodes=e.nodes, inputs=inputs, outputs=outputs, name=graph.name, opset=opset,
                    producer_name="shrinkc")
+    # nodes whose results a pattern export did not need (the dequantizes of a dynamically
+    # quantized matmul); the IR itself has no dead nodes
+    gsg.cleanup(remove_unused_graph_inputs=False)
     try:
         model = gs.export_onnx(gsg, do_type_check=True)
     except Exception as err:

@@ -65,9 +65,10 @@ def fake_quantize(x, scale, zero_point, *, dtype, axis, qmin=None, qmax=None):
     r = torch.round(x / s) + z
     inside = (r >= lo) & (r <= hi)
     y = (torch.clamp(r, lo, hi) - z) * s
-    # forward: y; backward: 1 inside the range, 0 where clamped (straight-through)
+    # forward: exactly y (xs - xs.detach() is 0); backward: 1 inside the range, 0 where
+    # clamped (straight-through)
     xs = torch.where(inside, x, x.detach())
-    return xs + (y - xs).detach()
+    return y.detach() + (xs - xs.detach())
 
 
 def dynamic_quantize(x, *, dtype):
@@ -131,7 +132,7 @@ def _fake_check(ts, a) -> str | None:
 
 
 register(OpDef(
-    "fake_quantize", ("x", "scale", "zero_point"), fake_quantize, kind="quant",
+    "fake_quantize", ("x", "scale", "zero_point"), fake_quantize, kind="quant", roles=_QPARAMS,
     attrs={"dtype": Attr("dtype", "i8"), "axis": Attr("int", None, optional=True),
            "qmin": Attr("int", None, optional=True), "qmax": Attr("int", None, optional=True)},
     check_fn=_fake_check, infer_fn=lambda ts, a: [ts[0]],

@@ -93,7 +93,13 @@ def _binary(c) -> None:
         _broadcast(c, x, c.out())
 
 
-@_rule("quantize", "dequantize")
+@_rule("dynamic_quantize")
+def _dynamic_quant(c) -> None:
+    # q is x element for element; the scale and zero point are 0-d (the whole tensor's range)
+    _same_all(c, c.x(0), c.out())
+
+
+@_rule("quantize", "dequantize", "fake_quantize")
 def _quant(c) -> None:
     x, scale, zp = c.node.inputs
     _same_all(c, x, c.out())

@@ -95,6 +95,12 @@ CASES: dict[str, Graph] = {
                        consts=[np.array(0.05, np.float32), np.array(128, np.uint8)]),
     "dequantize": one("dequantize", {"axis": 0}, inputs=[("i8", (4, 3))],
                       consts=[rand(4, positive=True), i8(0, 1, -2, 3)]),
+    "fake_quantize": one("fake_quantize", {"dtype": "i8", "axis": 1, "qmin": -64, "qmax": 64},
+                         consts=[np.array([0.02, 0.01, 0.03, 0.05], np.float32),
+                                 i8(0, 1, -2, 3)]),
+    "fake_quantize_u8": one("fake_quantize", {"dtype": "u8"},
+                            consts=[np.array(0.05, np.float32), np.array(128, np.uint8)]),
+    "dynamic_quantize": one("dynamic_quantize"),
     "cast": one("cast", {"dtype": "i64"}),
     "reshape": one("reshape", {"shape": (2, 24, 6)}),
     "flatten": one("flatten"), "flatten_inner": one("flatten", {"start_dim": 2}),
@@ -153,7 +159,7 @@ CASES: dict[str, Graph] = {
 # ONNX ops that the frontend does not fuse back, or canonicalised on the way in.
 NOT_INVERTIBLE = {"adaptive_divides", "adaptive_uneven", "flatten_inner", "slice_python_bounds",
                   "div_int", "softplus_beta", "sdpa", "sdpa_mask", "cumsum_int",
-                  "circulant_matmul"}
+                  "circulant_matmul", "fake_quantize", "fake_quantize_u8"}
 NOT_INVERTIBLE_BELOW = {"group_norm": 21, "layer_norm": 17, "hardswish": 14}
 
 

@@ -118,6 +118,10 @@ def _kitchen_sink() -> Graph:
              {"dtype": "i8", "axis": 1})
     add("dequantize", [qc, _c(g, [0.02, 0.05, 0.1]), _c(g, [0, 3, -2], np.int8)], {"axis": 1})
     add("quantize", [s, _c(g, 1e-6), _c(g, 5, np.int32)], {"dtype": "i32"})
+    add("fake_quantize", [s, _c(g, [0.02, 0.05, 0.1]), _c(g, [0, 3, -2], np.int8)],
+        {"dtype": "i8", "axis": 1, "qmin": -64, "qmax": 64})
+    add("fake_quantize", [s, _c(g, 0.05), _c(g, 128, np.uint8)], {"dtype": "u8"})
+    outs.extend(g.add_node("dynamic_quantize", [s]).outputs)
     add("cast", [s], {"dtype": "i32"})
     add("cast", [ids], {"dtype": "f32"})
     add("cast", [s], {"dtype": "f16"})

@@ -52,6 +52,9 @@ SAMPLES = {
     "sum": ([T((2, 3, 4))], {"axes": (1,)}),
     "quantize": ([T((1, 3, 2, 2)), T((3,)), T((3,), "i8")], {"dtype": "i8", "axis": 1}),
     "dequantize": ([T((1, 3, 2, 2), "u8"), T(()), T((), "u8")], {}),
+    "fake_quantize": ([T((1, 3, 2, 2)), T((3,)), T((3,), "i8")],
+                      {"dtype": "i8", "axis": 1, "qmin": -64, "qmax": 64}),
+    "dynamic_quantize": ([T((2, 5))], {}),
     "cast": ([T((3, 4))], {"dtype": "i32"}),
     "abs": ([T((3, 4))], {}), "log": ([T((3, 4))], {}), "rsqrt": ([T((3, 4))], {}),
     "leaky_relu": ([T((3, 4))], {"negative_slope": 0.2}), "elu": ([T((3, 4))], {"alpha": 0.5}),
@@ -168,6 +171,29 @@ def test_quantize_dequantize_per_channel():
     assert q.tolist() == [[0, 3, -10], [127, -128, 13]]  # round-half-even, clamped
     d = ops.get("dequantize").ref(q, scale, zp, axis=0)
     torch.testing.assert_close(d, torch.tensor([[0.0, 0.3, -1.0], [6.2, -6.55, 0.5]]))
+
+
+def test_fake_quantize_is_qdq_with_a_straight_through_gradient():
+    x = torch.tensor([[0.0, 0.26, -1.0, 9.0], [10.0, -10.0, 0.5, 0.024]], requires_grad=True)
+    scale = torch.tensor([0.1, 0.05])
+    zp = torch.tensor([0, 3], dtype=torch.int8)
+    y = ops.get("fake_quantize").ref(x, scale, zp, dtype="i8", axis=0, qmin=-64, qmax=64)
+    q = torch.clamp(ops.get("quantize").ref(x.detach(), scale, zp, dtype="i8", axis=0), -64, 64)
+    assert torch.equal(y.detach(), ops.get("dequantize").ref(q.to(torch.int8), scale, zp, axis=0))
+    y.sum().backward()
+    # 9.0 / 0.1 = 90 and 10 / 0.05 + 3 = 203, -10 / 0.05 + 3 = -197 are clamped: no gradient
+    assert x.grad.tolist() == [[1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+
+
+def test_dynamic_quantize_is_onnx_dynamicquantizelinear():
+    # range [min(0, -1), max(0, 4)] = [-1, 4] onto 0..255
+    x = torch.tensor([-1.0, 0.5, 4.0, 2.5 * (5 / 255)])
+    q, scale, zp = ops.get("dynamic_quantize").ref(x, dtype="u8")
+    assert scale.dtype == torch.float32 and scale.shape == () and zp.dtype == torch.uint8
+    assert float(scale) == pytest.approx(5 / 255) and int(zp) == 51  # round(1 / (5/255))
+    assert q.tolist() == [0, 77, 255, 53]  # 2.5 steps rounds half to even: 2 + 51
+    q0, s0, z0 = ops.get("dynamic_quantize").ref(torch.zeros(3), dtype="u8")
+    assert float(s0) == 1.0 and int(z0) == 0 and q0.tolist() == [0, 0, 0]  # as onnxruntime
 
 
 def test_invalid_invocations_name_the_problem():

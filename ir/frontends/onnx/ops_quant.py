@@ -1,4 +1,5 @@
-"""ONNX handlers: QuantizeLinear and DequantizeLinear (per tensor or per channel)."""
+"""ONNX handlers: QuantizeLinear and DequantizeLinear (per tensor or per channel),
+DynamicQuantizeLinear."""
 
 from __future__ import annotations
 
@@ -58,3 +59,8 @@ def _dequantize(c: Ctx, n: gs.Node) -> None:
     c.emit("dequantize", [q, scale, zp], {"axis": axis}, out=n.outputs[0])
 
 
+
+
+@maps("DynamicQuantizeLinear")
+def _dynamic_quantize(c: Ctx, n: gs.Node) -> None:
+    c.emit_multi("dynamic_quantize", [c.x()], {"dtype": "u8"}, list(n.outputs))

@@ -17,7 +17,7 @@ from .context import OnnxImportError, first_line
 
 log = logging.getLogger(__name__)
 
-_NO_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear"})
+_NO_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 
 # ============================================================================ 1. read

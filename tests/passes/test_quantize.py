@@ -1,0 +1,344 @@
+"""passes/quantize.py: the QDQ structure it writes, its numbers (exact where the float graph
+is already on the int8 grid), interpreter / onnxruntime / TVM agreement to one
+quantization step on reference models (with 7-bit weights too), dynamic quantization,
+refusals and errors, and its stats."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from shrinkc import optimize
+from shrinkc.ir import Graph, TensorType
+from shrinkc.ir.interpreter import run
+from shrinkc.passes import PassError, PipelineError
+from shrinkc.passes.analyses import calibration as cal
+from shrinkc.passes.quantize import QuantizePlan
+from suite import assert_close
+
+CONV_RELU_CONV = """\
+graph "crc" (%x: f32[1,3,8,8]) {
+  %w1: f32[4,3,3,3] = const #a1
+  %b1: f32[4] = const #b1
+  %w2: f32[6,4,1,1] = const #a2
+  %y1: f32[1,4,8,8] = conv2d(%x, %w1, %b1) {stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1} loc("conv1")
+  %r1: f32[1,4,8,8] = relu(%y1) loc("relu1")
+  %p1: f32[1,4,4,4] = max_pool2d(%r1) {kernel=[2, 2], stride=[2, 2], padding=[0, 0], dilation=[1, 1], ceil_mode=false}
+  %y2: f32[1,6,4,4] = conv2d(%p1, %w2) {stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1} loc("conv2")
+  %y3: f32[1,6,4,4] = conv2d(%p1, %w2) {stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1} loc("conv3")
+  %s: f32[1,6,4,4] = add(%y2, %y3)
+  return %s
+}
+"""
+
+# the nodes quantize writes for it (constants elided): x quantized once; relu1 absorbed
+# into the quantize after conv1; the max pool's output shares relu1's scale; p1 feeds two
+# convs through one dequantize; the weight w2 (shared) is quantized once; the convs'
+# outputs are quantized because add reads them; the bias is int32
+EXPECTED_NODES = """\
+%x.q: u8[1,3,8,8] = quantize(%x, %x.scale, %x.zero_point) {dtype="u8", axis=none}
+%x.dq: f32[1,3,8,8] = dequantize(%x.q, %x.scale, %x.zero_point) {axis=none}
+%w1.dq: f32[4,3,3,3] = dequantize(%w1.q, %w1.scale, %w1.zero_point) {axis=0}
+%b1.dq: f32[4] = dequantize(%b1.q, %b1.scale, %b1.zero_point) {axis=0}
+%y1: f32[1,4,8,8] = conv2d(%x.dq, %w1.dq, %b1.dq) {stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1} loc("conv1")
+%r1.q: u8[1,4,8,8] = quantize(%y1, %r1.scale, %r1.zero_point) {dtype="u8", axis=none}
+%r1.dq: f32[1,4,8,8] = dequantize(%r1.q, %r1.scale, %r1.zero_point) {axis=none}
+%p1: f32[1,4,4,4] = max_pool2d(%r1.dq) {kernel=[2, 2], stride=[2, 2], padding=[0, 0], dilation=[1, 1], ceil_mode=false}
+%p1.q: u8[1,4,4,4] = quantize(%p1, %r1.scale, %r1.zero_point) {dtype="u8", axis=none}
+%p1.dq: f32[1,4,4,4] = dequantize(%p1.q, %r1.scale, %r1.zero_point) {axis=none}
+%w2.dq: f32[6,4,1,1] = dequantize(%w2.q, %w2.scale, %w2.zero_point) {axis=0}
+%y2: f32[1,6,4,4] = conv2d(%p1.dq, %w2.dq) {stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1} loc("conv2")
+%y2.q: u8[1,6,4,4] = quantize(%y2, %y2.scale, %y2.zero_point) {dtype="u8", axis=none}
+%y2.dq: f32[1,6,4,4] = dequantize(%y2.q, %y2.scale, %y2.zero_point) {axis=none}
+%y3: f32[1,6,4,4] = conv2d(%p1.dq, %w2.dq) {stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1} loc("conv3")
+%y3.q: u8[1,6,4,4] = quantize(%y3, %y3.scale, %y3.zero_point) {dtype="u8", axis=none}
+%y3.dq: f32[1,6,4,4] = dequantize(%y3.q, %y3.scale, %y3.zero_point) {axis=none}
+%s: f32[1,6,4,4] = add(%y2.dq, %y3.dq)"""
+
+
+def _node_lines(g: Graph) -> str:
+    return "\n".join(line.strip() for line in str(g).splitlines()
+                     if "=" in line and " const " not in line)
+
+
+def _calib(g: Graph, n: int = 4, seed: int = 0, scale: float = 1.0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(v.shape, generator=gen) * scale for v in g.inputs] for _ in range(n)]
+
+
+def test_structure_one_quantization_per_activation(ir, apply):
+    g = ir(CONV_RELU_CONV)
+    q, res = apply(g, "quantize", calibration=_calib(g))
+    assert _node_lines(q) == EXPECTED_NODES
+    s = res.stats
+    assert (s["quantized_conv2d"], s["activations"], s["absorbed_activations"],
+            s["shared_ranges"], s["bias_int32"]) == (3, 5, 1, 1, 1)
+    assert s["calibration_batches"] == 4
+    assert q.constants["w1.q"].dtype == "i8" and q.constants["b1.q"].dtype == "i32"
+    # bias scale = input scale x per-channel weight scale (what QLinearConv assumes)
+    np.testing.assert_array_equal(q.constants["b1.scale"].data,
+                                  np.float32(q.constants["x.scale"].data)
+                                  * q.constants["w1.scale"].data)
+    assert "w2" not in q.constants and "b1" not in q.constants  # float weights are gone
+
+
+def test_quantized_model_stays_close_to_float(reference_graphs):
+    _, x, g = reference_graphs("resnet18")
+    g = optimize(g, "fold-bn")
+    calib = _calib(g, 4)
+    q = optimize(g, "quantize", calibration=calib)
+    with torch.no_grad():
+        want, got = run(g, [x])[0], run(q, [x])[0]
+    rel = float((got - want).norm() / want.norm())
+    assert rel < 0.1, rel  # int8 error on a random-weight ResNet-18 (measured ~0.02)
+    assert int(got.argmax()) == int(want.argmax())
+
+
+def test_exact_when_the_float_graph_is_on_the_grid():
+    """Inputs that are multiples of 0.5 in [0, 127.5] (u8 with scale 0.5), weights that are
+    multiples of a power of two with a full-scale element per channel and biases that are
+    multiples of sx·sw: quantization changes nothing but float rounding."""
+    rng = np.random.default_rng(0)
+    g = Graph("grid")
+    x = g.add_input(TensorType("f32", (1, 3, 5, 5)), "x")
+    k = rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.float32)
+    k[:, 0, 0, 0] = 127
+    sw = np.float32([2.0 ** -6, 2.0 ** -7, 2.0 ** -5, 2.0 ** -8])
+    w = g.add_constant(k * sw[:, None, None, None], "w")
+    b = g.add_constant(rng.integers(-1000, 1000, 4).astype(np.float32) * 0.5 * sw, "b")
+    g.outputs = [g.add_node("conv2d", [x, w, b], {"padding": (1, 1)}).output]
+    data = [[torch.as_tensor(rng.integers(0, 256, (1, 3, 5, 5)).astype(np.float32) * 0.5)]
+            for _ in range(3)]
+    data[0][0][0, 0, 0, 0] = 127.5  # the calibration sees the full range
+    data[0][0][0, 0, 0, 1] = 0.0
+    q = optimize(g, "quantize", calibration=data)
+    assert float(q.constants["x.scale"].data) == 0.5
+    np.testing.assert_array_equal(q.constants["w.q"].data, k.astype(np.int8))
+    for batch in data:
+        with torch.no_grad():
+            assert_close(run(q, batch), run(g, batch), depth=g)
+
+
+def test_no_calibration_data_is_one_clear_error(ir, apply):
+    g = ir(CONV_RELU_CONV)
+    with pytest.raises(PassError, match=r"quantize\(activations=uint8\) needs calibration data"
+                                         r".*--calibration FILE.npz\|zoo-data:mnist") as e:
+        apply(g, "quantize")
+    assert "pass 'quantize(" in str(e.value) and "Traceback" not in str(e.value)
+    with pytest.raises(PassError, match="needs calibration data"):
+        apply(g, "quantize", calibration=[])
+    with pytest.raises(PassError, match=r"calibration batch 0: input %x expects f32\[1,3,8,8\]"):
+        apply(g, "quantize", calibration=[[torch.zeros(2, 3, 8, 8)]])
+
+
+def test_bad_options_are_pipeline_errors():
+    with pytest.raises(PipelineError, match="entropy calibration needs bins >= 2048"):
+        optimize(Graph("g"), "quantize(calibration=entropy, bins=512)")
+    with pytest.raises(PipelineError, match="option activations"):
+        optimize(Graph("g"), "quantize(activations=int4)")
+
+
+UNSUPPORTED = """\
+graph "mixed" (%x: f32[1,4,6,6]) {
+  %wt: f32[4,2,3,3] = const #c1
+  %w: f32[3,2,1,1] = const #c2
+  %u: f32[1,2,8,8] = conv_transpose2d(%x, %wt) {stride=[1, 1], padding=[0, 0], output_padding=[0, 0], groups=1, dilation=[1, 1]} loc("up")
+  %y: f32[1,3,8,8] = conv2d(%u, %w) {stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1} loc("head")
+  %z: f32[1,3,8,8] = conv2d(%u, %w) {stride=[1, 1], padding=[0, 0], dilation=[1, 1], groups=1} loc("skip.me")
+  %o: f32[1,3,8,8] = add(%y, %z)
+  return %o
+}
+"""
+
+
+def test_unsupported_op_stays_float_and_is_listed(ir, caplog):
+    g = ir(UNSUPPORTED)
+    art: dict = {}
+    with caplog.at_level(logging.INFO, logger="shrinkc.passes"):
+        q = optimize(g, "quantize(exclude=['skip.*'])", calibration=_calib(g), artifacts=art)
+    ops = [n.op for n in q.nodes]
+    assert "conv_transpose2d" in ops and q.constants["wt"].dtype == "f32"
+    plan: QuantizePlan = art["quantize"]
+    assert plan.float_nodes == {"u (up)": "conv_transpose2d has no int8 form",
+                                "z (skip.me)": "skipped_excluded"}
+    assert plan.layers == ["y"]
+    assert any("u (up) stays float" in r.message for r in caplog.records)
+    from shrinkc.passes import PassContext, PassManager
+
+    pm = PassManager("quantize(exclude=['skip.*'])", PassContext(calibration=_calib(g)))
+    pm.run(g.clone())
+    stats = pm.steps[0].result.stats
+    assert stats["float_conv_transpose2d"] == 1 and stats["skipped_excluded"] == 1
+    assert stats["quantized_conv2d"] == 1
+
+
+def test_does_not_fire_twice_nor_without_targets(ir, apply):
+    g = ir(CONV_RELU_CONV)
+    q, _ = apply(g, "quantize", calibration=_calib(g))
+    _, res = apply(q, "quantize", calibration=_calib(g))
+    assert not res.changed and res.stats["skipped_quantized"] == 3
+    plain = ir('graph "p" (%x: f32[2,3]) {\n  %y: f32[2,3] = relu(%x)\n  return %y\n}\n')
+    _, res = apply(plain, "quantize")  # nothing to quantize: no calibration needed
+    assert not res.changed
+
+
+@pytest.mark.parametrize("forced", [True, False])
+def test_reduce_range(ir, apply, monkeypatch, forced):
+    g = ir(CONV_RELU_CONV)
+    q, res = apply(g, f"quantize(reduce_range={forced})", calibration=_calib(g))
+    assert np.abs(q.constants["w1.q"].data).max() == (64 if forced else 127)
+    assert res.stats["reduce_range"] == int(forced)
+    monkeypatch.setattr(cal, "needs_reduce_range", lambda *a, **k: forced)  # an AVX2-only CPU
+    q, res = apply(g, "quantize", calibration=_calib(g))
+    assert res.stats["reduce_range"] == int(forced) and res.stats["weight_qmax"] == (
+        64 if forced else 127)
+
+
+def test_int8_activations_per_tensor_and_asymmetric_weights(ir, apply):
+    g = ir(CONV_RELU_CONV)
+    q, _ = apply(g, "quantize(activations=int8, per_channel=false, symmetric_weights=false)",
+                 calibration=_calib(g))
+    assert q.constants["x.zero_point"].dtype == "i8"
+    assert q.constants["w1.scale"].type.rank == 0
+    assert q.value("w1.dq").producer.attrs["axis"] is None
+    assert int(q.constants["w1.zero_point"].data) != 0
+    x = _calib(g, 1, seed=5)[0]
+    with torch.no_grad():
+        rel = float((run(q, x)[0] - run(g, x)[0]).norm() / run(g, x)[0].norm())
+    assert rel < 0.05
+
+
+def test_bias_that_overflows_int32_stays_float(ir, apply):
+    g = ir(CONV_RELU_CONV)
+    g.constants["b1"].data = np.full(4, 1e9, np.float32)
+    q, res = apply(g, "quantize", calibration=_calib(g, scale=1e-6))
+    assert res.stats["bias_float"] == 1 and res.stats["bias_int32"] == 0
+    assert q.constants["b1"].dtype == "f32"
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_every_calibrator_quantizes_a_model(reference_graphs, method):
+    _, x, g = reference_graphs("lenet5")
+    art: dict = {}
+    q = optimize(g, f"quantize(calibration={method})", calibration=_calib(g, 3), artifacts=art)
+    plan = art["quantize"]
+    assert plan.calibration == method and len(plan.layers) == 5
+    for lo, hi, s, z in plan.ranges.values():
+        assert lo <= 0 <= hi or lo >= 0
+    with torch.no_grad():
+        want, got = run(g, [x])[0], run(q, [x])[0]
+    assert float((got - want).norm() / want.norm()) < 0.1
+
+
+# ---------------------------------------------------------------------------- dynamic
+def test_dynamic_quantizes_linear_inputs_at_run_time(reference_graphs):
+    _, x, g = reference_graphs("vit")
+    art: dict = {}
+    from shrinkc.passes import PassContext, PassManager
+
+    pm = PassManager("quantize(activations=dynamic)", PassContext(artifacts=art))
+    q = g.clone()
+    pm.run(q)  # no calibration needed
+    stats = pm.steps[0].result.stats
+    lin = sum(1 for n in g.nodes if n.op == "linear")
+    assert stats["quantized_linear"] == lin and stats["calibration_batches"] == 0
+    assert stats["skipped_dynamic_activations"] >= 2  # q·k and attention·v stay float
+    assert stats.get("skipped_dynamic_conv2d", 0) == sum(n.op == "conv2d" for n in g.nodes)
+    dq = [n for n in q.nodes if n.op == "dynamic_quantize"]
+    assert len(dq) == lin  # one per linear input (the ViT's q, k, v are one fused linear)
+    for n in q.nodes:
+        if n.op == "linear":
+            assert n.inputs[0].producer.inputs[0].producer.op == "dynamic_quantize"
+            assert n.inputs[1].producer.inputs[0].dtype == "i8"
+    with torch.no_grad():
+        want, got = run(g, [x])[0], run(q, [x])[0]
+    cos = float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0))
+    assert cos > 0.99
+
+
+def test_dynamic_runs_in_onnxruntime_as_dynamic_quantize_matmul(reference_graphs, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from shrinkc.backends.onnx import export_model
+
+    _, x, g = reference_graphs("vit")
+    q = optimize(g, "quantize(activations=dynamic)")
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(export_model(q).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert fused.count("DynamicQuantizeMatMul") >= sum(n.op == "linear" for n in q.nodes) - 1
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = run(q, [x])[0].numpy()
+    # integer kernels vs the interpreter's float reference: a few quantization steps
+    assert float(np.abs(got - want).max()) < 0.05 * float(np.abs(want).max())
+
+
+# ---------------------------------------------------------------------------- backends
+def cut_at_quantizes(q: Graph) -> Graph:
+    """Every activation quantize's result becomes a graph output, and its users read a new
+    graph input instead: each QDQ segment (dequantize → layer → quantize) can be fed the
+    interpreter's integer inputs and compared on its own, so one rounding difference is
+    not amplified by the layers after it."""
+    g = q.clone()
+    for n in list(g.nodes):
+        if n.op == "quantize" and not n.inputs[0].is_constant:
+            cut = g.add_input(n.output.type, g.fresh_name(f"{n.output.name}.in"))
+            g.replace_all_uses(n.output, cut)
+            g.outputs.append(n.output)
+    return g
+
+
+def _agree(got: list[np.ndarray], want: list[np.ndarray], names: list[str], scales) -> None:
+    for name, a, b in zip(names, got, want):
+        if np.issubdtype(b.dtype, np.integer):
+            d = np.abs(a.astype(np.int64) - b.astype(np.int64))
+            assert d.max() <= 1, f"{name}: {d.max()} steps"
+            assert (d > 0).mean() <= 0.01, f"{name}: {(d > 0).mean():.2%} elements differ"
+        else:
+            assert_close(a, b, tol=1e-4, msg=name)  # f32 logits: float rounding only
+
+
+def _segment_case(reference_graphs, name: str, reduce_range):
+    _, x, g = reference_graphs(name)
+    g = optimize(g, "fold-bn")
+    q = optimize(g, f"quantize(reduce_range={reduce_range})", calibration=_calib(g, 3))
+    cut = cut_at_quantizes(q)
+    with torch.no_grad():
+        _, cap = run(q, [x], capture=True)
+    feeds = [x] + [cap[v.name[: -len(".in")]] for v in cut.inputs[1:]]
+    with torch.no_grad():
+        want = [t.numpy() for t in run(cut, feeds)]
+    return q, cut, feeds, want
+
+
+@pytest.mark.parametrize("reduce_range", [True, "auto"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vit"])
+def test_onnxruntime_agrees_to_one_step(reference_graphs, name, reduce_range):
+    """reduce_range=True stands in for an AVX2-only CPU (7-bit weights cannot saturate
+    vpmaddubsw's int16 pair sums); auto is whatever this CPU needs."""
+    from shrinkc.backends.onnx import run_onnxruntime
+
+    _, cut, feeds, want = _segment_case(reference_graphs, name, reduce_range)
+    got = run_onnxruntime(cut, [f.numpy() for f in feeds], threads=1)
+    _agree(got, want, [v.name for v in cut.outputs], None)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("mobilenet_v2", marks=pytest.mark.slow),
+                                  pytest.param("vit", marks=pytest.mark.slow)])
+def test_tvm_agrees_to_one_step(reference_graphs, name):
+    from shrinkc.backends import tvm as btvm
+    from shrinkc.backends import tvm_int8
+
+    q, cut, feeds, want = _segment_case(reference_graphs, name, True)
+    lowered = btvm.lower(cut)
+    assert len(tvm_int8.integer_ops(lowered.mod)) >= sum(
+        n.op in ("conv2d", "linear") for n in q.nodes) - 1  # all but the f32-output head
+    got = btvm.build_lowered(lowered, name=name).run([f.numpy() for f in feeds])
+    _agree(got, want, [v.name for v in cut.outputs], None)
