@@ -8,8 +8,8 @@ the same graph, in one process, side by side; for the original (fp32) graph and 
         [--layout NHWC|NCHW] [--no-prepack] [--out FILE.md]
 
 For each model (zoo factory, width 1.0, batch 1, 3×S×S, random weights) and variant: trace,
-apply ``fold-bn`` (exact); for ``int8`` also quantize with ``tools/bench_int8.make_qdq`` (min/max
-QDQ, the stand-in for the quantization pass, which does not exist yet). Then
+apply ``fold-bn`` (exact); for ``int8`` also the ``quantize`` pass (min/max calibration on
+four random batches: QDQ with u8 activations, i8 per-channel weights, i32 biases). Then
 
 - ``torch``: the float ``nn.Module`` eager, ``torch.inference_mode`` (fp32 rows only);
 - ``onnxruntime``: ``to_onnx`` of the graph (QDQ for int8: onnxruntime's QLinear kernels);
@@ -76,13 +76,11 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
     graph = trace(model, (x,), name=name)
     graph = optimize(graph, PIPELINE, example_inputs=(x,), seed=seed)
     if variant == "int8":
-        # Stand-in for the quantization pass (a later issue): min/max calibration on random
-        # inputs, u8 activations, i8 per-channel weights, i32 biases (tools/bench_int8).
-        from .bench_int8 import make_qdq
-
+        # the quantize pass: min/max calibration on random inputs, u8 activations, i8
+        # per-channel weights (7-bit on CPUs without VNNI), i32 biases
         gen = torch.Generator().manual_seed(seed + 1)
         calib = [[torch.randn(1, 3, size, size, generator=gen).numpy()] for _ in range(4)]
-        graph = make_qdq(graph, calib)
+        graph = optimize(graph, "quantize", calibration=calib)
     elif variant != "fp32":
         raise ValueError(f"variant {variant!r}: choose fp32 or int8")
     cost = graph_cost(graph)
@@ -208,8 +206,8 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
             f"{r.get('tuned_vs_ort', float('nan')):.1e} |")
     return "\n".join(lines) + (
         f"\n\nBatch 1, width 1.0, pipeline `{PIPELINE}` (exact); int8 rows add min/max QDQ "
-        f"(u8 activations, i8 per-channel weights, i32 bias; `tools/bench_int8.make_qdq`, "
-        f"standing in for the quantization pass), which onnxruntime runs with its QLinear "
+        f"(the `quantize` pass: u8 activations, i8 per-channel weights, i32 bias), "
+        f"which onnxruntime runs with its QLinear "
         f"kernels and TVM with the integer lowering of `backends/tvm_int8.py`. "
         f"{machine_info(threads)}. Medians of {repeat} runs after {warmup} warm-ups "
         f"(p10–p90), backends timed in interleaved blocks of 10 runs in one process. Ratios: "

@@ -8,17 +8,30 @@ import logging
 
 import numpy as np
 import pytest
-
 from shrinkc.backends import tvm as btvm
 from shrinkc.backends import tvm_int8
 from shrinkc.ir import Graph, TensorType
 from shrinkc.ir.interpreter import run
 from shrinkc.ir.text import parse_graph
-from shrinkc.tools.bench_int8 import make_qdq
+from shrinkc.passes import optimize
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 INT8 = ("uint8", "int8")
+
+
+#: Each case is its own branch on its own input (an input is quantized once, for every
+#: reader, so variants need inputs of their own), quantized by the ``quantize`` run of its
+#: group. A branch ending in a ReLU gets its layer's output quantized (the requantize fused
+#: into the integer op); one that ends at the layer keeps an f32 output.
+GROUPS = {
+    "quantize": ("conv_s2", "conv_dw", "linear_u8", "matmul_u8"),
+    "quantize(activations=int8)": ("conv_dw_i8", "matmul_batched_i8"),
+    "quantize(per_channel=false)": ("conv_nobias",),
+    "quantize(activations=int8, per_channel=false)": ("conv_i8_pt", "linear_i8"),
+    "quantize(symmetric_weights=false)": ("conv_asym",),  # asymmetric weights stay float
+}
+WITH_RELU = {"conv_s2", "conv_dw_i8", "conv_i8_pt", "linear_u8"}
 
 
 def _float_graph() -> Graph:
@@ -29,36 +42,39 @@ def _float_graph() -> Graph:
     def c(*shape):
         return g.add_constant((rng.standard_normal(shape) * 0.3).astype(np.float32))
 
-    x = g.add_input(TensorType("f32", (1, 4, 9, 9)), "x")
-    s = g.add_input(TensorType("f32", (2, 5, 8)), "s")
     outs = []
-    conv = lambda loc, w, b, **at: outs.append(g.add_node(  # noqa: E731
-        "conv2d", [x, w] + ([b] if b is not None else []), at, loc=loc).output)
-    conv("conv_s2", c(6, 4, 3, 3), c(6), stride=(2, 2), padding=(1, 1))
-    conv("conv_dw", c(4, 1, 3, 3), c(4), padding=(1, 1), groups=4)
-    conv("conv_dw_i8", c(8, 1, 3, 3), c(8), stride=(2, 2), padding=(2, 1), groups=4)
-    conv("conv_nobias", c(5, 4, 1, 1), None)
-    conv("conv_i8_pt", c(6, 4, 3, 3), c(6), padding=(1, 1))
-    for loc, extra in (("linear_u8", {}), ("linear_i8", {})):
-        outs.append(g.add_node("linear", [s, c(6, 8), c(6)], loc=loc, **extra).output)
-    outs.append(g.add_node("matmul", [s, c(8, 3)], loc="matmul_u8").output)
-    outs.append(g.add_node("matmul", [s, c(2, 8, 3)], loc="matmul_batched_i8").output)
-    outs.append(g.add_node("conv2d", [x, c(3, 4, 3, 3)], {"padding": (1, 1)},
-                           loc="conv_asym").output)
+
+    def branch(loc, op, shape, w, b=None, **at):
+        x = g.add_input(TensorType("f32", shape), f"{loc}.in")
+        y = g.add_node(op, [x, w] + ([b] if b is not None else []), at, loc=loc).output
+        if loc in WITH_RELU:
+            y = g.add_node("relu", [y], loc=f"{loc}.relu").output
+        outs.append(y)
+
+    img, seq = (1, 4, 9, 9), (2, 5, 8)
+    branch("conv_s2", "conv2d", img, c(6, 4, 3, 3), c(6), stride=(2, 2), padding=(1, 1))
+    branch("conv_dw", "conv2d", img, c(4, 1, 3, 3), c(4), padding=(1, 1), groups=4)
+    branch("conv_dw_i8", "conv2d", img, c(8, 1, 3, 3), c(8), stride=(2, 2), padding=(2, 1),
+           groups=4)
+    branch("conv_nobias", "conv2d", img, c(5, 4, 1, 1))
+    branch("conv_i8_pt", "conv2d", img, c(6, 4, 3, 3), c(6), padding=(1, 1))
+    branch("linear_u8", "linear", seq, c(6, 8), c(6))
+    branch("linear_i8", "linear", seq, c(6, 8), c(6))
+    branch("matmul_u8", "matmul", seq, c(8, 3))
+    branch("matmul_batched_i8", "matmul", seq, c(2, 8, 3))
+    branch("conv_asym", "conv2d", img, c(3, 4, 3, 3), padding=(1, 1))
     g.outputs = outs
     return g
 
 
-#: per-case options of make_qdq (defaults: u8, per-channel weights, int32 bias, output q)
-OVERRIDES = {
-    "conv_dw": {"quantize_outputs": False},
-    "conv_dw_i8": {"act_dtype": "i8", "int_bias": False},
-    "conv_nobias": {"per_channel": False, "quantize_outputs": False},
-    "conv_i8_pt": {"act_dtype": "i8", "per_channel": False},
-    "linear_i8": {"act_dtype": "i8", "per_channel": False, "quantize_outputs": False,
-                  "int_bias": False},
-    "matmul_batched_i8": {"act_dtype": "i8", "quantize_outputs": False},
-}
+def _quantized(g: Graph, calib: list) -> Graph:
+    every = {loc for locs in GROUPS.values() for loc in locs}
+    for pipeline, locs in GROUPS.items():
+        others = sorted(every - set(locs))
+        opts = f"exclude={others!r}"
+        pipeline = (pipeline[:-1] + f", {opts})") if "(" in pipeline else f"{pipeline}({opts})"
+        g = optimize(g, pipeline, calibration=calib)
+    return g
 
 
 @pytest.fixture(scope="module")
@@ -67,32 +83,40 @@ def case():
     rng = np.random.default_rng(1)
     calib = [[rng.standard_normal(v.shape).astype(np.float32) * 2 for v in g.inputs]
              for _ in range(2)]
-    q = make_qdq(g, calib, overrides=OVERRIDES)
-    # one fallback: asymmetric weights (weight zero point != 0) must stay float
-    q.constants["conv_asym.weight_zero_point"].data[:] = 3
+    q = _quantized(g, calib)
     lowered = btvm.lower(q)
     module = btvm.build_lowered(lowered, name=q.name)
     x = calib[0]
     return q, lowered, module.run(x), [t.numpy() for t in run(q, x)]
 
 
-def _tol(q: Graph, loc: str) -> float:
-    """One quantization step of the output; for f32 outputs, a tenth of sx*sw (float
-    rounding only: an f32 bias is added in float, an int32 one exactly)."""
-    k = q.constants
-    if f"{loc}.y.scale" in k:
-        return float(k[f"{loc}.y.scale"].data) * 1.0001
-    return float(k[f"{loc}.x.scale"].data) * float(np.max(k[f"{loc}.weight_scale"].data)) * 0.1
+def _layer(out) -> object:
+    """The conv / linear / matmul behind a branch's output."""
+    n = out.producer
+    while n.op not in ("conv2d", "linear", "matmul"):
+        n = n.inputs[0].producer
+    return n
+
+
+def _tol(out) -> float:
+    """One quantization step of the layer's quantized output (a ReLU branch); for f32
+    outputs, a tenth of sx*sw (float rounding only: the int32 bias is added exactly)."""
+    layer = _layer(out)
+    y = layer.outputs[0]
+    if len(y.uses) == 1 and y.uses[0].op == "quantize":
+        return float(y.uses[0].inputs[1].data) * 1.0001
+    sx = float(layer.inputs[0].producer.inputs[1].data)
+    sw = float(np.max(layer.inputs[1].producer.inputs[1].data))
+    return sx * sw * 0.1
 
 
 def test_int8_equals_the_qdq_reference_to_one_step(case):
     q, _, outs, refs = case
-    locs = [o.producer.meta.get("loc") or o.producer.inputs[0].producer.inputs[0]
-            .producer.meta["loc"] for o in q.outputs]
-    assert len(locs) == len(outs) == 10
-    for loc, out, ref in zip(locs, outs, refs):
+    assert len(q.outputs) == len(outs) == 10
+    for v, out, ref in zip(q.outputs, outs, refs):
+        loc = _layer(v).loc
         err = np.abs(out.astype(np.float64) - ref).max()
-        assert err <= _tol(q, loc) + 1e-5 * np.abs(ref).max(), (loc, err, _tol(q, loc))
+        assert err <= _tol(v) + 1e-5 * np.abs(ref).max(), (loc, err, _tol(v))
     # most quantized outputs agree exactly (only round-half ties may differ)
     exact = sum(np.array_equal(o, r) for o, r in zip(outs, refs))
     assert exact >= 4
@@ -151,6 +175,20 @@ def test_text_qdq_linear_lowers_to_integers_without_float_weights():
     assert tvm_int8.integer_ops(kept.mod) == [("relax.matmul", INT8, "int32")]
 
 
+def test_f32_bias_is_added_after_scaling():
+    """A float bias (not int32 at sx*sw) is added in float after the accumulator is scaled:
+    no rounding to the accumulator's step."""
+    text = QDQ_TEXT.replace("  %bd: f32[4] = dequantize(%bq, %sb, %zb) {axis=0}\n", "").replace(
+        "  %bq: i32[4] = const [100, -200, 37, 0]\n",
+        "  %bd: f32[4] = const [0.0123, -0.2, 0.0371, 0.0]\n")
+    g = parse_graph(text, missing_weights="random")
+    lowered = btvm.lower(g)
+    assert tvm_int8.compute_calls(lowered.mod) == [("relax.matmul", INT8, "int32")]
+    x = np.random.default_rng(4).integers(0, 256, (2, 8)).astype(np.uint8)
+    out = btvm.build_lowered(lowered).run([x])[0]
+    assert np.abs(out.astype(int) - run(g, [x])[0].numpy()).max() <= 1
+
+
 @pytest.mark.parametrize("edit, why", [
     (lambda t: t.replace("%zw: i8[4] = const [0, 0, 0, 0]", "%zw: i8[4] = const [0, 1, 0, 0]"),
      "asymmetric"),
@@ -174,8 +212,8 @@ def test_unsupported_patterns_stay_float_and_say_why(edit, why, caplog):
 
 def test_chained_convs_share_one_quantization():
     """conv → conv with nothing between (MobileNetV2's projection into the next expansion):
-    make_qdq reuses the first conv's output quantization as the second's input, and both
-    lower to integer convs that match the interpreter's QDQ reference to one step."""
+    the first conv's output quantization is the second's input, and both lower to integer
+    convs that match the interpreter's QDQ reference."""
     rng = np.random.default_rng(3)
     g = Graph("chain")
     x = g.add_input(TensorType("f32", (1, 4, 6, 6)), "x")
@@ -185,15 +223,15 @@ def test_chained_convs_share_one_quantization():
     y1 = g.add_node("conv2d", [x, w1], loc="c1").output
     g.outputs = [g.add_node("conv2d", [y1, w2, b2], {"padding": (1, 1)}, loc="c2").output]
     calib = [[rng.standard_normal((1, 4, 6, 6)).astype(np.float32)] for _ in range(2)]
-    q = make_qdq(g, calib, quantize_outputs=True)
+    q = optimize(g, "quantize", calibration=calib)
     convs = [n for n in q.nodes if n.op == "conv2d"]
     assert [n.inputs[0].producer.op for n in convs] == ["dequantize", "dequantize"]
-    assert convs[1].inputs[0].producer.inputs[1] is q.constants["c1.y.scale"]
+    y1q = convs[0].outputs[0].uses[0]
+    assert y1q.op == "quantize" and convs[1].inputs[0].producer.inputs[0] is y1q.output
     assert not any(n.op == "dequantize" and n.inputs[0].producer is not None
                    and n.inputs[0].producer.op == "dequantize" for n in q.nodes)
     lowered = btvm.lower(q)
     assert len(tvm_int8.integer_ops(lowered.mod)) == 2
     out = btvm.build_lowered(lowered, name=q.name).run(calib[0])[0]
     ref = run(q, calib[0])[0].numpy()
-    step = float(q.constants["c2.y.scale"].data)
-    assert np.abs(out.astype(np.float64) - ref).max() <= step * 1.0001
+    assert np.abs(out.astype(np.float64) - ref).max() <= _tol(q.outputs[0])
