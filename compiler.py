@@ -541,7 +541,8 @@ def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
 def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
             passes: str | Sequence[Any] | None = None, backend: str | None = None,
             target: str | Mapping[str, Any] | None = None, tune_trials: int = 0,
-            tuning_db: str | os.PathLike | None = None, calibration: Iterable[Any] | None = None,
+            tuning_db: str | os.PathLike | None = None,
+            calibration: Iterable[Any] | str | os.PathLike | None = None,
             keep_params: bool = False, check: bool = True, seed: int = 0,
             name: str | None = None) -> CompiledModel:
     """Trace (if needed), optimise and compile a model; returns a ``CompiledModel``.
@@ -561,6 +562,9 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     - ``keep_params``: TVM only — weights as function parameters saved beside the library
       (``params.safetensors``) instead of constants inside it (then without weight
       prepacking: a database tuned without ``keep_params`` does not cover it).
+    - ``calibration``: input batches for passes that calibrate (``quantize``,
+      ``bias-correct``), each like ``example_inputs``; or an ``.npz`` file with one array
+      per input, samples along dim 0 (``passes.analyses.calibration.load_calibration``).
     - ``check``: measure the error against the original graph on the example inputs.
     """
     times: dict[str, float] = {}
@@ -595,6 +599,10 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
         from . import optimize
 
         pipeline = _canonical_pipeline(passes)
+        if isinstance(calibration, (str, os.PathLike)):
+            from .passes.analyses.calibration import load_calibration
+
+            calibration = load_calibration(calibration, original)
         t0 = time.perf_counter()
         graph = optimize(original, passes, example_inputs=inputs_t, calibration=calibration,
                          seed=seed)

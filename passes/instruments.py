@@ -391,7 +391,9 @@ class Reproducer(PassInstrument):
     """On failure: write ``reproducer.shrk`` (the IR before the failing pass) and
     ``reproducer.sh`` (the one command that reruns that pass alone on it) into
     ``directory`` (None: a new temporary directory, made only on failure); the command is
-    also put on the error (``error.reproducer``)."""
+    also put on the error (``error.reproducer``). The context's calibration batches go into
+    ``calibration.npz`` beside it (``--calibration``), so a calibrating pass reruns on the
+    same data."""
 
     directory: str | os.PathLike | None = None
     command: str = "shrinkc opt"
@@ -412,6 +414,14 @@ class Reproducer(PassInstrument):
         plugin = plugin_of(type(step.pass_))
         if plugin:
             cmd += f" --load-plugin {shlex.quote(plugin)}"
+        if ctx.calibration is not None and list(ctx.calibration):
+            from .analyses.calibration import save_calibration
+
+            try:
+                npz = save_calibration(ctx.calibration, before, d / "calibration.npz")
+                cmd += f" --calibration {shlex.quote(str(npz.resolve()))}"
+            except Exception as e:  # batches that do not fit the graph: say so, keep going
+                log.warning("reproducer: calibration data not saved: %s", e)
         reason = str(error).splitlines()[0]
         script = d / "reproducer.sh"
         script.write_text(f"#!/bin/sh\n# {reason}\n# The IR before pass {step.label}; this "

@@ -269,3 +269,16 @@ def test_tuned_compile_records_and_reuses_the_database(tmp_path, reference_graph
     again = shrinkc.compile(g, x, tuning_db=tmp_path)
     want = "tvm" if covered == total else "onnxruntime"
     assert again.backend == want and f"{tmp_path}" in again.report().reason
+
+
+def test_compile_quantizes_with_calibration_from_a_file(tmp_path, reference_graphs):
+    _, x, g = reference_graphs("lenet5")
+    images = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", images=images)
+    cm = shrinkc.compile(g, x, passes="quantize", calibration=tmp_path / "cal.npz",
+                         backend="onnxruntime")
+    assert sum(n.op == "quantize" for n in cm.graph.nodes) >= 5
+    from shrinkc.passes import PassError
+
+    with pytest.raises(PassError, match="needs calibration data"):
+        shrinkc.compile(g, x, passes="quantize", backend="onnxruntime")

@@ -16,7 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from .load import TARGET_HELP, load_model, parse_shape, parse_target
+from .load import (
+    CALIBRATION_HELP,
+    TARGET_HELP,
+    load_calibration,
+    load_model,
+    parse_shape,
+    parse_target,
+)
 
 
 def add_parser(sub) -> None:
@@ -37,6 +44,11 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-params", action="store_true",
                    help="TVM: weights beside the library (params.safetensors), not inside it")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
+    p.add_argument("--calibration", metavar="FILE.npz|zoo-data:NAME", help=CALIBRATION_HELP)
+    p.add_argument("--calibration-samples", type=int, default=256, metavar="N",
+                   help="how many zoo-data images to calibrate with (default 256)")
+    p.add_argument("--calibration-batch-size", type=int, metavar="N",
+                   help="calibration batch size (default: the model's input batch)")
     p.add_argument("--seed", type=int, default=0, help="seed for passes and the check input")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
@@ -47,9 +59,11 @@ def run(args) -> int:
 
     target = parse_target(args.target)
     graph = load_model(args.model, parse_shape(args.input_shape))
+    calibration = (load_calibration(args.calibration, graph, args.calibration_samples,
+                                    args.calibration_batch_size) if args.calibration else None)
     cm = shrinkc.compile(graph, None, passes=args.passes or None, backend=args.backend,
                          target=target, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-                         keep_params=args.keep_params, seed=args.seed)
+                         keep_params=args.keep_params, seed=args.seed, calibration=calibration)
     if args.output:
         out = cm.save(args.output)
     report = cm.report()

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from ..ir.graph import IRError
-from .load import load_model, parse_shape
+from .load import CALIBRATION_HELP, load_calibration, load_model, parse_shape
 
 
 def add_parser(sub) -> None:
@@ -38,6 +38,11 @@ def add_parser(sub) -> None:
                    help="the pass pipeline, e.g. 'fold-bn,dce' (default: none)")
     p.add_argument("-o", "--output", metavar="OUT", help="write the result (.shrk, .shrkz or .onnx)")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
+    p.add_argument("--calibration", metavar="FILE.npz|zoo-data:NAME", help=CALIBRATION_HELP)
+    p.add_argument("--calibration-samples", type=int, default=256, metavar="N",
+                   help="how many zoo-data images to calibrate with (default 256)")
+    p.add_argument("--calibration-batch-size", type=int, metavar="N",
+                   help="calibration batch size (default: the model's input batch)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for passes' randomness and random example inputs (default 0)")
     p.add_argument("--print-passes", action="store_true",
@@ -153,6 +158,9 @@ def run(args) -> int:
     _check_output(args.output)
 
     graph = load_model(args.model, parse_shape(args.input_shape))
+    if args.calibration:
+        ctx.calibration = load_calibration(args.calibration, graph, args.calibration_samples,
+                                           args.calibration_batch_size)
     first = summarize(graph)
     with explaining(write) if args.explain else contextlib.nullcontext():
         pm.run(graph)

@@ -89,3 +89,41 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
                              f"or a .onnx file")
     torch.manual_seed(0)
     return trace(model, (torch.randn(*shape),), name=spec.split(":")[-1])
+
+
+CALIBRATION_HELP = ("calibration data for passes that need it (quantize, bias-correct): "
+                    "FILE.npz (one array per model input, samples along dim 0) or "
+                    "zoo-data:NAME (a seeded sample of a bundled dataset's training split, "
+                    "e.g. zoo-data:mnist, resized to the model's input)")
+
+
+def load_calibration(spec: str, graph: Graph, samples: int = 256,
+                     batch_size: int | None = None) -> list:
+    """The calibration batches named by ``spec`` for ``graph`` (see ``CALIBRATION_HELP``);
+    batches of ``batch_size`` samples (default: the batch the graph was traced at)."""
+    from ..passes.analyses.calibration import load_calibration as load_npz
+
+    if spec.startswith("zoo-data:"):
+        from . import data
+
+        name = spec.split(":", 1)[1]
+        if name not in data.DATASETS:
+            raise ModelSpecError(f"--calibration {spec}: unknown dataset {name!r} (known: "
+                                 f"{', '.join(data.DATASETS)})")
+        if len(graph.inputs) != 1 or graph.inputs[0].type.rank != 4:
+            raise ModelSpecError(f"--calibration {spec}: zoo data feeds a model with one "
+                                 f"N×C×H×W input; this one takes "
+                                 f"{', '.join(str(v.type) for v in graph.inputs)}")
+        try:
+            X, _ = data.load(name, "train", **data.image_kwargs(graph.inputs[0].shape))
+        except ValueError as e:
+            raise ModelSpecError(f"--calibration {spec}: {e}") from None
+        if not 0 < samples <= len(X):
+            raise ModelSpecError(f"--calibration-samples must be in 1..{len(X)} for {name}")
+        import torch
+
+        idx = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:samples]
+        return load_npz({graph.inputs[0].name: X[idx].numpy()}, graph, batch_size)
+    if not spec.endswith(".npz"):
+        raise ModelSpecError(f"--calibration {spec}: expected FILE.npz or zoo-data:NAME")
+    return load_npz(spec, graph, batch_size)

@@ -202,3 +202,55 @@ def test_opt_writes_a_compressed_file_with_storage_stats(tmp_path, capsys, refer
     assert g.constants["fc1.weight"].encoding.codebook.bits == 4
     assert main(["opt", str(out), "-o", str(tmp_path / "again.shrkz")]) == 0  # reads .shrkz
     assert graph_diff(load(tmp_path / "again.shrkz"), g) is None
+
+# ---------------------------------------------------------------------------- calibration
+def test_quantize_without_calibration_is_one_error_line(capsys, tmp_path):
+    out = tmp_path / "q.shrk"
+    assert main(["opt", "zoo:lenet5", "--passes=quantize", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("shrinkc: error: pass 'quantize(")
+    assert "needs calibration data" in err[0] and "--calibration FILE.npz|zoo-data:mnist" in err[0]
+    assert err[1].startswith("  reproduce with: ") and not out.exists()
+
+
+def test_calibration_from_zoo_data_and_npz(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "q.shrk"
+    assert main(["opt", "zoo:lenet5", "--passes=quantize(calibration=percentile)",
+                 "--calibration", "zoo-data:mnist", "--calibration-samples", "16",
+                 "-o", str(out), "--stats"]) == 0
+    assert "calibration_batches=16" in capsys.readouterr().out.replace(" ", "")
+    g = load(out)
+    assert sum(n.op == "quantize" for n in g.nodes) >= 5
+    images = np.random.default_rng(0).standard_normal((6, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", images=images)
+    assert main(["opt", "zoo:lenet5", "--passes=quantize", "--calibration",
+                 str(tmp_path / "cal.npz"), "--stats"]) == 0
+    assert "calibration_batches=6" in capsys.readouterr().out.replace(" ", "")
+    assert main(["opt", "zoo:lenet5", "--passes=quantize", "--calibration", "zoo-data:cifar"]) == 2
+    assert "unknown dataset 'cifar'" in capsys.readouterr().err
+
+
+def test_reproducer_keeps_the_calibration_data(tmp_path, capsys, reference_graphs):
+    import shlex
+
+    import numpy as np
+
+    model = save(reference_graphs("lenet5")[2], tmp_path / "lenet5.shrk")
+    images = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    images[3, 0, 0, 0] = np.nan  # calibration fails on the last batch
+    np.savez(tmp_path / "bad.npz", x=images)
+    rdir = tmp_path / "repro"
+    args = ["opt", str(model), "--passes=fold-bn,quantize", "--calibration",
+            str(tmp_path / "bad.npz"), "--reproducer-dir", str(rdir)]
+    assert main(args) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert "has NaN or infinite values" in first
+    cmd = (rdir / "reproducer.sh").read_text().splitlines()[-1]
+    assert f"--calibration {(rdir / 'calibration.npz').resolve()}" in cmd
+    np.testing.assert_array_equal(np.load(rdir / "calibration.npz")["x"], images)
+    # the command alone fails the same way, on the same data
+    assert main(shlex.split(cmd)[1:] + ["--reproducer-dir", str(tmp_path / "r2")]) == 2
+    again = capsys.readouterr().err.splitlines()[0]
+    assert "has NaN or infinite values" in again and "pass 1 of 1" in again
