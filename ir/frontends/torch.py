@@ -20,6 +20,7 @@ import torch
 
 from ..graph import Graph, IRError, Value
 from ..types import TensorType, dtype_from_torch
+from . import torch_fold
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -308,12 +309,19 @@ def _gelu(c, a, k):
 
 @_maps(aten.softmax.int, aten._softmax.default)
 def _softmax(c, a, k):
-    return c.emit("softmax", [c.v(a[0])], {"axis": int(a[1])})
+    return c.emit("softmax", [_in_out_dtype(c, c.v(a[0]))], {"axis": int(a[1])})
 
 
 @_maps(aten.log_softmax.int, aten._log_softmax.default)
 def _log_softmax(c, a, k):
-    return c.emit("log_softmax", [c.v(a[0])], {"axis": int(a[1])})
+    return c.emit("log_softmax", [_in_out_dtype(c, c.v(a[0]))], {"axis": int(a[1])})
+
+
+def _in_out_dtype(c, x: Value) -> Value:
+    """``softmax(x, dtype=…)`` casts x first: the operand in the output's dtype."""
+    want = dtype_from_torch(c.node.meta["val"].dtype)
+    return x if want == x.dtype else c.emit("cast", [x], {"dtype": want},
+                                            name=f"{c.node.name}_cast")
 
 
 def _binary(op):
@@ -597,6 +605,7 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
     user_inputs = list(sig.user_inputs)
+    params: set[int] = set()  # ids of the constants that are parameters (never folded into)
     for node in ep.graph_module.graph.nodes:
         c.node, c.loc = node, _module_path(node)
         if node.op == "placeholder":
@@ -605,6 +614,8 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
                 t = state[fqn] if fqn in state else consts[fqn]
                 arr = t.detach().cpu().contiguous().numpy().copy()
                 c.env[node.name] = g.add_constant(arr, g.fresh_name(fqn))
+                if node.name in sig.inputs_to_parameters:
+                    params.add(id(c.env[node.name]))
             elif node.name in user_inputs:
                 val = node.meta["val"]
                 try:
@@ -615,6 +626,14 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
             else:
                 raise TraceError(f"trace: placeholder {node.name} is neither an input nor a weight")
         elif node.op == "call_function":
+            if node.target in torch_fold.DROP:
+                c.env[node.name] = None
+                continue
+            folded = torch_fold.fold(node, c.env, params)
+            if folded is not torch_fold.NOT_FOLDED:
+                c.env[node.name] = _as_constants(c, folded)
+                _check_type(c, node)
+                continue
             handler = ATEN_MAP.get(node.target)
             if handler is None:
                 raise TraceError(f"trace: cannot map ATen op {node.target} to the IR, at "
@@ -645,9 +664,22 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
     return g
 
 
+def _as_constants(c: _Ctx, x: Any) -> Any:
+    """A folded result as IR constants (tensors), tuples of them, or python values."""
+    if isinstance(x, torch.Tensor):
+        arr = x.detach().cpu().contiguous().numpy().copy()
+        return c.g.add_constant(arr, c.g.fresh_name(c.node.name))
+    if isinstance(x, (list, tuple)):
+        return tuple(_as_constants(c, e) for e in x)
+    return x
+
+
 def _check_type(c: _Ctx, node: torch.fx.Node) -> None:
     val, got = node.meta.get("val"), c.env[node.name]
     if isinstance(val, torch.Tensor) and isinstance(got, Value):
         want = TensorType(dtype_from_torch(val.dtype), tuple(int(d) for d in val.shape))
         if got.type != want:
             raise TraceError(f"trace: {c.where()}: IR type {got.type} differs from torch's {want}")
+
+
+from . import torch_aten  # noqa: E402,F401  (more handlers: comparisons, indexing, attention, …)

@@ -173,6 +173,12 @@ def div(a, b):
 
 
 def pow_(a, b):
+    # a constant 0-d exponent goes in as a python number, as eager ``x ** 2`` does: torch's
+    # scalar-exponent kernel computes x*x for 2 (and sqrt for 0.5, …), while the tensor
+    # exponent path calls pow — 1 ulp apart in float32 (T5's layer norm differs by 2e-7)
+    if (b.dim() == 0 and not b.requires_grad and b.device.type != "meta"
+            and a.dtype.is_floating_point):
+        return torch.pow(a, b.item())
     return torch.pow(a, b)
 
 
