@@ -633,3 +633,47 @@ def test_cli_loads_onnx(exported, capsys):
     assert main(["inspect", str(exported["vit_dynamic"])]) == 2
     err = capsys.readouterr().err
     assert "dim 0 ('batch') is symbolic" in err and "Traceback" not in err
+
+
+def test_bert_as_torch_onnx_exports_it():
+    """The standard BERT export (torch.onnx, TorchScript path, dynamic batch and sequence):
+    Gather on the embeddings, the attention-mask arithmetic behind Shape / Expand (folded over
+    several rounds once the sizes are given), Where / And on the mask."""
+    import io
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=100, max_position_embeddings=64, hidden_size=32,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, attn_implementation="eager")
+    torch.manual_seed(0)
+    bert = transformers.BertModel(cfg).eval()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids, mask):
+            return self.bert(input_ids=ids, attention_mask=mask).to_tuple()
+
+    ids, mask = torch.randint(0, 100, (1, 8)), torch.tensor([[1] * 6 + [0] * 2])
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapped(), (ids, mask), buf, input_names=["input_ids", "mask"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "mask": {0: "b", 1: "s"}},
+                          opset_version=17, dynamo=False)
+    m = onnx.load_from_string(buf.getvalue())
+    assert {"Shape", "Range", "Where", "Expand"} <= {n.op_type for n in m.graph.node}
+    g = load_onnx(m, input_shapes={"*": (1, 8)})
+    assert not {"Shape", "Range"} & {n.op for n in g.nodes}
+    assert ops(g)["softmax"] == 2 and ops(g)["linear"] == 13
+    want = run_onnxruntime(m.SerializeToString(), [ids.numpy(), mask.numpy()], threads=1)
+    for got in (run_numpy(g, [ids, mask]),
+                run_onnxruntime(export_model(g), [ids.numpy(), mask.numpy()], threads=1)):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))

@@ -175,8 +175,31 @@ def _quiet_gs() -> Iterator[None]:
         ort.set_default_logger_severity(2)
 
 
+#: Rounds of shape inference and folding: a ``Shape`` whose input ONNX shape inference
+#: cannot size (behind an ``Expand`` to a computed shape, as torch.onnx writes BERT's
+#: attention mask) folds in a later round, once the constants before it have folded.
+FOLD_ROUNDS = 4
+
+
 def to_graphsurgeon(model: onnx.ModelProto, what: str = "load_onnx") -> gs.Graph:
-    """Shape inference, import, constant folding (Q/DQ kept) and cleanup."""
+    """Shape inference, import, constant folding (Q/DQ kept) and cleanup — again while that
+    leaves fewer ``Shape`` / ``Size`` nodes than the round before."""
+    pending = None
+    for round_ in range(FOLD_ROUNDS):
+        graph = _fold_once(model, what)
+        left = sum(n.op in ("Shape", "Size") for n in graph.nodes)
+        if not left or (pending is not None and left >= pending) or round_ == FOLD_ROUNDS - 1:
+            return graph
+        pending = left
+        with _quiet_gs():
+            model = gs.export_onnx(graph, do_type_check=False)
+        del model.graph.value_info[:]  # symbolic dims of the last round: infer them again
+        for vi in model.graph.output:
+            vi.type.tensor_type.ClearField("shape")
+    return graph
+
+
+def _fold_once(model: onnx.ModelProto, what: str) -> gs.Graph:
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
                                                   data_prop=True)
