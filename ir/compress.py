@@ -256,13 +256,14 @@ def compressed_bytes(graph: Graph) -> bytes:
 
 def save_compressed(graph: Graph, path: str | Path) -> Path:
     """Write ``graph`` as one ``.shrkz`` file (atomically). Returns the path."""
-    from .serialize import atomic_write
+    from .files import atomic_write_bytes, make_dirs
 
     path = Path(path)
     if path.suffix != SUFFIX:
         raise IRError(f"{path}: a compressed graph's file name ends in {SUFFIX}")
     data = compressed_bytes(graph)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    make_dirs(path.parent, "save: folder")
+    atomic_write_bytes(path, data, "save")
     return path
 
 

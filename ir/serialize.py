@@ -1,20 +1,20 @@
 """Saving and loading graphs: the text form in ``NAME.shrk`` and the constants in
 ``NAME.safetensors`` beside it (never pickle), or everything in one compressed
-``NAME.shrkz`` (``ir/compress.py``). Writes are atomic: a failed save leaves no
-half-written file. An encoding's array that the data does not imply (a sparse mask with a
-kept zero) is saved under ``NAME@mask`` (``encoding.array_key``) and digest-checked like
+``NAME.shrkz`` (``ir/compress.py``). Writes are atomic (``ir/files.py``): a failed save
+leaves no file behind (the .shrk and its .safetensors are written as a pair), and the
+files get the permissions of any other new file. An encoding's array that the data does
+not imply (a sparse mask with a kept zero) is saved under ``NAME@mask`` (``encoding.array_key``) and digest-checked like
 the constants.
 """
 
 from __future__ import annotations
 
-
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_group, make_dirs
 from .graph import Graph, IRError
 from .text import parse_graph, print_graph
 
@@ -34,20 +34,6 @@ def encoding_arrays(graph: Graph) -> dict[str, np.ndarray]:
 def weights_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     return p.with_suffix(".safetensors")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save(graph: Graph, path: str | os.PathLike, compress: bool | None = None) -> Path:
@@ -78,8 +64,10 @@ def save(graph: Graph, path: str | os.PathLike, compress: bool | None = None) ->
             raise IRError(f"cannot save: constant %{name} has the name of an encoding array")
         tensors[name] = arr
     text = print_graph(graph)
-    atomic_write(weights_path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    make_dirs(path.parent, "save: folder")
+    # the two files as a pair: both or neither (ir/files.py)
+    atomic_write_group([(weights_path(path), lambda tmp: save_file(tensors, tmp, metadata=meta)),
+                        (path, lambda tmp: Path(tmp).write_text(text))], what="save")
     return path
 
 
