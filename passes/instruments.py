@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 Writer = Callable[[str], None]
 
 __all__ = ["DumpDir", "NumericDiff", "PassInstrument", "PrintIR", "Reproducer", "Stats",
-           "TimePasses", "VerifyEach", "Writer", "log_writer", "stdout_writer"]
+           "TimePasses", "VerifyEach", "Writer", "log_writer", "reproducer_command",
+           "stdout_writer"]
 
 
 def log_writer(text: str) -> None:
@@ -148,6 +149,9 @@ class OutputDiff:
     rel_l2: float
     cosine: float
     top1: float | None  # fraction of rows whose argmax (last axis) agrees; None for scalars
+    #: elements that are NaN / ±Inf where the original's are not (or the reverse, or the
+    #: other infinity). The other numbers are over the elements finite in both.
+    nonfinite: int = 0
 
 
 @dataclass
@@ -158,29 +162,50 @@ class DiffRecord:
     outputs: list[OutputDiff] = field(default_factory=list)
     error: str | None = None  # outputs that no longer match in number or shape
     step_rel_l2: float = 0.0  # worst rel-L2 against the outputs before this pass
+    step_nonfinite: int = 0  # elements this pass made non-finite (or finite) vs before it
 
     @property
     def worst_rel_l2(self) -> float:
         return max((o.rel_l2 for o in self.outputs), default=0.0)
 
+    @property
+    def nonfinite(self) -> int:
+        return sum(o.nonfinite for o in self.outputs)
+
+
+def _nonfinite_mismatch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Where ``a`` and ``b`` (float64) differ in NaN-ness or in which infinity they hold."""
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    inf_a, inf_b = np.isinf(a), np.isinf(b)
+    return (nan_a != nan_b) | (inf_a != inf_b) | (inf_a & inf_b & (a != b))
+
 
 def compare_outputs(got: np.ndarray, ref: np.ndarray) -> OutputDiff:
-    """Max abs difference, relative L2, cosine and top-1 agreement of two arrays."""
+    """Max abs difference, relative L2, cosine and top-1 agreement of two arrays.
+
+    A NaN or ±Inf where the reference has a number (or the reverse) is a change: it is
+    counted in ``nonfinite`` (and such a row's top-1 disagrees); the other measures are
+    over the elements finite in both, so they stay numbers."""
     a, b = got.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    diff = a - b
-    nb, na = float(np.linalg.norm(b)), float(np.linalg.norm(a))
+    mismatch = _nonfinite_mismatch(a, b)
+    both = np.isfinite(a) & np.isfinite(b)
+    a_f, b_f = a[both], b[both]
+    diff = a_f - b_f
+    nb, na = float(np.linalg.norm(b_f)), float(np.linalg.norm(a_f))
     max_abs = float(np.max(np.abs(diff))) if diff.size else 0.0
     rel = float(np.linalg.norm(diff)) / nb if nb > 0 else float(np.linalg.norm(diff))
     if na > 0 and nb > 0:
-        cos = float(np.dot(a, b) / (na * nb))
+        cos = float(np.dot(a_f, b_f) / (na * nb))
     else:
         cos = 1.0 if na == nb else 0.0
     top1 = None
     if got.ndim >= 1 and got.shape[-1] > 1:
-        ga = got.reshape(-1, got.shape[-1]).argmax(-1)
-        gb = ref.reshape(-1, ref.shape[-1]).argmax(-1)
-        top1 = float(np.mean(ga == gb))
-    return OutputDiff(max_abs, rel, cos, top1)
+        rows_a = got.astype(np.float64).reshape(-1, got.shape[-1])
+        rows_b = ref.astype(np.float64).reshape(-1, ref.shape[-1])
+        agree = rows_a.argmax(-1) == rows_b.argmax(-1)
+        agree &= ~mismatch.reshape(rows_a.shape).any(-1)
+        top1 = float(np.mean(agree))
+    return OutputDiff(max_abs, rel, cos, top1, int(mismatch.sum()))
 
 
 @dataclass
@@ -189,8 +214,9 @@ class NumericDiff(PassInstrument):
 
     Inputs: ``ctx.example_inputs`` (one batch) if given, else ``samples`` random batches
     drawn from the seed. An exact pass that moved the outputs (rel-L2 against the outputs
-    before it) by more than ``tolerance`` is flagged. ``records`` keeps one ``DiffRecord``
-    per pass.
+    before it) by more than ``tolerance`` is flagged, and so is any pass after which an
+    output is NaN / ±Inf where it was a number before (``nonfinite``). ``records`` keeps
+    one ``DiffRecord`` per pass.
     """
 
     samples: int = 4
@@ -221,7 +247,7 @@ class NumericDiff(PassInstrument):
         rec = DiffRecord(step.label, step.spec, step.pass_.exact)
         if not step.result.changed and self.records:
             prev = self.records[-1]
-            rec.outputs, rec.error = prev.outputs, prev.error
+            rec.outputs, rec.error = prev.outputs, prev.error  # nothing new this step
         else:
             try:
                 got = self._run(graph)
@@ -234,8 +260,9 @@ class NumericDiff(PassInstrument):
                     rec.error = f"outputs changed from {ref_shapes} to {shapes}"
                 else:
                     rec.outputs = [compare_outputs(g, r) for g, r in zip(got, self._ref)]
-                    rec.step_rel_l2 = max(compare_outputs(g, p).rel_l2
-                                          for g, p in zip(got, self._prev))
+                    steps = [compare_outputs(g, p) for g, p in zip(got, self._prev)]
+                    rec.step_rel_l2 = max(d.rel_l2 for d in steps)
+                    rec.step_nonfinite = sum(d.nonfinite for d in steps)
                     self._prev = got
         self.records.append(rec)
         self.write(self.format(rec))
@@ -249,9 +276,13 @@ class NumericDiff(PassInstrument):
             top1 = "-" if o.top1 is None else f"{100 * o.top1:.1f}%"
             tag = f"out{j}: " if len(rec.outputs) > 1 else ""
             parts.append(f"{tag}max_abs={o.max_abs:.3g} rel_l2={o.rel_l2:.3g} "
-                         f"cosine={o.cosine:.6f} top1={top1}")
+                         f"cosine={o.cosine:.6f} top1={top1}"
+                         + (f" nonfinite={o.nonfinite}" if o.nonfinite else ""))
         line = f"{head} " + " | ".join(parts)
-        if rec.exact and rec.step_rel_l2 > self.tolerance:
+        if rec.step_nonfinite:
+            line += (f"  << {'exact pass' if rec.exact else 'pass'} turned "
+                     f"{rec.step_nonfinite} output values to or from NaN/Inf")
+        elif rec.exact and rec.step_rel_l2 > self.tolerance:
             line += f"  << exact pass moved the output (rel_l2 > {self.tolerance:g})"
         return line
 
@@ -396,7 +427,7 @@ class Reproducer(PassInstrument):
     same data."""
 
     directory: str | os.PathLike | None = None
-    command: str = "shrinkc opt"
+    command: str = field(default_factory=lambda: reproducer_command())
     wants_snapshot: ClassVar[bool] = True
     path: Path | None = field(default=None, init=False)
 
@@ -430,6 +461,13 @@ class Reproducer(PassInstrument):
         self.path = script
         error.reproducer = cmd
         log.info("reproducer written to %s", script)
+
+
+def reproducer_command() -> str:
+    """The start of a reproducer's command: ``opt`` run by the interpreter running now
+    (``/path/to/python -m shrinkc.tools.cli opt``), so the script works without the venv
+    on PATH."""
+    return f"{shlex.quote(sys.executable)} -m shrinkc.tools.cli opt"
 
 
 def plugin_of(cls: type) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .load import parse_shape
 
@@ -34,16 +33,24 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import json
 
+    from ..ir.files import atomic_write_text, check_output_file
     from . import zoo
-    from .bench import run_bench
+    from .bench import BACKENDS, run_bench
 
     names = [m.removeprefix("zoo:") for m in args.models] or list(zoo.MODELS)
     for n in names:
         if n not in zoo.MODELS:
             raise ValueError(f"unknown model {n!r}; known models: {', '.join(sorted(zoo.MODELS))}")
+    if args.output:  # before the benchmark, not after it
+        check_output_file(args.output, "-o")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"--backends {args.backends!r}: choose from {', '.join(BACKENDS)}")
     if args.repeat < 1 or args.warmup < 0:
         raise ValueError("--repeat must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be >= 1")
     target = args.target
     if target and target.strip().startswith("{"):
         target = json.loads(target)
@@ -54,5 +61,5 @@ def run(args) -> int:
                          progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(table)
     if args.output:
-        Path(args.output).write_text(table)
+        atomic_write_text(args.output, table, "-o")
     return 0

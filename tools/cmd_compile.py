@@ -57,8 +57,14 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import shrinkc
 
+    from ..ir.files import check_output_dir
+
+    if args.output:  # before the work: a compile can take minutes
+        check_output_dir(args.output, "-o")
+    if args.tune_trials < 0:
+        raise ValueError(f"--tune-trials {args.tune_trials}: must be >= 0")
     target = parse_target(args.target)
-    graph = load_model(args.model, parse_shape(args.input_shape))
+    graph = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
     calibration = (load_calibration(args.calibration, graph, args.calibration_samples,
                                     args.calibration_batch_size) if args.calibration else None)
     cm = shrinkc.compile(graph, None, passes=args.passes or None, backend=args.backend,

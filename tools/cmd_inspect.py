@@ -17,6 +17,8 @@ def add_parser(sub) -> None:
                    help="zoo:NAME, package.module:factory, FILE.shrk(z) or FILE.onnx")
     p.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32")
     p.add_argument("--ir", action="store_true", help="print the text IR instead of the table")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for a zoo:/factory model's weights (default 0)")
     p.add_argument("--all", action="store_true",
                    help="list every node (default: only nodes with params or MACs)")
     p.add_argument("--storage", action="store_true",
@@ -42,7 +44,7 @@ def inspect_table(graph, all_nodes: bool = False) -> str:
 
 
 def run(args) -> int:
-    g = load_model(args.model, parse_shape(args.input_shape))
+    g = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
     print(str(g) if args.ir else inspect_table(g, args.all))
     if not args.ir and (args.storage or any(v.encoding is not None
                                             for v in g.constants.values())):

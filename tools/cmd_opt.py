@@ -106,6 +106,9 @@ def _names(values: list[str]) -> set[str]:
 def _check_output(path: str | None) -> None:
     if path is None:
         return
+    from ..ir.files import check_output_file
+    from ..ir.serialize import weights_path
+
     if path.endswith(".onnx"):
         try:
             from ..backends import onnx as onnx_backend
@@ -113,26 +116,50 @@ def _check_output(path: str | None) -> None:
             raise IRError(f"-o {path}: ONNX output needs shrinkc.backends.onnx ({e})") from None
         if not hasattr(onnx_backend, "to_onnx"):
             raise IRError(f"-o {path}: shrinkc.backends.onnx has no to_onnx yet; use .shrk")
-    elif not path.endswith((".shrk", ".shrkz")):
+        check_output_file(path, "-o")
+    elif path.endswith(".shrk"):
+        check_output_file(path, "-o")
+        check_output_file(weights_path(path), "-o")  # the weights beside it
+    elif path.endswith(".shrkz"):
+        check_output_file(path, "-o")
+    else:
         raise IRError(f"-o {path}: the output is a .shrk, .shrkz or .onnx file")
+
+
+def _load_plugins(specs: list[str]) -> None:
+    from .. import passes as P
+
+    for spec in specs:
+        try:
+            P.load_plugin(spec)
+        except IRError as e:
+            raise IRError(f"--load-plugin {spec}: {e}") from None
+        except SyntaxError as e:
+            raise IRError(f"--load-plugin {spec}: syntax error in {e.filename} line {e.lineno}: "
+                          f"{e.msg}") from None
+        except Exception as e:  # whatever the plugin raised while being imported
+            first = next((s for s in str(e).splitlines() if s.strip()), "")
+            raise IRError(f"--load-plugin {spec}: importing it failed: {type(e).__name__}"
+                          + (f": {first}" if first else "")) from None
 
 
 def run(args) -> int:
     from .. import passes as P
     from ..ir.serialize import save
     from ..passes.analyses.cost import summarize
-    from ..passes.instruments import stdout_writer
+    from ..ir.files import check_output_dir
+    from ..ir.verify import verify
     from ..passes.patterns import explaining
+    from .cli import write_stdout
 
-    for plugin in args.load_plugin:
-        P.load_plugin(plugin)
+    _load_plugins(args.load_plugin)
     if args.print_passes:
         print(print_passes())
         return 0
     if args.model is None:
         raise IRError("opt: give a MODEL (or --print-passes)")
     # everything that can be checked is checked before the model is loaded
-    write = stdout_writer
+    write = write_stdout  # `| head` ends the printing, not the run
     instruments: list[P.PassInstrument] = []
     before, after = _names(args.print_before), _names(args.print_after)
     if args.print_before_all or before:
@@ -150,14 +177,17 @@ def run(args) -> int:
     if args.time_passes:
         instruments.append(P.TimePasses(write=write))
     if args.dump_dir:
+        check_output_dir(args.dump_dir, "--dump-dir")
         instruments.append(P.DumpDir(args.dump_dir))
+    if args.reproducer_dir:
+        check_output_dir(args.reproducer_dir, "--reproducer-dir")
     instruments.append(P.Reproducer(args.reproducer_dir))
     ctx = P.PassContext(seed=args.seed, instruments=instruments)
     pm = P.PassManager(args.passes, ctx, verify_each=args.verify_each,
                        stop_after=args.stop_after)
     _check_output(args.output)
 
-    graph = load_model(args.model, parse_shape(args.input_shape))
+    graph = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
     if args.calibration:
         ctx.calibration = load_calibration(args.calibration, graph, args.calibration_samples,
                                            args.calibration_batch_size)
@@ -171,7 +201,13 @@ def run(args) -> int:
             from ..passes.prune_explain import explain_graph
 
             text = explain_graph(graph)
-        print(text)
+        write(text)
+    if args.output and not args.verify_each:  # never write a graph that does not load back
+        try:
+            verify(graph)
+        except IRError as e:
+            raise IRError(f"-o {args.output}: not written: the result does not verify "
+                          f"(--no-verify-each): {e}") from None
     if args.output:
         if args.output.endswith(".onnx"):
             from .. import to_onnx

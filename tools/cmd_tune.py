@@ -111,7 +111,7 @@ def run(args) -> int:
         raise ValueError("tuning is not available (shrinkc.backends.tvm_tuning failed to import)")
     runner = _rpc_config(args)
 
-    graph = load_model(args.model, parse_shape(args.input_shape))
+    graph = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
     if args.passes:
         from .. import optimize
 

@@ -11,6 +11,7 @@ MODEL is one of:
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from ..ir import Graph, IRError
@@ -51,8 +52,9 @@ def parse_target(text: str | None) -> str | dict | None:
 
 
 def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
-               kwargs: dict | None = None) -> Graph:
-    """The IR graph for a MODEL argument."""
+               kwargs: dict | None = None, seed: int = 0) -> Graph:
+    """The IR graph for a MODEL argument. ``zoo:`` and factory models are built and given
+    their example input after ``torch.manual_seed(seed)``: the same seed, the same weights."""
     import torch
 
     from ..ir.frontends.torch import trace
@@ -68,26 +70,25 @@ def load_model(spec: str, input_shape: tuple[int, ...] | None = None,
             raise ModelSpecError(f"{spec}: no such file")
         shapes = {"*": input_shape} if input_shape else None
         return load_onnx(path, input_shapes=shapes)
+    torch.manual_seed(seed)
     if spec.startswith("zoo:"):
         from . import zoo
 
         name = spec[4:]
-        model = zoo.get_model(name, **(kwargs or {}))
+        try:
+            model = zoo.get_model(name, **(kwargs or {}))
+        except ValueError as e:
+            raise ModelSpecError(f"{spec}: {e}") from None
         shape = input_shape or zoo.default_input_shape(name)
     elif ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ModelSpecError(f"{spec}: cannot import {attr} from {mod_name}: {e}") from None
-        model = factory(**(kwargs or {}))
+        model = _call_factory(spec, kwargs)
         if input_shape is None:
             raise ModelSpecError(f"{spec}: give --input-shape (e.g. 1,3,32,32)")
         shape = input_shape
     else:
         raise ModelSpecError(f"{spec}: MODEL must be zoo:NAME, package.module:factory, a .shrk "
                              f"or a .onnx file")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return trace(model, (torch.randn(*shape),), name=spec.split(":")[-1])
 
 
@@ -127,3 +128,41 @@ def load_calibration(spec: str, graph: Graph, samples: int = 256,
     if not spec.endswith(".npz"):
         raise ModelSpecError(f"--calibration {spec}: expected FILE.npz or zoo-data:NAME")
     return load_npz(spec, graph, batch_size)
+
+
+def _call_factory(spec: str, kwargs: dict | None):
+    """``package.module:factory`` imported and called; every way that fails is one
+    ``ModelSpecError`` naming the spec."""
+    import torch
+
+    mod_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ModelSpecError(f"{spec}: cannot import {attr} from {mod_name}: {e}") from None
+    except Exception as e:  # a module that fails while importing (SyntaxError, ...)
+        raise ModelSpecError(f"{spec}: importing {mod_name} failed: {type(e).__name__}: "
+                             f"{_first_line(e)}") from e
+    if not callable(factory):
+        raise ModelSpecError(f"{spec}: {attr} is a {type(factory).__name__}, not a callable "
+                             f"returning a torch.nn.Module")
+    try:
+        inspect.signature(factory).bind(**(kwargs or {}))
+    except TypeError as e:
+        raise ModelSpecError(f"{spec}: {attr} cannot be called without arguments ({e}); "
+                             f"give a factory that needs none") from None
+    except ValueError:  # no signature (a builtin): just call it
+        pass
+    try:
+        model = factory(**(kwargs or {}))
+    except Exception as e:
+        raise ModelSpecError(f"{spec}: {attr}() failed: {type(e).__name__}: "
+                             f"{_first_line(e)}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(f"{spec}: {attr}() returned a {type(model).__name__}, not a "
+                             f"torch.nn.Module")
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    return next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)

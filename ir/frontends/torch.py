@@ -10,6 +10,8 @@ source line, and no graph is returned.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import operator
 from collections.abc import Callable
@@ -561,8 +563,12 @@ def _getitem(c, a, k):
 
 # ============================================================================ driver
 def _export(model, args: tuple, kwargs: dict):
+    # torch.export prints the FX graph of a failed export to stderr itself: library code
+    # logs, so that text goes to the log (INFO) instead
+    printed = io.StringIO()
     try:
-        return torch.export.export(model, args, kwargs or None, strict=False)
+        with contextlib.redirect_stderr(printed):
+            return torch.export.export(model, args, kwargs or None, strict=False)
     except Exception as e:
         name = type(e).__name__
         text = str(e).strip().splitlines()
@@ -573,6 +579,9 @@ def _export(model, args: tuple, kwargs: dict):
                              f"cannot capture: {first}") from None
         raise TraceError(f"trace: torch.export failed on {type(model).__name__}: {name}: {first}"
                          ) from None
+    finally:
+        if printed.getvalue().strip():
+            log.info("torch.export printed:\n%s", printed.getvalue().rstrip())
 
 
 def trace(model, example_inputs, *, kwargs: dict | None = None, name: str | None = None) -> Graph:

@@ -114,13 +114,31 @@ class BadExact(Pass):
         return ScaleOutput(factor=1.5).run(graph, ctx)
 
 
+@dataclass
+class NanExact(Pass):
+    """Claims to be exact but makes one output element NaN (it multiplies by a factor that
+    is 1 everywhere but there)."""
+
+    exact = True
+
+    def run(self, graph, ctx):
+        out = graph.outputs[0]
+        factor = np.ones(out.shape, np.float32)
+        factor.flat[1] = np.nan
+        c = graph.add_constant(factor, graph.fresh_name("poison"))
+        graph.outputs = [graph.add_node("mul", [out, c]).outputs[0]]
+        return PassResult(True)
+
+
 @pytest.fixture
 def scale_passes():
     register_pass("scale-output")(ScaleOutput)
     register_pass("bad-exact")(BadExact)
+    register_pass("nan-exact")(NanExact)
     yield
     unregister_pass("scale-output")
     unregister_pass("bad-exact")
+    unregister_pass("nan-exact")
 
 
 def test_compare_outputs_metrics():
@@ -165,6 +183,32 @@ def test_numeric_diff_flags_an_exact_pass_that_moves_the_output(g, scale_passes)
     assert "<<" not in out[0]
     assert out[1].startswith("numeric-diff 002_bad-exact")
     assert "<< exact pass moved the output (rel_l2 > 0.0001)" in out[1]
+
+
+def test_compare_outputs_counts_nonfinite_values_as_a_change():
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    got = ref.copy()
+    got[0, 1] = np.nan
+    d = compare_outputs(got, ref)
+    assert d.nonfinite == 1 and d.top1 == 0.5  # the NaN row no longer agrees
+    assert d.max_abs == 0.0 and d.rel_l2 == 0.0  # over the values finite in both
+    both_nan = compare_outputs(got, got)
+    assert both_nan.nonfinite == 0 and both_nan.top1 == 1.0  # the same NaN is no change
+    assert compare_outputs(np.array([np.inf]), np.array([-np.inf])).nonfinite == 1
+
+
+def test_numeric_diff_flags_an_exact_pass_whose_output_became_nan(g, scale_passes):
+    """It used to print max_abs=nan ... top1=100.0% and no flag."""
+    out: list[str] = []
+    nd = NumericDiff(write=out.append)
+    optimize(g, "dce,nan-exact,dce", instruments=[nd])
+    assert "<<" not in out[0]
+    assert out[1].startswith("numeric-diff 002_nan-exact")
+    assert "nonfinite=4" in out[1]  # one element in each of the 4 random batches
+    assert "<< exact pass turned 4 output values to or from NaN/Inf" in out[1]
+    assert "=nan" not in out[1]  # the other measures stay numbers
+    assert nd.records[1].nonfinite == 4 and nd.records[1].outputs[0].top1 < 1.0
+    assert "<<" not in out[2]  # dce changed nothing further (the NaN is not new)
 
 
 def test_numeric_diff_uses_the_example_inputs(g):
@@ -294,7 +338,8 @@ def test_reproducer_reruns_the_failing_pass_the_same_way(g, tmp_path, plugin, mo
     assert (err.pass_spec, err.node, err.reason) == (
         "fail-on-bias(limit=3)", "conv (conv)", "conv with a bias (limit=3)")
     shrk = (rdir / "reproducer.shrk").resolve()
-    assert err.reproducer == (f"shrinkc opt {shrk} --passes='fail-on-bias(limit=3)' --seed 7 "
+    cmd = f"{shlex.quote(sys.executable)} -m shrinkc.tools.cli opt"  # runs without the venv on PATH
+    assert err.reproducer == (f"{cmd} {shrk} --passes='fail-on-bias(limit=3)' --seed 7 "
                               f"--load-plugin repro_plugin")
     assert f"reproduce with: {err.reproducer}" in str(err)
     script = (rdir / "reproducer.sh").read_text()
@@ -314,12 +359,12 @@ def test_reproducer_reruns_the_failing_pass_the_same_way(g, tmp_path, plugin, mo
     sys.modules.pop("repro_plugin")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its own reproducer goes here
     argv = shlex.split(err.reproducer)
-    assert argv[:2] == ["shrinkc", "opt"]
-    assert main(argv[1:]) == 2
+    assert argv[:4] == [sys.executable, "-m", "shrinkc.tools.cli", "opt"]
+    assert main(argv[3:]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == ("shrinkc: error: pass 'fail-on-bias(limit=3)' failed on node conv "
                         "(conv): conv with a bias (limit=3) [pass 1 of 1; already run: none]")
-    assert lines[1].startswith("  reproduce with: shrinkc opt ")
+    assert lines[1].startswith(f"  reproduce with: {cmd} ")
 
 
 def test_no_reproducer_when_nothing_fails(g, tmp_path):

@@ -45,7 +45,7 @@ def test_cross_compile_aarch64_writes_an_object_archive(capsys, tmp_path):
     assert "not measured: code for aarch64-linux-gnu does not run here" in text
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["target"]["mtriple"] == "aarch64-linux-gnu"
-    lib = tmp_path / manifest["files"]["library"]
+    lib = tmp_path / manifest["files"]["library"]["path"]
     assert lib.name in ("model.tar", "model.so") and lib.stat().st_size > 0
     with pytest.raises(shrinkc.IRError, match="compiled for aarch64-linux-gnu.*load it on the "
                                               "target device"):
