@@ -32,11 +32,12 @@ def load_onnx(path_or_model, input_shapes=None) -> Graph:
     return _load(path_or_model, input_shapes=input_shapes)
 
 
-def to_onnx(graph: Graph, path, opset: int = 17):
-    """Write ``graph`` as an ONNX file that ONNX Runtime runs (see ``backends/onnx.py``)."""
+def to_onnx(graph: Graph, path, opset: int = 17, *, propagate_nan: bool = False):
+    """Write ``graph`` as an ONNX file that ONNX Runtime runs (see ``backends/onnx.py``;
+    ``propagate_nan``: max pools that keep NaN in onnxruntime, as ``compile`` writes them)."""
     from .backends.onnx import to_onnx as _to
 
-    return _to(graph, path, opset=opset)
+    return _to(graph, path, opset=opset, propagate_nan=propagate_nan)
 
 
 def optimize(graph: Graph, pipeline: str, **kwargs) -> Graph:

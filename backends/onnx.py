@@ -57,8 +57,9 @@ class OnnxExportError(IRError):
 class _Ex:
     """State while exporting one graph: IR value → graphsurgeon tensor, names, nodes."""
 
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Graph, opset: int, propagate_nan: bool = False):
         self.g, self.opset = graph, opset
+        self.propagate_nan = propagate_nan
         self.tensors: dict[int, gs.Tensor] = {}
         self.consts: dict[tuple[str, str], gs.Constant] = {}
         self.nodes: list[gs.Node] = []
@@ -502,13 +503,37 @@ def _group_norm(e: _Ex, n: Node) -> None:
 
 
 # ---------------------------------------------------------------------------- pools, reduce
+def _keeping_nan(e: _Ex, n: Node, op: str, inputs: list, attrs: dict[str, Any]) -> None:
+    """``op`` (a max / min over windows or axes: MaxPool, ReduceMax, ReduceMin) for node
+    ``n``; with ``e.propagate_nan`` NaN-keeping. onnxruntime's kernels drop a NaN among
+    other values (PyTorch and the IR give NaN); the same op over the NaN mask (0/1) says
+    which outputs read one, and ``sqrt(-mask)`` (-0 or NaN) is added:
+    IsNaN → Cast → op → Neg → Sqrt → Add."""
+    x = n.inputs[0]
+    if not (e.propagate_nan and x.type.is_float):
+        e.one(op, n, inputs, attrs)
+        return
+    dtype, shape = x.dtype, n.outputs[0].shape
+    isnan = e.tmp("isnan", "bool", x.shape)
+    e.emit("IsNaN", [inputs[0]], [isnan])
+    mask = e.tmp("nan_mask", dtype, x.shape)
+    e.emit("Cast", [isnan], [mask], {"to": IR_TO_ONNX[dtype]})
+    reached, neg, nan_or_zero, value = (e.tmp(s, dtype, shape) for s in (
+        "nan_reached", "neg_nan_reached", "nan_or_zero", "value"))
+    e.emit("ReduceMax" if op == "ReduceMin" else op, [mask, *inputs[1:]], [reached], attrs)
+    e.emit("Neg", [reached], [neg])
+    e.emit("Sqrt", [neg], [nan_or_zero])
+    e.emit(op, inputs, [value], attrs)
+    e.one("Add", n, [value, nan_or_zero])
+
+
 @_exports("max_pool2d")
 def _max_pool(e: _Ex, n: Node) -> None:
     a = n.attrs
-    e.one("MaxPool", n, [e.x(n.inputs[0])],
-          {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
-           "pads": _pads(a["padding"]), "dilations": list(a["dilation"]),
-           "ceil_mode": int(a["ceil_mode"])})
+    _keeping_nan(e, n, "MaxPool", [e.x(n.inputs[0])],
+                 {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+                  "pads": _pads(a["padding"]), "dilations": list(a["dilation"]),
+                  "ceil_mode": int(a["ceil_mode"])})
 
 
 @_exports("avg_pool2d")
@@ -759,9 +784,9 @@ def _reduce_max_min(e: _Ex, n: Node) -> None:
     axes = list(n.attrs["axes"]) or list(range(x.type.rank))
     keep = int(n.attrs["keepdim"])
     if e.opset >= 18:
-        e.one(op, n, [e.x(x), e.i64(axes, "axes")], {"keepdims": keep})
+        _keeping_nan(e, n, op, [e.x(x), e.i64(axes, "axes")], {"keepdims": keep})
     else:
-        e.one(op, n, [e.x(x)], {"axes": axes, "keepdims": keep})
+        _keeping_nan(e, n, op, [e.x(x)], {"axes": axes, "keepdims": keep})
 
 
 @_exports("cumsum")
@@ -821,10 +846,10 @@ def _conv3d(e: _Ex, n: Node) -> None:
 @_exports("max_pool3d")
 def _max_pool3d(e: _Ex, n: Node) -> None:
     a = n.attrs
-    e.one("MaxPool", n, [e.x(n.inputs[0])],
-          {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
-           "pads": _pads_nd(a["padding"]), "dilations": list(a["dilation"]),
-           "ceil_mode": int(a["ceil_mode"])})
+    _keeping_nan(e, n, "MaxPool", [e.x(n.inputs[0])],
+                 {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]),
+                  "pads": _pads_nd(a["padding"]), "dilations": list(a["dilation"]),
+                  "ceil_mode": int(a["ceil_mode"])})
 
 
 @_exports("avg_pool3d")
@@ -944,15 +969,21 @@ def _dynamic_quantize(e: _Ex, n: Node) -> None:
 
 
 # ============================================================================ driver
-def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
-    """The checked ``ModelProto`` for ``graph`` (IR version 10); nothing is written."""
+def export_model(graph: Graph, opset: int = 17, *, propagate_nan: bool = False
+                 ) -> onnx.ModelProto:
+    """The checked ``ModelProto`` for ``graph`` (IR version 10); nothing is written.
+
+    ``propagate_nan``: write max pools and max / min reductions so that onnxruntime gives
+    NaN where one is read, as PyTorch and the IR do (five more nodes each;
+    ``shrinkc.compile`` uses it). Off by default: the plain form is one ONNX op each, which
+    reads back as one IR op."""
     if not OPSET_MIN <= int(opset) <= OPSET_MAX:
         raise OnnxExportError(f"to_onnx: opset {opset} is not supported "
                               f"({OPSET_MIN}-{OPSET_MAX})")
     missing = sorted({n.op for n in graph.nodes} - set(EXPORTERS))
     if missing:
         raise OnnxExportError(f"to_onnx: no ONNX exporter for op(s) {missing}")
-    e = _Ex(graph, int(opset))
+    e = _Ex(graph, int(opset), propagate_nan)
     inputs = [e.out(v) for v in graph.inputs]
     for node in graph.nodes:
         e.node = node
@@ -1020,14 +1051,16 @@ def _write(model: onnx.ModelProto, path: Path) -> None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def to_onnx(graph: Graph, path: str | Path, opset: int = 17) -> Path:
+def to_onnx(graph: Graph, path: str | Path, opset: int = 17, *,
+            propagate_nan: bool = False) -> Path:
     """Write ``graph`` as an ONNX file that ONNX Runtime runs; returns the path.
+    ``propagate_nan``: see ``export_model``.
 
     Raises ``OnnxExportError`` (an ``IRError``) when the graph cannot be exported or the file
     cannot be written; nothing is left behind in that case.
     """
     path = Path(path)
-    model = export_model(graph, opset)
+    model = export_model(graph, opset, propagate_nan=propagate_nan)
     if not path.parent.is_dir():
         raise OnnxExportError(f"to_onnx: cannot write {path}: folder {path.parent} does not "
                               f"exist")

@@ -42,7 +42,7 @@ import numpy as np
 from ..ir import ops as irops
 from ..ir.graph import Graph, IRError, Node, Value
 from ..ir.ops.quant import QRANGES
-from ..ir.types import TensorType, to_numpy_dtype
+from ..ir.types import FLOAT_DTYPES, TensorType, to_numpy_dtype
 
 log = logging.getLogger(__name__)
 
@@ -428,9 +428,45 @@ def _pool_padding(lw: _Lowerer, node: Node) -> tuple[tuple[int, int, int, int], 
 def _max_pool2d(lw: _Lowerer, node: Node, a: list) -> Any:
     at = node.attrs
     pad, _ = _pool_padding(lw, node)
-    return relax.op.nn.max_pool2d(a[0], pool_size=at["kernel"], strides=at["stride"],
-                                  padding=pad, dilation=at["dilation"], ceil_mode=False,
-                                  layout="NCHW")
+
+    def pool(x: Any) -> Any:
+        return relax.op.nn.max_pool2d(x, pool_size=at["kernel"], strides=at["stride"],
+                                      padding=pad, dilation=at["dilation"], ceil_mode=False,
+                                      layout="NCHW")
+
+    return _keeping_nan(lw, a[0], pool)
+
+
+def _keeping_nan(lw: _Lowerer, x: Any, reduce: Callable[[Any], Any],
+                 reduce_max: Callable[[Any], Any] | None = None) -> Any:
+    """``reduce(x)`` — a max or min over windows or axes — with NaN wherever it reads one.
+
+    TVM's max / min reductions drop NaN (the combiner is ``acc > x ? acc : x``); the IR
+    (PyTorch) gives NaN. The max over the same windows / axes (``reduce_max``; default
+    ``reduce``) of the NaN mask (0/1) says which outputs read one; ``sqrt(-that)`` is -0
+    or NaN, added to the result. Only element-wise ops and the reduction itself, so the
+    NHWC conversion moves through (``where`` would stop it: ConvertLayout has no rule for
+    it)."""
+    dtype = _dtype_of(x)
+    if dtype not in FLOAT_DTYPES:
+        return reduce(x)
+    return relax.op.add(lw.emit(reduce(x)), _nan_or_zero(lw, relax.op.isnan(x), dtype,
+                                                          reduce=reduce_max or reduce))
+
+
+def _nan_or_zero(lw: _Lowerer, isnan: Any, dtype: str, reduce: Callable[[Any], Any] | None
+                 = None) -> Any:
+    """-0 where the bool ``isnan`` (reduced by ``reduce``, a max, if given) is false, NaN
+    where it is true: what a NaN-propagating result adds."""
+    mask = relax.op.astype(isnan, DTYPE_TO_TVM[dtype])
+    if reduce is not None:
+        mask = lw.emit(reduce(mask))
+    return relax.op.sqrt(relax.op.negative(mask))
+
+
+def _dtype_of(expr: Any) -> str:
+    (dtype, _), = _relax_types(expr)
+    return next(k for k, v in DTYPE_TO_TVM.items() if v == dtype)
 
 
 @lowers("avg_pool2d")
@@ -486,7 +522,30 @@ def _simple(fn_name: str) -> Lowering:
     return lower
 
 
-for _op, _fn in (("relu", "nn.relu"), ("silu", "nn.silu"), ("sigmoid", "sigmoid"),
+def _clip(lw: _Lowerer, x: Any, lo: float | None, hi: float | None, dtype: str) -> Any:
+    """``clip(x, lo, hi)`` (``relu`` is lo=0) that keeps NaN, as PyTorch and onnxruntime do.
+
+    TVM lowers ``maximum(a, b)`` to ``a > b ? a : b`` (and ``minimum`` to ``a < b ? a : b``),
+    so the operand order decides NaN: Relax's ``relu(x)`` / ``clip`` are ``max(x, 0)`` and
+    give 0 for NaN, while ``max(0, x)`` gives NaN. Constant first, then: the same single
+    compare and select, and still element-wise for the NHWC layout conversion (a
+    ``where(isnan(x), …)`` would keep NaN too but ConvertLayout has no rule for
+    ``where``: every relu would be wrapped in transposes). The NaN tests of
+    ``tests/backends/test_nan_propagation.py`` guard the order."""
+    y = x
+    if hi is not None:
+        y = lw.emit(relax.op.minimum(lw.const(hi, dtype), y))
+    if lo is not None:
+        y = relax.op.maximum(lw.const(lo, dtype), y)
+    return y
+
+
+@lowers("relu")
+def _relu(lw: _Lowerer, node: Node, a: list) -> Any:
+    return _clip(lw, a[0], 0, None, lw.in_type(0).dtype)
+
+
+for _op, _fn in (("silu", "nn.silu"), ("sigmoid", "sigmoid"),
                  ("tanh", "tanh"), ("neg", "negative"), ("sqrt", "sqrt"), ("exp", "exp"),
                  ("erf", "erf")):
     LOWERINGS[_op] = _simple(_fn)
@@ -499,7 +558,7 @@ def _identity(lw: _Lowerer, node: Node, a: list) -> Any:
 
 @lowers("hardtanh")
 def _hardtanh(lw: _Lowerer, node: Node, a: list) -> Any:
-    return relax.op.clip(a[0], node.attrs["min_val"], node.attrs["max_val"])
+    return _clip(lw, a[0], node.attrs["min_val"], node.attrs["max_val"], lw.in_type(0).dtype)
 
 
 @lowers("gelu")
@@ -514,8 +573,8 @@ def _gelu(lw: _Lowerer, node: Node, a: list) -> Any:
 
 
 def _relu6_plus3(lw: _Lowerer, x: Any, dtype: str) -> Any:
-    return relax.op.divide(relax.op.clip(relax.op.add(x, lw.const(3, dtype)), 0, 6),
-                           lw.const(6, dtype))
+    shifted = lw.emit(relax.op.add(x, lw.const(3, dtype)))
+    return relax.op.divide(_clip(lw, shifted, 0, 6, dtype), lw.const(6, dtype))
 
 
 @lowers("hardsigmoid")
@@ -743,8 +802,32 @@ for _op, _fn in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le", "l
                  ("gt", "greater"), ("ge", "greater_equal"), ("logical_and", "logical_and"),
                  ("logical_or", "logical_or")):
     LOWERINGS[_op] = _compare(_fn)
-LOWERINGS["maximum"] = _binary("maximum")
-LOWERINGS["minimum"] = _binary("minimum")
+
+
+@lowers("ne")
+def _ne(lw: _Lowerer, node: Node, a: list) -> Any:
+    # TVM's not_equal is the ordered compare (false for NaN); torch: NaN != anything
+    xs, _ = _promoted(lw, a)
+    return relax.op.logical_not(relax.op.equal(*xs))
+
+
+@lowers("maximum", "minimum")
+def _maximum_minimum(lw: _Lowerer, node: Node, a: list) -> Any:
+    """NaN if either operand is (torch.maximum / minimum). TVM's ``maximum(a, b)`` is
+    ``a > b ? a : b``, NaN only from ``b`` (see ``_clip``): a NaN-free constant goes
+    first; two tensors get the NaN mask of both added (``_nan_or_zero``)."""
+    want = lw.out_type().dtype
+    x, y = (_astype(lw, v, lw.in_type(i).dtype, want) for i, v in enumerate(a))
+    fn = relax.op.maximum if node.op == "maximum" else relax.op.minimum
+    if want not in FLOAT_DTYPES:
+        return fn(x, y)
+    cx, cy = lw.constant(x), lw.constant(y)
+    if cx is not None and not np.isnan(cx).any():
+        return fn(x, y)
+    if cy is not None and not np.isnan(cy).any():
+        return fn(y, x)
+    either = relax.op.logical_or(relax.op.isnan(x), relax.op.isnan(y))
+    return relax.op.add(lw.emit(fn(x, y)), _nan_or_zero(lw, either, want))
 
 
 @lowers("where")
@@ -754,8 +837,14 @@ def _where(lw: _Lowerer, node: Node, a: list) -> Any:
                           _astype(lw, a[2], lw.in_type(2).dtype, want))
 
 
-LOWERINGS["max"] = _reduce("max")
-LOWERINGS["min"] = _reduce("min")
+@lowers("max", "min")
+def _reduce_max_min(lw: _Lowerer, node: Node, a: list) -> Any:
+    rank = lw.in_type(0).rank
+    axes = [d % rank for d in node.attrs["axes"]] or None
+    keep = node.attrs["keepdim"]
+    fn = relax.op.max if node.op == "max" else relax.op.min
+    return _keeping_nan(lw, a[0], lambda x: fn(x, axis=axes, keepdims=keep),
+                        lambda m: relax.op.max(m, axis=axes, keepdims=keep))
 
 
 @lowers("cumsum")
@@ -844,9 +933,9 @@ def _pool3d_padding(lw: _Lowerer, node: Node) -> tuple[list[int], bool]:
 def _max_pool3d(lw: _Lowerer, node: Node, a: list) -> Any:
     at = node.attrs
     pad, _ = _pool3d_padding(lw, node)
-    return relax.op.nn.max_pool3d(a[0], pool_size=at["kernel"], strides=at["stride"],
-                                  padding=pad, dilation=at["dilation"], ceil_mode=False,
-                                  layout="NCDHW")
+    return _keeping_nan(lw, a[0], lambda x: relax.op.nn.max_pool3d(
+        x, pool_size=at["kernel"], strides=at["stride"], padding=pad, dilation=at["dilation"],
+        ceil_mode=False, layout="NCDHW"))
 
 
 @lowers("avg_pool3d")
