@@ -29,7 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,14 +43,16 @@ import torch
 
 from .ir.cost import graph_cost
 from .ir.graph import Graph, IRError
-from .ir.types import TensorType, to_numpy_dtype
+from .ir.types import (DTYPES, TensorType, dtype_from_numpy, dtype_from_torch, lossless_cast,
+                       to_numpy_dtype)
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("tvm", "onnxruntime", "torch")
 MANIFEST = "manifest.json"
 FORMAT = "shrinkc-compiled"
-FORMAT_VERSION = 1
+#: 2: ``files`` maps a role to ``{path, size, sha256}`` (1 had bare file names).
+FORMAT_VERSION = 2
 
 
 class CompileError(IRError):
@@ -149,6 +154,32 @@ def _to_numpy(x: Any, t: TensorType | None = None) -> np.ndarray:
     return a
 
 
+def _input_array(name: str, x: Any, t: TensorType) -> np.ndarray:
+    """Input ``x`` as a numpy array of ``t``'s dtype. A typed input (tensor or array) of
+    another dtype is converted only when that is lossless (``lossless_cast``: f16 -> f32,
+    i32 -> i64, ...); anything else is a ``CompileError`` naming the input. Python numbers
+    and lists have no dtype of their own and take the input's (floats not for an integer
+    input)."""
+    try:
+        if isinstance(x, torch.Tensor):
+            have = dtype_from_torch(x.dtype)
+        elif isinstance(x, (np.ndarray, np.generic)):
+            have = dtype_from_numpy(x.dtype)
+        else:
+            have = None
+    except TypeError as e:
+        raise CompileError(f"input {name} expects {t}: {e}") from None
+    if have is None:
+        arr = np.asarray(x)
+        if arr.dtype.kind == "f" and not t.is_float:
+            raise CompileError(f"input {name} expects {t}, got floating-point values")
+        return _to_numpy(arr, t)
+    if not lossless_cast(have, t.dtype):
+        raise CompileError(f"input {name} expects {t.dtype} ({t}), got {have}: convert it "
+                           f"first (only lossless conversions such as f16 -> f32 are done)")
+    return _to_numpy(x, t)
+
+
 class _Runner:
     """One backend's way to run, save and load a compiled graph."""
 
@@ -206,13 +237,12 @@ class _ORTRunner(_Runner):
 
     @classmethod
     def from_graph(cls, graph: Graph, threads: int) -> _ORTRunner:
-        import tempfile
-
         try:
             from . import to_onnx
 
             with tempfile.TemporaryDirectory(prefix="shrinkc-onnx-") as d:
-                data = to_onnx(graph, Path(d) / cls.FILE).read_bytes()
+                # max pools that keep NaN as the other backends do (onnxruntime's drop it)
+                data = to_onnx(graph, Path(d) / cls.FILE, propagate_nan=True).read_bytes()
         except ModuleNotFoundError as e:
             raise CompileError(f"the onnxruntime backend needs shrinkc.backends.onnx "
                                f"(to_onnx), which is not installed: {e}") from None
@@ -312,7 +342,7 @@ class CompiledModel:
         as_torch = any(isinstance(a, torch.Tensor) for a in args)
         arrays = []
         for (name, t), a in zip(self.inputs, args):
-            arr = _to_numpy(a, t)
+            arr = _input_array(name, a, t)
             if arr.shape != t.shape:
                 raise CompileError(f"input {name} expects {t}, got shape {list(arr.shape)} "
                                    f"(compiled models have static shapes)")
@@ -331,25 +361,52 @@ class CompiledModel:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the artifact and ``manifest.json`` into ``directory``; returns it."""
+        """Write the artifact and ``manifest.json`` into ``directory``; returns it.
+
+        The manifest records every file's size and SHA-256 (``load_compiled`` checks them).
+        The files are written into a temporary folder inside ``directory`` first and moved
+        into place with the manifest last: a failed save leaves no file behind (and an
+        interrupted one no manifest, so nothing half-written loads)."""
+        from .ir.files import check_output_dir, file_digest, make_dirs
+
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        check_output_dir(d, "save")
+        created = not d.exists()
+        make_dirs(d, "save")
         t0 = time.perf_counter()
-        entry = self._runner.save(d)
-        files = entry.get("files", {})
-        self._report.artifact_bytes = sum((d / f).stat().st_size for f in files.values())
-        self._report.times["save_s"] = time.perf_counter() - t0
-        manifest = {
-            "format": FORMAT, "version": FORMAT_VERSION, "backend": self.backend,
-            "model": self._report.model, "pipeline": self._report.pipeline,
-            "target": self._report.target, "threads": self._runner.threads,
-            "inputs": [_type_entry(n, t) for n, t in self.inputs],
-            "outputs": [_type_entry(n, t) for n, t in self.outputs],
-            **entry, "report": self._report.as_dict(),
-        }
-        tmp = d / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        tmp.replace(d / MANIFEST)
+        stage = Path(tempfile.mkdtemp(prefix=".shrinkc-save-", dir=d))
+        try:
+            entry = self._runner.save(stage)
+            files = dict(entry.get("files", {}))
+            records = {}
+            for role, fname in files.items():
+                size, sha = file_digest(stage / fname)
+                records[role] = {"path": fname, "size": size, "sha256": sha}
+            self._report.artifact_bytes = sum(r["size"] for r in records.values())
+            self._report.times["save_s"] = time.perf_counter() - t0
+            manifest = {
+                "format": FORMAT, "version": FORMAT_VERSION, "backend": self.backend,
+                "model": self._report.model, "pipeline": self._report.pipeline,
+                "target": self._report.target, "threads": self._runner.threads,
+                "inputs": [_type_entry(n, t) for n, t in self.inputs],
+                "outputs": [_type_entry(n, t) for n, t in self.outputs],
+                **entry, "files": records, "report": self._report.as_dict(),
+            }
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+            (d / MANIFEST).unlink(missing_ok=True)  # no manifest while files are replaced
+            for fname in files.values():
+                os.replace(stage / fname, d / fname)
+            os.replace(stage / MANIFEST, d / MANIFEST)
+        except OSError as e:
+            if created:
+                shutil.rmtree(d, ignore_errors=True)
+            raise CompileError(f"save {d}: {e.strerror or e}") from None
+        except BaseException:
+            if created:
+                shutil.rmtree(d, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         log.info("saved %s (%s) to %s: %s", self._report.model, self.backend, d,
                  ", ".join(files.values()))
         return d
@@ -367,25 +424,146 @@ def _types_from(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, TensorT
     return [(e["name"], TensorType(e["dtype"], tuple(e["shape"]))) for e in entries]
 
 
+#: The files each backend's manifest must list (role -> what it is).
+_REQUIRED_FILES = {"tvm": ("library",), "onnxruntime": ("model",), "torch": ("model",)}
+
+
+def _check_manifest(m: Any, where: Path) -> None:
+    """Raise ``CompileError`` naming the first thing wrong with a manifest's schema."""
+    def bad(what: str) -> CompileError:
+        return CompileError(f"{where}: invalid manifest: {what}")
+
+    if not isinstance(m, dict):
+        raise bad(f"expected a JSON object, got a JSON {_json_kind(m)}")
+    if m.get("format") != FORMAT:
+        raise CompileError(f"{where}: not a shrinkc compiled model (format "
+                           f"{m.get('format')!r}, expected {FORMAT!r})")
+    version = m.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f"'version' must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CompileError(f"{where}: format version {version} was written by a newer shrinkc "
+                           f"(this one reads version {FORMAT_VERSION})")
+    if version < FORMAT_VERSION:
+        raise CompileError(f"{where}: format version {version} has no file digests (this "
+                           f"shrinkc reads version {FORMAT_VERSION}): compile and save the "
+                           f"model again")
+    backend = m.get("backend")
+    if backend not in _RUNNERS:
+        raise bad(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+    for key in ("inputs", "outputs"):
+        entries = m.get(key)
+        if not isinstance(entries, list) or (key == "outputs" and not entries):
+            raise bad(f"'{key}' must be a {'non-empty ' if key == 'outputs' else ''}list, got "
+                      f"{_json_kind(entries)}")
+        for i, e in enumerate(entries):
+            if not (isinstance(e, dict) and isinstance(e.get("name"), str)
+                    and e.get("dtype") in DTYPES and isinstance(e.get("shape"), list)
+                    and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                            for d in e["shape"])):
+                raise bad(f"{key}[{i}] must be {{name: str, dtype: one of "
+                          f"{'/'.join(DTYPES)}, shape: [int, ...]}}, got {json.dumps(e)[:80]}")
+    files = m.get("files")
+    if not isinstance(files, dict) or not files:
+        raise bad(f"'files' must be a non-empty object, got {_json_kind(files)}")
+    for role, rec in files.items():
+        if not (isinstance(rec, dict) and isinstance(rec.get("path"), str)
+                and isinstance(rec.get("size"), int) and not isinstance(rec["size"], bool)
+                and rec["size"] >= 0 and isinstance(rec.get("sha256"), str)
+                and len(rec["sha256"]) == 64):
+            raise bad(f"files.{role} must be {{path: str, size: int, sha256: 64 hex digits}}, "
+                      f"got {json.dumps(rec)[:80]}")
+    missing = [r for r in _REQUIRED_FILES[backend] if r not in files]
+    if missing:
+        raise bad(f"a {backend} model lists files {', '.join(missing)}; 'files' has "
+                  f"{', '.join(files)}")
+    if backend == "tvm" and not isinstance(m.get("target"), dict):
+        raise bad(f"a tvm model needs a 'target' object, got {_json_kind(m.get('target'))}")
+    if m.get("threads") is not None and not isinstance(m.get("threads"), int):
+        raise bad(f"'threads' must be an integer or null, got {m.get('threads')!r}")
+    if not isinstance(m.get("report", {}), dict):
+        raise bad(f"'report' must be an object, got {_json_kind(m.get('report'))}")
+
+
+def _json_kind(x: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def _inside(d: Path, name: str, role: str, where: Path) -> Path:
+    """The file ``name`` of the artifact, refused when it is not a plain file inside ``d``."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts or p.name in ("", ".", MANIFEST):
+        raise CompileError(f"{where}: files.{role} {name!r} is not a file name inside "
+                           f"{d} (refused)")
+    full = d / p
+    if not full.resolve().is_relative_to(d.resolve()):
+        raise CompileError(f"{where}: files.{role} {name!r} leads outside {d} (a symlink to "
+                           f"{full.resolve()}; refused)")
+    if not full.is_file():
+        raise CompileError(f"{full}: no such file (listed as files.{role} in {where})")
+    return full
+
+
+def _verified_copy(src: Path, rec: Mapping[str, Any], dst: Path, role: str) -> None:
+    """Copy ``src`` to ``dst``, checking its size and SHA-256 against the manifest on the
+    bytes copied: what is loaded afterwards is exactly what was checked."""
+    import hashlib
+
+    size = src.stat().st_size
+    if size != rec["size"]:
+        raise CompileError(f"{src}: {size} bytes, but the manifest says {rec['size']} "
+                           f"(truncated or replaced; files.{role}): not loaded")
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while chunk := fi.read(1 << 20):
+            h.update(chunk)
+            fo.write(chunk)
+    if h.hexdigest() != rec["sha256"] or dst.stat().st_size != rec["size"]:
+        raise CompileError(f"{src}: SHA-256 differs from the manifest's (the file was altered "
+                           f"after saving; files.{role}): not loaded")
+
+
 def load_compiled(path: str | os.PathLike) -> CompiledModel:
-    """A ``CompiledModel`` from a directory written by ``CompiledModel.save``. Runs no pass."""
+    """A ``CompiledModel`` from a directory written by ``CompiledModel.save``. Runs no pass.
+
+    Before anything is loaded the manifest's schema and format version are checked, and
+    every file it lists must lie inside the directory and match its recorded size and
+    SHA-256; the files are loaded from a private copy made while checking, so a file
+    changed afterwards cannot affect (or crash) the loaded model. Any failure is one
+    ``CompileError`` naming the file."""
     d = Path(path)
     mpath = d / MANIFEST
+    if not d.is_dir():
+        raise CompileError(f"{d}: no such directory" if not d.exists() else
+                           f"{d}: not a directory (load_compiled takes the directory that "
+                           f"CompiledModel.save wrote)")
     if not mpath.is_file():
         raise CompileError(f"{d}: no {MANIFEST} (not a directory written by "
                            f"CompiledModel.save)")
     try:
         manifest = json.loads(mpath.read_text())
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise CompileError(f"{mpath}: corrupt manifest: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise CompileError(f"{mpath}: not a shrinkc compiled model (format "
-                           f"{manifest.get('format')!r})")
-    backend = manifest.get("backend")
-    if backend not in _RUNNERS:
-        raise CompileError(f"{mpath}: unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-    inputs, outputs = _types_from(manifest["inputs"]), _types_from(manifest["outputs"])
-    runner = _RUNNERS[backend].load(d, manifest, inputs, outputs)
+    _check_manifest(manifest, mpath)
+    backend = manifest["backend"]
+    sources = {role: _inside(d, rec["path"], role, mpath)
+               for role, rec in manifest["files"].items()}
+    private = Path(tempfile.mkdtemp(prefix="shrinkc-load-"))
+    try:
+        for role, rec in manifest["files"].items():
+            _verified_copy(sources[role], rec, private / Path(rec["path"]).name, role)
+        entry = {**manifest, "files": {role: Path(rec["path"]).name
+                                       for role, rec in manifest["files"].items()}}
+        inputs, outputs = _types_from(manifest["inputs"]), _types_from(manifest["outputs"])
+        runner = _RUNNERS[backend].load(private, entry, inputs, outputs)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+    if backend == "tvm":  # the loaded library is mapped from the copy: keep it while in use
+        weakref.finalize(runner, shutil.rmtree, str(private), True)
+    else:  # everything is in memory now
+        shutil.rmtree(private, ignore_errors=True)
     fields = CompileReport.__dataclass_fields__
     report = CompileReport(**{k: v for k, v in manifest.get("report", {}).items() if k in fields})
     return CompiledModel(runner, inputs, outputs, report)

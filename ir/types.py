@@ -37,6 +37,30 @@ _ITEMSIZE = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i8": 1, "u8": 1, "i16": 2
              "i64": 8, "bool": 1}
 
 
+# for lossless_cast: significand bits (with the implicit one) and exponent bits of the
+# floats, magnitude bits of the integers
+_SIGNIFICAND = {"f16": 11, "bf16": 8, "f32": 24, "f64": 53}
+_EXPONENT = {"f16": 5, "bf16": 8, "f32": 8, "f64": 11}
+_MAGNITUDE = {"i8": 7, "u8": 8, "i16": 15, "i32": 31, "i64": 63}
+
+
+def lossless_cast(src: str, dst: str) -> bool:
+    """True when every value of IR dtype ``src`` is exactly representable in ``dst``
+    (f16 -> f32, f32 -> f64, i32 -> i64, u8 -> i16, i16 -> f32, bool -> anything, ...)."""
+    if src == dst or src == "bool":
+        return True
+    if dst == "bool":
+        return False
+    if src in FLOAT_DTYPES:
+        return (dst in FLOAT_DTYPES and _SIGNIFICAND[dst] >= _SIGNIFICAND[src]
+                and _EXPONENT[dst] >= _EXPONENT[src])
+    if dst in FLOAT_DTYPES:
+        return _MAGNITUDE[src] <= _SIGNIFICAND[dst]
+    if src.startswith("i") and dst.startswith("u"):
+        return False
+    return _MAGNITUDE[dst] >= _MAGNITUDE[src]
+
+
 def dtype_from_numpy(dt: np.dtype) -> str:
     dt = np.dtype(dt)
     for name, (npdt, _) in DTYPES.items():

@@ -75,7 +75,13 @@ def test_calling_conventions(resnet_tvm):
     assert_close(out_np, want, depth=g)
     np.testing.assert_array_equal(cm([x.numpy()]), out_np)
     np.testing.assert_array_equal(cm({g.inputs[0].name: x}).numpy(), out_np)
-    np.testing.assert_array_equal(cm(x.double()).numpy(), out_np)  # cast to the input type
+    # another dtype: converted only when lossless (f16 -> f32), else an error naming the input
+    xh = x.half()
+    np.testing.assert_array_equal(cm(xh).numpy(), cm(xh.float()).numpy())
+    name = g.inputs[0].name
+    for bad, dtype in ((x.double(), "f64"), (x.numpy().astype(np.int64), "i64")):
+        with pytest.raises(CompileError, match=rf"input {name} expects f32 .*got {dtype}"):
+            cm(bad)
     with pytest.raises(CompileError, match=r"expects f32\[1,3,32,32\], got shape \[1, 3, 16, 16\]"):
         cm(torch.zeros(1, 3, 16, 16))
     with pytest.raises(CompileError, match="takes 1 inputs"):
@@ -282,3 +288,162 @@ def test_compile_quantizes_with_calibration_from_a_file(tmp_path, reference_grap
 
     with pytest.raises(PassError, match="needs calibration data"):
         shrinkc.compile(g, x, passes="quantize", backend="onnxruntime")
+
+
+# ============================================================================ artifacts (issue 12)
+@pytest.fixture(scope="module")
+def saved_tvm(tmp_path_factory, reference_graphs):
+    """LeNet-300-100 compiled by TVM and saved once; tests damage copies of it."""
+    _, x, g = reference_graphs("lenet_300_100")
+    cm = shrinkc.compile(g, x, backend="tvm")
+    return cm.save(tmp_path_factory.mktemp("artifact") / "tvm"), x, cm
+
+
+@pytest.fixture
+def artifact(saved_tvm, tmp_path):
+    import shutil
+
+    d = tmp_path / "art"
+    shutil.copytree(saved_tvm[0], d)
+    return d
+
+
+def _edit_manifest(d, fn):
+    m = json.loads((d / "manifest.json").read_text())
+    m = fn(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("backend", ["tvm", "onnxruntime", "torch"])
+def test_manifest_records_size_and_sha256_of_every_file(backend, tmp_path, reference_graphs):
+    import hashlib
+
+    _, x, g = reference_graphs("lenet5")
+    d = shrinkc.compile(g, x, backend=backend).save(tmp_path / backend)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["format"] == "shrinkc-compiled" and m["version"] == 2
+    listed = {rec["path"] for rec in m["files"].values()}
+    assert listed | {"manifest.json"} == {p.name for p in d.iterdir()}  # nothing else left
+    for role, rec in m["files"].items():
+        data = (d / rec["path"]).read_bytes()
+        assert rec["size"] == len(data) and rec["sha256"] == hashlib.sha256(data).hexdigest()
+    assert m["report"]["artifact_bytes"] == sum(r["size"] for r in m["files"].values())
+
+
+def test_truncated_library_is_one_clear_error_never_sigbus(artifact, saved_tvm, tmp_path):
+    lib = artifact / "model.so"
+    data = lib.read_bytes()
+    lib.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CompileError, match=rf"model.so: {len(data) // 2} bytes, but the manifest "
+                                           rf"says {len(data)} \(truncated or replaced"):
+        shrinkc.load_compiled(artifact)
+    # in a process of its own: the truncated library is never mapped (it used to SIGBUS), and
+    # truncating the original after loading does not touch the loaded copy
+    lib.write_bytes(data)
+    np.save(tmp_path / "x.npy", saved_tvm[1].numpy())
+    script = textwrap.dedent(f"""
+        import numpy as np, shrinkc
+        from shrinkc.compiler import CompileError
+        cm = shrinkc.load_compiled(r"{artifact}")
+        open(r"{lib}", "r+b").truncate(1000)
+        y = cm(np.load(r"{tmp_path}/x.npy"))
+        print("RAN", y.shape)
+        try:
+            shrinkc.load_compiled(r"{artifact}")
+        except CompileError as e:
+            print("ERROR", e)
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, (res.returncode, res.stderr[-2000:])
+    assert "RAN (1, 10)" in res.stdout
+    assert "ERROR" in res.stdout and "1000 bytes, but the manifest says" in res.stdout
+
+
+def test_bit_flipped_library_is_one_clear_error(artifact):
+    lib = artifact / "model.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    lib.write_bytes(bytes(data))
+    with pytest.raises(CompileError, match=r"model.so: SHA-256 differs from the manifest's \(the "
+                                           r"file was altered after saving; files.library\)"):
+        shrinkc.load_compiled(artifact)
+
+
+@pytest.mark.parametrize("path, words", [
+    ("../outside/model.so", "is not a file name inside"),
+    ("/etc/passwd", "is not a file name inside"),
+    ("sub/../../model.so", "is not a file name inside"),
+    ("manifest.json", "is not a file name inside"),
+    ("link.so", "leads outside"),
+])
+def test_paths_outside_the_artifact_are_refused(artifact, tmp_path, path, words):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "model.so").write_bytes((artifact / "model.so").read_bytes())
+    (artifact / "link.so").symlink_to(outside / "model.so")
+
+    def point(m):
+        m["files"]["library"]["path"] = path
+        return m
+
+    _edit_manifest(artifact, point)
+    with pytest.raises(CompileError, match=rf"files.library {path!r} {words}"):
+        shrinkc.load_compiled(artifact)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: [m], "invalid manifest: expected a JSON object, got a JSON list"),
+    (lambda m: {k: v for k, v in m.items() if k != "inputs"},
+     "invalid manifest: 'inputs' must be a list, got null"),
+    (lambda m: {**m, "outputs": []}, "'outputs' must be a non-empty list, got list"),
+    (lambda m: {**m, "inputs": [{"name": "x", "dtype": "f99", "shape": [1]}]},
+     r"inputs\[0\] must be \{name: str, dtype: one of"),
+    (lambda m: {**m, "files": ["model.so"]}, "'files' must be a non-empty object, got list"),
+    (lambda m: {**m, "files": {"library": "model.so"}},
+     "files.library must be {path: str, size: int, sha256: 64 hex digits}"),
+    (lambda m: {**m, "files": {"params": m["files"]["library"]}},
+     "a tvm model lists files library; 'files' has params"),
+    (lambda m: {**m, "target": None}, "a tvm model needs a 'target' object, got null"),
+    (lambda m: {**m, "version": "2"}, "'version' must be an integer, got '2'"),
+    (lambda m: {**m, "version": 1}, "format version 1 has no file digests"),
+    (lambda m: {**m, "version": 99}, "format version 99 was written by a newer shrinkc"),
+    (lambda m: {**m, "format": "other"}, "not a shrinkc compiled model"),
+    (lambda m: {**m, "backend": "tensorrt"}, "unknown backend 'tensorrt'"),
+])
+def test_manifest_schema_errors_are_clear(artifact, edit, words):
+    _edit_manifest(artifact, edit)
+    with pytest.raises(CompileError, match=words.replace("{", r"\{").replace("}", r"\}")
+                       if "\\" not in words else words):
+        shrinkc.load_compiled(artifact)
+
+
+def test_missing_listed_file(artifact):
+    (artifact / "model.so").unlink()
+    with pytest.raises(CompileError, match=r"model.so: no such file \(listed as files.library"):
+        shrinkc.load_compiled(artifact)
+
+
+def test_save_is_atomic(saved_tvm, tmp_path, monkeypatch):
+    """A save that fails leaves nothing; a save into a path under a file fails before any
+    work; saving again replaces the artifact."""
+    _, x, cm = saved_tvm
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IRError, match="file is a file, not a folder"):
+        cm.save(tmp_path / "file" / "out")
+
+    def fail(directory):
+        (directory / "model.so").write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cm._runner, "save", fail)
+    with pytest.raises(CompileError, match="No space left on device"):
+        cm.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(CompileError):
+        cm.save(tmp_path / "old")
+    assert list((tmp_path / "old").iterdir()) == []
+    monkeypatch.undo()
+    d = cm.save(tmp_path / "old")
+    np.testing.assert_array_equal(shrinkc.load_compiled(d)(x.numpy()), cm(x.numpy()))
