@@ -251,6 +251,8 @@ def test_reproducer_keeps_the_calibration_data(tmp_path, capsys, reference_graph
     assert f"--calibration {(rdir / 'calibration.npz').resolve()}" in cmd
     np.testing.assert_array_equal(np.load(rdir / "calibration.npz")["x"], images)
     # the command alone fails the same way, on the same data
-    assert main(shlex.split(cmd)[1:] + ["--reproducer-dir", str(tmp_path / "r2")]) == 2
+    argv = shlex.split(cmd)
+    assert argv[1:4] == ["-m", "shrinkc.tools.cli", "opt"]  # python -m shrinkc.tools.cli opt …
+    assert main(argv[3:] + ["--reproducer-dir", str(tmp_path / "r2")]) == 2
     again = capsys.readouterr().err.splitlines()[0]
     assert "has NaN or infinite values" in again and "pass 1 of 1" in again
