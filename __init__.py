@@ -48,6 +48,16 @@ def optimize(graph: Graph, pipeline: str, **kwargs) -> Graph:
     return _optimize(graph, pipeline, **kwargs)
 
 
+def recover(graph: Graph, teacher, data, **kwargs) -> Graph:
+    """Fine-tune a compressed ``graph`` by distillation from ``teacher`` (the original: a
+    graph or module) on ``data`` (``(X, y)``, ``X`` alone, or batches); returns a new graph
+    with the trained weights, encodings kept. Options: ``epochs``, ``lr``, ``temperature``,
+    ``alpha``, ``batch_size``, ``world_size``, ``seed``, … (see ``passes/distill.py``)."""
+    from .passes.distill import recover as _recover
+
+    return _recover(graph, teacher, data, **kwargs)
+
+
 def compile(model_or_graph, example_inputs=None, **kwargs):  # noqa: A001 - the API's name
     """Trace (if needed), optimize and compile for a backend; returns a CompiledModel."""
     from .compiler import compile as _compile
@@ -64,6 +74,6 @@ def load_compiled(path):
 
 __all__ = [
     "Graph", "IRError", "TensorType", "TraceError", "VerificationError", "compile", "load",
-    "load_compiled", "load_onnx", "optimize", "parse", "run", "save", "to_onnx", "to_torch",
+    "load_compiled", "load_onnx", "optimize", "parse", "recover", "run", "save", "to_onnx", "to_torch",
     "trace", "verify", "write_back",
 ]

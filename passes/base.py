@@ -16,8 +16,10 @@ Every pass module imports from here (not from the manager that runs passes)::
   manager adds the pipeline context (which pass, which position, what already ran);
 * ``PipelineError`` — pipeline text or options that do not name passes and valid values;
 * ``PassContext`` — everything a pass may read besides the graph, explicitly (never a
-  global): seed and ``rng``, example inputs, calibration batches, instruments, an
-  ``artifacts`` dict (e.g. a pruning plan), a logger.
+  global): seed and ``rng``, example inputs, calibration batches, training data and a
+  teacher (``recover``), the pipeline's input graph (``original``, kept for a pass that
+  sets ``needs_original``), instruments, an ``artifacts`` dict (e.g. a pruning plan), a
+  logger.
 
 The registry (``registry.py``: names, pipeline text) and the manager (``manager.py``:
 running a pipeline with instruments) build on this module; both re-export these names.
@@ -242,6 +244,8 @@ class Pass:
 
     name: ClassVar[str] = ""
     exact: ClassVar[bool]
+    #: the PassManager keeps a copy of the pipeline's input graph in ``ctx.original``
+    needs_original: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         types_ = _option_types(type(self))
@@ -286,10 +290,17 @@ class PassContext:
     seed: int = 0
     example_inputs: Any = None  # a tensor, a sequence of tensors, or a name -> tensor mapping
     calibration: Iterable[Any] | None = None  # input batches (each like example_inputs)
+    # training samples for passes that train (``recover``): ``(X, y)``, ``X`` alone, or
+    # batches (``passes.distill.TrainingData.of``)
+    training: Any = None
+    teacher: Any = None  # what ``recover`` distils from (default: the pipeline's input graph)
     instruments: list[PassInstrument] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("shrinkc.passes"))
     rng: np.random.Generator = field(init=False, repr=False)
+    # the pipeline's input graph, kept (a copy) by the PassManager when a pass of the
+    # pipeline sets ``needs_original`` (``recover`` distils from it)
+    original: Graph | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)

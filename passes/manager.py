@@ -106,6 +106,8 @@ class PassManager:
         """Run every pass on ``graph`` in place; returns ``graph``."""
         ctx, insts = self.ctx, self.instruments()
         ctx.logger.info("pipeline: %s", self.pipeline or "(empty)")
+        ctx.original = (graph.clone() if any(p.needs_original for p in self.passes)
+                        else None)
         for inst in insts:
             inst.enter_pipeline(graph, self.passes, ctx)
         snapshot = any(inst.wants_snapshot for inst in insts)
@@ -173,17 +175,21 @@ def _wrap(e: Exception, step: Step, stage: str) -> PassError:
 
 
 def optimize(graph: Graph, pipeline: str | Sequence[Pass], *, example_inputs: Any = None,
-             calibration: Iterable[Any] | None = None, seed: int = 0,
+             calibration: Iterable[Any] | None = None, training: Any = None,
+             teacher: Any = None, seed: int = 0,
              instruments: Sequence[PassInstrument] | None = None, verify_each: bool = True,
              stop_after: str | None = None, artifacts: dict[str, Any] | None = None,
              logger: logging.Logger | None = None) -> Graph:
     """Run ``pipeline`` on a copy of ``graph`` and return the copy (``graph`` is unchanged).
 
     ``artifacts``, if given, is the dict passes write their artifacts into (e.g. a plan).
+    ``training`` and ``teacher`` are for passes that train (``recover``: its data, and what
+    it distils from when not the input graph).
     Raises ``PipelineError`` for bad pipeline text (before any work) and ``PassError`` for a
     pass that fails.
     """
     ctx = PassContext(seed=seed, example_inputs=example_inputs, calibration=calibration,
+                      training=training, teacher=teacher,
                       instruments=list(instruments or []),
                       artifacts=artifacts if artifacts is not None else {},
                       logger=logger or logging.getLogger("shrinkc.passes"))
