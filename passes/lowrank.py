@@ -5,7 +5,8 @@ layer's rank, applies the break-even guard, asks the pass to fit its factors, re
 layer by the chain the pass describes, and reports per layer. A pass defines:
 
 * ``ops`` — the ops it looks at; ``inspect(graph, node)`` — a ``Layer`` to decompose, or
-  the reason (a stats key) it is left alone;
+  the reason (a stats key) it is left alone (``conv_layer`` and ``dense_layer`` do the
+  common checks of a conv2d and of a linear / matmul by a constant);
 * ``cost(layer, rank)`` — ``(macs, params)`` of the chain at ``rank``;
 * ``mode_ranks_to_rank(ranks)`` — the pass's rank from per-mode ranks (energy / vbmf are
   per mode); ``estimate(layer, rank)`` — the estimated squared relative error;
@@ -38,7 +39,7 @@ from .base import Pass, PassContext, PassResult, option
 from .rewrite import remove_unused_constants, to_numpy
 
 __all__ = ["ChainStep", "Fit", "Layer", "LayerReport", "LowRankPass", "Skip", "conv_layer",
-           "group_slices", "refuse_weight"]
+           "dense_layer", "group_slices", "refuse_weight"]
 
 #: BLAS threads while a low-rank pass runs. Measured on the 2-core development machine with
 #: other jobs running (load 9-13): OpenBLAS's default two threads took 0.7-2.6 s for the
@@ -72,27 +73,38 @@ class Layer:
     info: dict[str, Any] = field(default_factory=dict)  # pass-specific facts
     x_index: int = 0  # which operand of ``node`` is ``x`` (read again when emitting: an
     # earlier rewrite may have replaced the value)
-    _spectra: list[list[np.ndarray]] | None = field(default=None, repr=False)
+    _svds: list[list[tuple[np.ndarray, np.ndarray]]] | None = field(default=None, repr=False)
+    _tails: list[np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def spectra(self) -> list[list[np.ndarray]]:
         """Singular values of every ``modes`` matrix (computed once)."""
-        if self._spectra is None:
-            self._spectra = [[R.singular_values(m) for m in ms] for ms in self.modes]
-        return self._spectra
+        return [[s for _, s in ms] for ms in self.left_svds]
+
+    @property
+    def left_svds(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """``(U, s)`` of every ``modes`` matrix (``analyses.rank.left_svd``; computed once):
+        the spectra the rank rules read and the HOSVD factors Tucker starts from."""
+        if self._svds is None:
+            self._svds = [[R.left_svd(m) for m in ms] for ms in self.modes]
+        return self._svds
 
     def mode_errors(self, ranks: tuple[int, ...]) -> list[float]:
         """Per mode, the squared relative error of the best rank-``ranks[i]`` approximation
-        of that unfolding, over all groups (tail energy / total energy)."""
-        total = float(np.sum(self.w ** 2)) or 1.0
-        out = []
-        for i, r in enumerate(ranks):
-            tail = 0.0
-            for spec in self.spectra:
-                s = spec[i]
-                tail += float(np.sum(s[r:] ** 2))
-            out.append(tail / total)
-        return out
+        of that unfolding, over all groups (discarded energy / total energy)."""
+        if self._tails is None:
+            total = float(np.sum(self.w ** 2)) or 1.0
+            tails = []
+            for i in range(len(self.modes[0])):
+                n = max(len(spec[i]) for spec in self.spectra)
+                t = np.zeros(n + 1)
+                for spec in self.spectra:
+                    e = np.asarray(spec[i], dtype=np.float64) ** 2
+                    tail = np.concatenate([np.cumsum(e[::-1])[::-1], [0.0]])
+                    t += np.concatenate([tail, np.zeros(n + 1 - tail.size)])
+                tails.append(t / total)
+            self._tails = tails
+        return [float(t[min(r, t.size - 1)]) for t, r in zip(self._tails, ranks)]
 
 
 @dataclass
@@ -182,6 +194,45 @@ def conv_layer(graph: Graph, node: Node, *, allow_pointwise: bool) -> Layer | st
     return Layer(node, x, w, bias, wd, g, macs=out.type.numel * c_in_g * kh * kw,
                  params=w.type.numel + (bias.type.numel if bias is not None else 0),
                  full=(), info=info)
+
+
+def dense_layer(graph: Graph, node: Node) -> Layer | str:
+    """A ``linear``, or a ``matmul`` with one constant 2-D operand, as a ``Layer`` whose ``w``
+    is the ``[out, in]`` matrix (``x @ B`` gives ``B.T``, ``A @ x`` gives ``A``) and whose
+    ``info`` has ``kind`` (linear / matmul_right / matmul_left), ``rows`` (rows of the
+    product), ``in``, ``out``; or the reason it is not one (a stats key)."""
+    if node.op == "linear":
+        x, w = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        reason = refuse_weight(graph, node, w, [bias] if bias is not None else [])
+        if reason:
+            return reason
+        mats = w.data.astype(np.float64)
+        kind = "linear"
+    else:
+        a, b = node.inputs
+        if not a.is_constant and not b.is_constant:
+            return "skipped_activations"
+        if a.is_constant and b.is_constant:
+            return "skipped_nonconstant"  # fold-constants' job
+        w, x = (b, a) if b.is_constant else (a, b)
+        kind = "matmul_right" if b.is_constant else "matmul_left"
+        bias = None
+        reason = refuse_weight(graph, node, w, [])
+        if reason:
+            return reason
+        if w.type.rank != 2:
+            return "skipped_layout"
+        # as [out, in]: x @ B uses B.T, A @ x uses A
+        mats = w.data.astype(np.float64)
+        mats = mats.T if kind == "matmul_right" else mats
+    out_f, in_f = mats.shape
+    rows = node.outputs[0].type.numel // out_f  # rows of the product
+    return Layer(node, x, w, bias, mats, 1, macs=rows * in_f * out_f,
+                 params=w.type.numel + (bias.type.numel if bias is not None else 0),
+                 full=(min(out_f, in_f),), modes=[[mats]],
+                 info={"kind": kind, "rows": rows, "in": in_f, "out": out_f},
+                 x_index=1 if kind == "matmul_left" else 0)
 
 
 def group_slices(layer: Layer) -> list[np.ndarray]:

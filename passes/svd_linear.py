@@ -56,7 +56,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from .analyses import rank as R
-from .lowrank import ChainStep, Fit, Layer, LowRankPass, conv_layer, refuse_weight
+from .lowrank import ChainStep, Fit, Layer, LowRankPass, conv_layer, dense_layer
 from .base import PassContext
 from .registry import register_pass
 
@@ -74,39 +74,7 @@ class SvdLinear(LowRankPass):
     def inspect(self, graph: Graph, node: Node) -> Layer | str:
         if node.op == "conv2d":
             return self._conv(graph, node)
-        if node.op == "linear":
-            x, w = node.inputs[0], node.inputs[1]
-            bias = node.inputs[2] if len(node.inputs) > 2 else None
-            reason = refuse_weight(graph, node, w, [bias] if bias is not None else [])
-            if reason:
-                return reason
-            mats = w.data.astype(np.float64)
-            kind = "linear"
-        else:
-            a, b = node.inputs
-            if not a.is_constant and not b.is_constant:
-                return "skipped_activations"
-            if a.is_constant and b.is_constant:
-                return "skipped_nonconstant"  # fold-constants' job
-            w, x = (b, a) if b.is_constant else (a, b)
-            kind = "matmul_right" if b.is_constant else "matmul_left"
-            bias = None
-            reason = refuse_weight(graph, node, w, [])
-            if reason:
-                return reason
-            if w.type.rank != 2:
-                return "skipped_layout"
-            # as [out, in]: x @ B uses B.T, A @ x uses A
-            mats = w.data.astype(np.float64)
-            mats = mats.T if kind == "matmul_right" else mats
-        out_f, in_f = mats.shape
-        rows = node.outputs[0].type.numel // out_f  # rows of the product
-        layer = Layer(node, x, w, bias, mats, 1, macs=rows * in_f * out_f,
-                      params=w.type.numel + (bias.type.numel if bias is not None else 0),
-                      full=(min(out_f, in_f),), modes=[[mats]],
-                      info={"kind": kind, "rows": rows, "in": in_f, "out": out_f},
-                      x_index=1 if kind == "matmul_left" else 0)
-        return layer
+        return dense_layer(graph, node)
 
     def _conv(self, graph: Graph, node: Node) -> Layer | str:
         layer = conv_layer(graph, node, allow_pointwise=True)

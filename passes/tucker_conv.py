@@ -106,8 +106,8 @@ class TuckerConv(LowRankPass):
         sq_err, sq_norm = 0.0, 0.0
         # at full rank the HOSVD is already exact: no sweeps
         sweeps_max = 0 if tuple(rank) == layer.full else self.max_iter
-        for block in group_slices(layer):
-            t = tucker2(block, r_out, r_in, max_iter=sweeps_max)
+        for block, ((u_in, _), (u_out, _)) in zip(group_slices(layer), layer.left_svds):
+            t = tucker2(block, r_out, r_in, max_iter=sweeps_max, hosvd=(u_out, u_in))
             ins.append(t.in_factor.T[:, :, None, None])  # [R_in, C_in/g, 1, 1]
             cores.append(t.core)  # [R_out, R_in, kh, kw]
             outs.append(t.out_factor[:, :, None, None])  # [C_out/g, R_out, 1, 1]

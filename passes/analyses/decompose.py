@@ -67,8 +67,11 @@ def _tucker_parts(result) -> tuple[np.ndarray, list[np.ndarray], int | None]:
 
 
 def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
-            tol: float = 1e-4) -> Tucker2:
-    """Tucker-2 of a 4-D kernel on its two channel modes (see the module docstring)."""
+            tol: float = 1e-4, hosvd: tuple[np.ndarray, np.ndarray] | None = None) -> Tucker2:
+    """Tucker-2 of a 4-D kernel on its two channel modes (see the module docstring).
+    ``hosvd``: the leading left singular vectors of the mode-0 and mode-1 unfoldings (at
+    least ``rank_out`` / ``rank_in`` columns) when the caller has them: HOOI starts from
+    them instead of computing the HOSVD again."""
     import tensorly as tl
     from tensorly.decomposition import partial_tucker
 
@@ -76,8 +79,12 @@ def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
     t0 = time.perf_counter()
     with tl.backend_context("numpy"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_eigenvecs larger than min(matrix.shape)"
+        init: object = "svd"
+        if hosvd is not None and hosvd[0].shape[1] >= rank_out and hosvd[1].shape[1] >= rank_in:
+            factors = [hosvd[0][:, :rank_out], hosvd[1][:, :rank_in]]
+            init = (np.einsum("oihw,oa,ib->abhw", w, *factors, optimize=True), factors)
         res = partial_tucker(w, rank=[rank_out, rank_in], modes=[0, 1], n_iter_max=max_iter,
-                             init="svd", tol=tol)
+                             init=init, tol=tol)
     core, (u_out, u_in), sweeps = _tucker_parts(res)
     core, u_out, u_in = (np.asarray(a, dtype=np.float64) for a in (core, u_out, u_in))
     err = relative_error(w, tucker_to_tensor(core, u_out, u_in))

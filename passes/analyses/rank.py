@@ -4,6 +4,7 @@ Everything here works in float64 on numpy arrays and knows nothing of the IR:
 
 * ``unfold(w, mode)`` — the mode-``mode`` unfolding of a tensor (``w.shape[mode]`` rows);
 * ``svd(a)`` — the economy SVD in float64; ``singular_values(a)`` — its spectrum only;
+  ``left_svd(a)`` — the left factor and spectrum (through the Gram matrix when ``a`` is wide);
 * ``factor_pair(a, rank, split=...)`` — ``a ≈ left @ right`` from the truncated SVD, the
   singular values split evenly between the factors by default (``sqrt(s)`` on each side,
   so neither factor's scale dwarfs the other's in float32 or int8);
@@ -37,7 +38,7 @@ import numpy as np
 
 __all__ = [
     "EVBMF", "Point", "RankRule", "allocate", "energy_rank", "evbmf", "evbmf_rank", "evbmf_values",
-    "factor_pair", "largest_rank_within", "relative_error", "round_rank", "singular_values", "svd",
+    "factor_pair", "largest_rank_within", "left_svd", "relative_error", "round_rank", "singular_values", "svd",
     "tail_energy", "unfold",
 ]
 
@@ -56,6 +57,22 @@ def svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def singular_values(a: np.ndarray) -> np.ndarray:
     return np.linalg.svd(np.asarray(a, dtype=np.float64), compute_uv=False)
+
+
+def left_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``U [m, k]`` and ``s [k]`` (``k = min(m, n)``, descending) of ``a [m, n]`` without
+    the right factor: for a wide matrix (a conv kernel's channel unfolding, 512 × 4608) the
+    eigenvectors of ``a @ a.T``, ~10× faster than the SVD. ``U`` is orthonormal either way,
+    so a full-rank reconstruction stays exact; singular values below ~1e-8 of the largest
+    lose relative precision (squared in the Gram matrix), which rank rules do not see."""
+    a = np.asarray(a, dtype=np.float64)
+    m, n = a.shape
+    if m > n // 2:
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        return u, s
+    lam, u = np.linalg.eigh(a @ a.T)
+    order = np.argsort(lam)[::-1]
+    return u[:, order], np.sqrt(np.clip(lam[order], 0.0, None))
 
 
 def factor_pair(a: np.ndarray, rank: int, *,

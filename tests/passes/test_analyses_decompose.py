@@ -94,3 +94,14 @@ def test_cp_is_deterministic_for_a_seed():
 def test_cp_refuses_tol_zero():
     with pytest.raises(ValueError, match="tol"):
         D.cp(_kernel(), 4, tol=0)
+
+
+def test_tucker2_from_a_given_hosvd_is_the_same_fit():
+    from shrinkc.passes.analyses.rank import left_svd, unfold
+
+    w = _kernel((16, 12, 3, 3), seed=8)
+    hosvd = (left_svd(unfold(w, 0))[0], left_svd(unfold(w, 1))[0])
+    a, b = D.tucker2(w, 6, 5), D.tucker2(w, 6, 5, hosvd=hosvd)
+    assert b.error == pytest.approx(a.error, rel=1e-9)
+    full = D.tucker2(w, 16, 12, max_iter=0, hosvd=hosvd)
+    assert full.error < 1e-12

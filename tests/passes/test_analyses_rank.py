@@ -189,3 +189,14 @@ def test_allocate_when_the_saving_is_out_of_reach():
     assert saved == 50 and chosen[0].rank == 1
     chosen, saved = R.allocate([a], 0)
     assert saved == 0 and chosen[0].rank is None
+
+
+@pytest.mark.parametrize("shape", [(8, 100), (30, 40), (50, 9)])
+def test_left_svd_agrees_with_the_svd(shape):
+    a = np.random.default_rng(7).standard_normal(shape)
+    u, s = R.left_svd(a)
+    u0, s0, _ = np.linalg.svd(a, full_matrices=False)
+    np.testing.assert_allclose(s, s0, rtol=1e-10)
+    np.testing.assert_allclose(u.T @ u, np.eye(u.shape[1]), atol=1e-12)
+    # same subspaces: |U^T U0| is the identity up to signs
+    np.testing.assert_allclose(np.abs(u.T @ u0), np.eye(len(s)), atol=1e-8)
