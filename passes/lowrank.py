@@ -254,6 +254,7 @@ class LowRankPass(Pass):
     rank_entries: ClassVar[int] = 1  # how many numbers a rank has (Tucker: 2)
     reasons: ClassVar[tuple[str, ...]] = ()  # the pass's own skip reasons
     #: reasons counted but not given a report row: the node is not this pass's kind of layer
+    #: (``skipped_excluded`` never gets one either: the user left it out)
     quiet: ClassVar[frozenset[str]] = frozenset()
 
     rank: int | tuple[int, ...] | Literal["full"] | None = option(
@@ -426,7 +427,7 @@ class LowRankPass(Pass):
         def skip(node: Node, reason: str, t0: float, **kw) -> None:
             stats[reason] += 1
             ctx.logger.debug("%s: not decomposing %s: %s", self.name, node.describe(), reason)
-            if reason not in self.quiet:
+            if reason not in self.quiet and reason != "skipped_excluded":
                     reports.append(LayerReport(node.name, node.loc, reason,
                                            seconds=time.perf_counter() - t0, **kw))
 
