@@ -75,6 +75,7 @@ from ..ir.types import to_torch_dtype
 log = logging.getLogger(__name__)
 
 __all__ = ["RecoverError", "RecoverResult", "TrainingData", "distill", "evaluate", "forward",
+           "runs_any_batch",
            "recalibrate_bn", "recover"]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -167,7 +168,8 @@ def _is_batch_list(data: tuple, num_inputs: int) -> bool:
 
 
 # ============================================================================ running
-def _polymorphic(graph: Graph) -> bool:
+def runs_any_batch(graph: Graph) -> bool:
+    """Whether the interpreter runs ``graph`` at any batch (batch-polymorphic, ir/batch.py)."""
     try:
         from ..ir import batch as ir_batch
     except ImportError:  # pragma: no cover - the IR before batch-polymorphic graphs
@@ -187,7 +189,7 @@ def forward(graph: Graph, inputs: Sequence[torch.Tensor],
     concatenated (gradients flow through all of them)."""
     n = int(inputs[0].shape[0])
     n0 = _nominal(graph)
-    if n == n0 or _polymorphic(graph):
+    if n == n0 or runs_any_batch(graph):
         return run(graph, list(inputs), params=params, hook=hook)
     if n % n0:
         raise RecoverError(f"graph {graph.name} is static-batch at batch {n0}: it cannot run a "
@@ -443,7 +445,7 @@ def recalibrate_bn(graph: Graph, params: GraphParams, data: TrainingData, *,
     stats = {"bn_recalibrated": 0, "bn_skipped_shared": 0}
     order = torch.from_numpy(np.random.default_rng([seed, 7]).permutation(len(data)))
     mine = _shard(order[:min(samples, len(data))], dist)
-    step = batch_size if _polymorphic(graph) else _nominal(graph)
+    step = batch_size if runs_any_batch(graph) else _nominal(graph)
     const = params.tensors()
     envs: list[dict[int, torch.Tensor]] = []
     for i in range(0, len(mine), step):

@@ -45,8 +45,9 @@ from .registry import register_pass
 @register_pass("recover")
 @dataclass
 class Recover(Pass):
-    """Fine-tune by distillation from the pipeline's input graph on ctx.training (or the
-    calibration batches, label-free); encodings kept."""
+    """Fine-tune by distillation from the pipeline's input graph; masks and codebooks kept.
+
+    Data: ctx.training, or the calibration batches (label-free)."""
 
     exact = False
     needs_original = True
