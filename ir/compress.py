@@ -17,13 +17,15 @@ Each constant is stored by its encoding (Han et al., ICLR 2016):
   of the kept values, with one extra symbol for the fillers.
 
 Huffman codes are canonical (``bitarray.util.canonical_huffman``, decoded in C by
-``canonical_decode``); a code is stored as its count-per-length and symbol lists.
+``canonical_decode``); each coded stream starts with its code table: the code length of
+every symbol, 4 bits each (``huffman_table``), from which both sides build the same
+canonical code.
 
 File layout (little-endian)::
 
     b"SHRKZ\\x00\\x01\\n"            magic, format version 1
-    u32 H, H bytes, u32 CRC-32     header: JSON with every section's offset, length,
-                                   CRC-32 and how to decode it
+    u32 H, H bytes, u32 CRC-32     header: zlib-compressed JSON with every section's
+                                   offset, length, CRC-32 and how to decode it
     sections, back to back         "graph": the text IR (zlib); "const:NAME" per constant
 
 No pickle; nothing is executed. ``load_compressed`` checks the magic, every CRC-32 and
@@ -53,20 +55,83 @@ SUFFIX = ".shrkz"
 
 
 # ============================================================================ Huffman
+def _canonical(lengths: dict[int, int]) -> tuple[dict, list[int], list[int]]:
+    """The canonical code for ``symbol -> code length`` (symbols of one length in increasing
+    order, as DEFLATE): ``(code dict for bitarray.encode, count, symbol)``."""
+    from bitarray.util import int2ba
+
+    order = sorted(lengths, key=lambda sym: (lengths[sym], sym))
+    top = max(lengths.values())
+    count = [0] * (top + 1)
+    for sym in order:
+        count[lengths[sym]] += 1
+    code, value, prev = {}, 0, lengths[order[0]]
+    for sym in order:
+        value <<= lengths[sym] - prev
+        prev = lengths[sym]
+        code[sym] = int2ba(value, length=prev, endian="big")
+        value += 1
+    return code, count, order
+
+
+def _pack_table(lengths: dict[int, int]) -> bytes:
+    """A canonical code as its code lengths: u8 mode, u32 alphabet size A (largest symbol
+    + 1), then the length of every symbol 0..A-1 (0: unused) in 4 bits (mode 1) or 8 bits
+    (mode 2) — or, when fewer bytes, u32 S and S pairs (u32 symbol, u8 length) (mode 3)."""
+    alphabet = max(lengths) + 1
+    if max(lengths.values()) <= 15:
+        nib = np.zeros(alphabet + alphabet % 2, np.uint8)
+        for sym, ln in lengths.items():
+            nib[sym] = ln
+        dense = struct.pack("<BI", 1, alphabet) + (nib[0::2] << 4 | nib[1::2]).tobytes()
+    else:
+        arr = np.zeros(alphabet, np.uint8)
+        for sym, ln in lengths.items():
+            arr[sym] = ln
+        dense = struct.pack("<BI", 2, alphabet) + arr.tobytes()
+    syms = sorted(lengths)
+    pairs = struct.pack("<BI", 3, len(syms)) + b"".join(
+        struct.pack("<IB", sym, lengths[sym]) for sym in syms)
+    return dense if len(dense) <= len(pairs) else pairs
+
+
+def huffman_table(data: bytes) -> tuple[dict[int, int], int]:
+    """``(symbol -> code length, table bytes)`` of a stream written by ``huffman_encode``."""
+    mode, n = struct.unpack_from("<BI", data, 0)
+    if mode == 1:
+        raw = np.frombuffer(data, np.uint8, (n + 1) // 2, 5)
+        lens = np.stack([raw >> 4, raw & 15], 1).reshape(-1)[:n]
+        end = 5 + (n + 1) // 2
+    elif mode == 2:
+        lens, end = np.frombuffer(data, np.uint8, n, 5), 5 + n
+    elif mode == 3:
+        pairs = np.frombuffer(data, np.dtype([("s", "<u4"), ("l", "u1")]), n, 5)
+        out = {int(a): int(b) for a, b in zip(pairs["s"], pairs["l"])}
+        return out, 5 + 5 * n
+    else:
+        raise ValueError(f"bad code table mode {mode}")
+    return {int(sym): int(ln) for sym, ln in enumerate(lens) if ln}, end
+
+
 def huffman_encode(symbols: np.ndarray) -> tuple[bytes, dict]:
-    """Canonical Huffman coding of non-negative integer ``symbols``: (bytes, code meta)."""
+    """Canonical Huffman coding of non-negative integer ``symbols``: (code table + bits,
+    meta ``{"n": symbols, "bits": stream bits, "table": table bytes}``). The code lengths
+    are ``bitarray.util.canonical_huffman``'s (optimal); the table stores only them."""
     from bitarray import bitarray
     from bitarray.util import canonical_huffman
 
     symbols = np.asarray(symbols, dtype=np.int64).reshape(-1)
     if symbols.size == 0:
-        return b"", {"n": 0, "bits": 0, "count": [], "symbol": []}
+        return b"", {"n": 0, "bits": 0, "table": 0}
     uniq, freq = np.unique(symbols, return_counts=True)
-    code, count, symbol = canonical_huffman(dict(zip(uniq.tolist(), freq.tolist())))
+    optimal, _, _ = canonical_huffman(dict(zip(uniq.tolist(), freq.tolist())))
+    lengths = {int(sym): len(c) for sym, c in optimal.items()}
+    code, _, _ = _canonical(lengths)
     bits = bitarray(endian="big")
     bits.encode(code, symbols.tolist())
-    return bits.tobytes(), {"n": int(symbols.size), "bits": len(bits), "count": list(count),
-                            "symbol": [int(s) for s in symbol]}
+    table = _pack_table(lengths)
+    return table + bits.tobytes(), {"n": int(symbols.size), "bits": len(bits),
+                                    "table": len(table)}
 
 
 def huffman_decode(data: bytes, meta: dict) -> np.ndarray:
@@ -77,24 +142,25 @@ def huffman_decode(data: bytes, meta: dict) -> np.ndarray:
     n, nbits = int(meta["n"]), int(meta["bits"])
     if n == 0:
         return np.zeros(0, np.int64)
-    if len(data) * 8 < nbits or len(data) != math.ceil(nbits / 8):
-        raise ValueError(f"{len(data)} bytes for a {nbits}-bit stream")
+    lengths, start = huffman_table(data)
+    if not lengths or min(lengths.values()) < 1:
+        raise ValueError("empty code table")
+    _, count, symbol = _canonical(lengths)
+    if start != int(meta["table"]) or len(data) - start != math.ceil(nbits / 8):
+        raise ValueError(f"{len(data) - start} bytes for a {nbits}-bit stream")
     bits = bitarray(endian="big")
-    bits.frombytes(data)
+    bits.frombytes(data[start:])
     del bits[nbits:]
-    out = np.fromiter(canonical_decode(bits, meta["count"], meta["symbol"]), np.int64)
+    out = np.fromiter(canonical_decode(bits, count, symbol), np.int64)
     if out.size != n:
         raise ValueError(f"decoded {out.size} symbols, expected {n}")
     return out
 
 
 def code_lengths(symbols: np.ndarray) -> dict[int, int]:
-    """Code length per symbol of the canonical Huffman code ``huffman_encode`` would use."""
-    from bitarray.util import canonical_huffman
-
-    uniq, freq = np.unique(np.asarray(symbols, dtype=np.int64), return_counts=True)
-    code, _, _ = canonical_huffman(dict(zip(uniq.tolist(), freq.tolist())))
-    return {int(s): len(c) for s, c in code.items()}
+    """Code length per symbol of the canonical Huffman code ``huffman_encode`` uses."""
+    data, _ = huffman_encode(symbols)
+    return huffman_table(data)[0]
 
 
 # ============================================================================ arrays
@@ -248,8 +314,9 @@ def compressed_bytes(graph: Graph) -> bytes:
         index.append({"name": name, "offset": offset, "length": len(payload),
                       "crc32": zlib.crc32(payload), **meta})
         offset += len(payload)
-    header = json.dumps({"format": "shrkz", "version": VERSION, "graph": graph.name,
-                         "sections": index}, separators=(",", ":")).encode()
+    header = zlib.compress(json.dumps({"format": "shrkz", "version": VERSION,
+                                       "graph": graph.name, "sections": index},
+                                      separators=(",", ":")).encode(), 9)
     return b"".join([MAGIC, struct.pack("<I", len(header)), header,
                      struct.pack("<I", zlib.crc32(header))] + [p for _, p, _ in sections])
 
@@ -290,9 +357,9 @@ def read_sections(data: bytes, path: str = "<bytes>") -> tuple[dict, dict[str, b
     if zlib.crc32(header_bytes) != crc:
         _fail(path, "header", "is corrupt (CRC-32 mismatch)")
     try:
-        header = json.loads(header_bytes)
+        header = json.loads(zlib.decompress(header_bytes))
         sections = header["sections"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (zlib.error, ValueError, KeyError, TypeError) as e:
         _fail(path, "header", f"is malformed: {e}")
     base = start + hlen + 4
     out: dict[str, bytes] = {}
@@ -446,4 +513,5 @@ def storage_report(graph: Graph) -> StorageReport:
 
 __all__ = ["MAGIC", "SUFFIX", "StorageReport", "StorageRow", "code_lengths",
            "compressed_bytes", "decode_constant", "encode_constant", "huffman_decode",
-           "huffman_encode", "load_compressed", "save_compressed", "storage_report"]
+           "huffman_encode", "huffman_table", "load_compressed", "save_compressed",
+           "storage_report"]
