@@ -480,7 +480,7 @@ def _stage_bytes(v: Value) -> tuple[int, int]:
     enc = v.encoding
     dense = v.type.nbytes
     if isinstance(enc, Sparse):
-        n, fillers = enc.entries()
+        n, _ = enc.entries()
         pruned = math.ceil(n * (enc.index_bits + 8 * v.type.itemsize) / 8)
         return pruned, (v.nbytes if enc.codebook is not None else pruned)
     if isinstance(enc, Codebook):

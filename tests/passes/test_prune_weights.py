@@ -60,11 +60,11 @@ def test_global_scope_uses_one_threshold(ir, apply):
     pruned = np.concatenate([np.abs(before.constants[n].data[~m]) for n, m in masks.items()])
     assert kept.min() >= pruned.max()
     assert result.stats["zeros"] == round(0.6 * 868)
-    assert masks["fc2.weight"].mean() < 0.1 < 0.5 < masks["fc1.weight"].mean()
+    assert masks["fc2.weight"].mean() < 0.1 and masks["fc1.weight"].mean() > 0.5
 
 
 def test_per_layer_overrides_and_errors(ir, apply):
-    after, result = apply(ir(MLP), 'prune-weights(sparsity=0.5, per_layer={"fc2": 0.9, '
+    after, _ = apply(ir(MLP), 'prune-weights(sparsity=0.5, per_layer={"fc2": 0.9, '
                                    '"conv*": 0.0})')
     assert after.constants["fc2.weight"].encoding.nnz == 32
     assert after.constants["fc1.weight"].encoding.nnz == 256

@@ -130,5 +130,5 @@ def test_skips_what_it_cannot_share(ir, apply):
       %y: f32[2,3] = linear(%x, %w)
       return %y
     }""")
-    after, result = apply(g, "share-weights(bits=2)")
+    _, result = apply(g, "share-weights(bits=2)")
     assert result.stats["skipped_nonconstant"] == 1 and not result.changed
