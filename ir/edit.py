@@ -107,7 +107,8 @@ def replace_constants(graph: Graph, arrays: Mapping[Value, Any], *, drop_encodin
     for v, a in arrays.items():
         if not v.is_constant or graph.constants.get(v.name) is not v:
             raise IRError(f"replace_constant: %{v.name} is not a constant of graph {graph.name}")
-        arr = np.ascontiguousarray(np.asarray(a))
+        arr = np.asarray(a)  # (np.ascontiguousarray alone would make a 0-d array 1-d)
+        arr = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
         enc = v.encoding
         if enc is not None:
             reason = enc.check(arr)

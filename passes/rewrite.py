@@ -27,7 +27,8 @@ def replace_data(value: Value, array: np.ndarray) -> None:
     """Give constant ``value`` new contents of exactly its type."""
     if not value.is_constant:
         raise IRError(f"%{value.name} is not a constant")
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)  # (np.ascontiguousarray alone would make a 0-d array 1-d)
+    array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
     if TensorType.of(array) != value.type:
         raise IRError(f"new data for %{value.name} is {TensorType.of(array)}, expected "
                       f"{value.type}")

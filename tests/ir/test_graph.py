@@ -208,6 +208,17 @@ def test_replace_constant_changes_shape_and_dtype_and_reinfers():
     assert b1.type == TensorType("f16", (8,))
 
 
+def test_replace_constant_keeps_a_0d_constant_0d():
+    """np.ascontiguousarray makes 0-d arrays 1-d; a scalar (a quantization scale) must stay
+    a scalar, or write_back of a quantized graph breaks its quantize ops."""
+    g = Graph("s")
+    x = g.add_input(TensorType("f32", (2,)), "x")
+    s = g.add_constant(np.float32(0.5), "s")
+    g.outputs = [g.add_node("mul", [x, s]).output]
+    g.replace_constant(s, np.asarray(np.float32(0.25)))
+    assert s.type == TensorType("f32", ()) and s.data.shape == ()
+
+
 def test_replace_constant_refuses_a_non_constant():
     g = chain()
     with pytest.raises(IRError, match="%x is not a constant"):
