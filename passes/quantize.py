@@ -45,8 +45,8 @@ storage encoding (``skipped_encoded``), an already quantized operand
 (``skipped_quantized``), in dynamic mode ``skipped_dynamic_conv2d`` /
 ``skipped_dynamic_activations``; other ops with weights (``conv_transpose2d``,
 ``embedding``) as ``float_<op>``. The names are in ``ctx.artifacts["quantize"]``, a
-``QuantizePlan`` that also holds each activation's range and the float weights (what
-``bias-correct`` compares against).
+``QuantizePlan`` that also holds each activation's range, the float weights and the float
+graph (what ``bias-correct`` compares against).
 
 Options: ``weights`` (int8), ``activations`` (uint8 | int8 | dynamic), ``calibration``
 (minmax | percentile | entropy | mse), ``per_channel``, ``symmetric_weights``, ``bins``
@@ -80,7 +80,8 @@ ACT_DTYPES = {"uint8": "u8", "int8": "i8"}
 
 @dataclass
 class QuantizePlan:
-    """What ``quantize`` did: activation ranges, float layers, and the float weights."""
+    """What ``quantize`` did: activation ranges, float layers, the float weights, and the
+    graph as it was before (sharing its arrays): what ``bias-correct`` compares against."""
 
     activations: str
     calibration: str
@@ -90,6 +91,7 @@ class QuantizePlan:
     # quantized weight constant name -> the float weight it came from
     float_weights: dict[str, np.ndarray] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)  # quantized nodes (output names)
+    float_graph: Graph | None = None
 
 
 @dataclass
@@ -111,6 +113,34 @@ def _one_sided_activation(node: Node) -> bool:
     if node.op == "relu":
         return True
     return node.op == "hardtanh" and node.attrs["min_val"] == 0.0 and node.attrs["max_val"] > 0
+
+
+def quantize_bias(graph: Graph, node: Node, sx: float, w_scale: np.ndarray) -> bool:
+    """Make the f32 constant bias of ``node`` (conv2d / linear) an int32 constant at scale
+    ``sx·sw`` with zero point 0 (what QLinearConv and the TVM integer lowering add into the
+    accumulator). False, and nothing changed, when there is no such bias or it would
+    overflow int32."""
+    if len(node.inputs) < 3 or node.op not in ("conv2d", "linear"):
+        return False
+    b = node.inputs[2]
+    if not b.is_constant or b.dtype != "f32":
+        return False
+    n = node.outputs[0].shape[1] if node.op == "conv2d" else node.outputs[0].shape[-1]
+    sb = (np.float32(sx) * np.broadcast_to(np.asarray(w_scale, np.float32), (n,))
+          ).astype(np.float32)
+    if np.any(sb <= 0) or not np.all(np.isfinite(sb)):
+        return False
+    bq = np.round(np.asarray(b.data, np.float64) / sb.astype(np.float64))
+    if np.abs(bq).max(initial=0) > 2 ** 31 - 1:
+        return False
+    q_c = graph.add_constant(bq.astype(np.int32), graph.fresh_name(f"{b.name}.q"))
+    s_c = graph.add_constant(sb, graph.fresh_name(f"{b.name}.scale"))
+    z_c = graph.add_constant(np.zeros(n, np.int32), graph.fresh_name(f"{b.name}.zero_point"))
+    d = graph.add_node("dequantize", [q_c, s_c, z_c], {"axis": 0},
+                       names=graph.fresh_name(f"{b.name}.dq"), before=node)
+    graph.set_input(node, 2, d.output)
+    remove_unused_constants(graph, [b])
+    return True
 
 
 @register_pass("quantize")
@@ -175,7 +205,8 @@ class Quantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         dynamic = self.activations == "dynamic"
         reduce = self._reduce()
-        plan = QuantizePlan(self.activations, "none" if dynamic else self.calibration, reduce)
+        plan = QuantizePlan(self.activations, "none" if dynamic else self.calibration, reduce,
+                            float_graph=graph.clone(share_data=True))
         stats: dict[str, int | float] = {f"quantized_{op}": 0 for op in TARGETS}
         stats.update(dict.fromkeys(("activations", "shared_ranges", "absorbed_activations",
                                     "bias_int32", "bias_float"), 0))
@@ -354,21 +385,7 @@ class Quantize(Pass):
         if len(node.inputs) < 3 or node.op == "matmul":
             return
         b = node.inputs[2]
-        if sx is None or not b.is_constant or b.dtype != "f32":
-            if b.is_constant:
-                stats["bias_float"] += 1
-            return
-        n = node.outputs[0].shape[1] if node.op == "conv2d" else node.outputs[0].shape[-1]
-        sb = (np.float32(sx) * np.broadcast_to(wq.scale, (n,))).astype(np.float32)
-        bq = np.round(np.asarray(b.data, np.float64) / sb.astype(np.float64))
-        if np.any(sb <= 0) or np.abs(bq).max(initial=0) > 2 ** 31 - 1:
+        if sx is not None and quantize_bias(graph, node, sx, wq.scale):
+            stats["bias_int32"] += 1
+        elif b.is_constant:
             stats["bias_float"] += 1
-            return
-        q_c = graph.add_constant(bq.astype(np.int32), graph.fresh_name(f"{b.name}.q"))
-        s_c = graph.add_constant(sb, graph.fresh_name(f"{b.name}.scale"))
-        z_c = graph.add_constant(np.zeros(n, np.int32), graph.fresh_name(f"{b.name}.zero_point"))
-        d = graph.add_node("dequantize", [q_c, s_c, z_c], {"axis": 0},
-                           names=graph.fresh_name(f"{b.name}.dq"), before=node)
-        graph.set_input(node, 2, d.output)
-        remove_unused_constants(graph, [b])
-        stats["bias_int32"] += 1
