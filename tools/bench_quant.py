@@ -1,0 +1,333 @@
+"""int8 benchmark: shrinkc's ``quantize`` against fp32 and onnxruntime's own quantizers, on
+the same trained models, the same calibration images and the same runtime (onnxruntime).
+
+**Vision** (default ResNet-18, MobileNetV2, VGG-11, trained on MNIST-5k by ``tools/train.py``
+and cached): trace at batch 1 and ``fold-bn`` (the fp32 row). Then
+
+- ``shrinkc <calibrator>``: ``quantize(calibration=…)`` for each calibrator (minmax,
+  percentile, entropy, mse), u8 activations, i8 per-channel weights, int32 biases;
+  ``equalize,…`` rows for the models in ``--equalize-models`` (cross-layer equalization
+  first), ``…,bias-correct`` rows with ``--bias-correct``;
+- ``ORT <method>``: ``onnxruntime.quantization.quantize_static`` on the ONNX export of the
+  same fp32 graph: QDQ, U8 activations, S8 per-channel weights, the same calibration images,
+  each of ``--ort-methods`` (MinMax, Entropy, Percentile);
+
+and measure top-1 accuracy on the 1,000 MNIST-5k test images (every row run by
+onnxruntime), the ONNX file size, and onnxruntime latency at batch 1 (warmed up, then timed
+round-robin over all rows, so load on a shared machine hits every row alike).
+
+**Transformer** (``--transformers vit``: the zoo ViT, trained and cached): shrinkc
+``quantize(activations=dynamic)`` against ``quantize_dynamic`` (S8 weights; per tensor, its
+default, and per channel): cosine of the logits with fp32 (mean over the test images),
+accuracy and onnxruntime latency.
+
+Accuracy numbers need no quiet machine. Latency does::
+
+    python -m shrinkc.tools.bench_quant --threads 2 --repeat 50
+
+``--smoke`` (2 timed runs, 100 test images, 32 calibration images, one calibrator and one
+ORT method) checks that it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bench import Timing, machine_info, set_threads
+
+log = logging.getLogger(__name__)
+
+__all__ = ["QuantRow", "bench_transformers", "bench_vision", "main", "markdown"]
+
+CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+ORT_METHODS = ("MinMax", "Entropy", "Percentile")
+
+
+@dataclass
+class QuantRow:
+    model: str
+    variant: str
+    accuracy: float
+    size_bytes: int
+    seconds: float  # time to quantize (calibration included)
+    cosine: float | None = None  # transformers: mean cosine of the logits with fp32
+    timing: Timing = field(default_factory=Timing)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["timing"] = ({"median_ms": self.timing.median, "p10_ms": self.timing.percentile(10),
+                        "p90_ms": self.timing.percentile(90)} if self.timing.runs_ms else None)
+        return d
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over our calibration images."""
+
+    def __init__(self, name: str, images: np.ndarray):
+        self.name, self.images, self.i = name, images, 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        self.i += 1
+        return {self.name: self.images[self.i - 1:self.i]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def _session(model: bytes | str, threads: int):
+    from ..backends.onnx import OnnxRuntimeSession
+
+    return OnnxRuntimeSession(model, threads)
+
+
+def _logits(sess, X: np.ndarray) -> np.ndarray:
+    name = sess.inputs[0]
+    return np.concatenate([sess.session.run(None, {name: X[i:i + 1]})[0]
+                           for i in range(len(X))])
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean())
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(num / np.maximum(den, 1e-300)))
+
+
+def _trained_graph(name: str, X: torch.Tensor, trained: bool = True):
+    from .. import optimize, trace
+    from . import train, zoo
+
+    if trained:
+        model, metrics = train.train(name)
+        log.info("%s: trained (%.1f%% test accuracy%s)", name, 100 * metrics.test_accuracy,
+                 ", cached" if metrics.cached else "")
+    else:  # random weights: for checking that the benchmark runs
+        torch.manual_seed(0)
+        recipe = train.RECIPES.get(name, train.DEFAULT_RECIPE)
+        model = zoo.get_model(name, dataset="mnist", **dict(recipe.model_kwargs)).eval()
+    graph = trace(model, (X[:1].clone(),), name=name)
+    return optimize(graph, "fold-bn")
+
+
+def _add(rows: list[QuantRow], sessions: list, row: QuantRow, sess, X, y, ref=None) -> None:
+    logits = _logits(sess, X)
+    row.accuracy = _accuracy(logits, y)
+    if ref is not None:
+        row.cosine = _cosine(logits, ref)
+    rows.append(row)
+    sessions.append((row, sess))
+    log.info("%-14s %-26s acc %.2f%%%s  %s  %.1fs", row.model, row.variant,
+             100 * row.accuracy, "" if row.cosine is None else f"  cos {row.cosine:.6f}",
+             f"{row.size_bytes / 1024:.0f} KiB", row.seconds)
+
+
+def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
+                 calibrators=CALIBRATORS, ort_methods=ORT_METHODS,
+                 equalize_models=("mobilenet_v2",), bias_correct: bool = False,
+                 calib_images: int = 256, test_images: int | None = None, threads: int = 1,
+                 trained: bool = True) -> tuple[list[QuantRow], list]:
+    """Rows (fp32, shrinkc per calibrator, ORT per method) per model, and their sessions."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from .. import optimize
+    from ..backends.onnx import export_model
+    from . import data
+
+    X, y = data.load("mnist", "test")
+    if test_images:
+        X, y = X[:test_images], y[:test_images]
+    Xn, yn = X.numpy(), y.numpy()
+    calib = data.calibration_batches("mnist", n=calib_images, batch_size=1)
+    calib_np = np.concatenate([c.numpy() for c in calib])
+    rows: list[QuantRow] = []
+    sessions: list = []
+    tmp = Path(tempfile.mkdtemp(prefix="shrinkc-bench-quant-"))
+    for name in models:
+        g = _trained_graph(name, X, trained)
+        fp32 = export_model(g).SerializeToString()
+        _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0),
+             _session(fp32, threads), Xn, yn)
+        pipelines = [(f"shrinkc {c}", f"quantize(calibration={c})") for c in calibrators]
+        if name in equalize_models:
+            pipelines += [(f"shrinkc equalize+{c}", f"equalize,quantize(calibration={c})")
+                          for c in calibrators]
+        if bias_correct:
+            pipelines += [(f"shrinkc {c}+bias-correct",
+                           f"quantize(calibration={c}),bias-correct") for c in calibrators]
+        for label, pipeline in pipelines:
+            t0 = time.perf_counter()
+            q = optimize(g, pipeline, calibration=[[c] for c in calib])
+            model = export_model(q).SerializeToString()
+            _add(rows, sessions, QuantRow(name, label, 0.0, len(model),
+                                          time.perf_counter() - t0), _session(model, threads),
+                 Xn, yn)
+        src = tmp / f"{name}.onnx"
+        src.write_bytes(fp32)
+        for method in ort_methods:
+            out = tmp / f"{name}-{method}.onnx"
+            t0 = time.perf_counter()
+            quantize_static(str(src), str(out), _Reader(g.inputs[0].name, calib_np),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=getattr(CalibrationMethod, method))
+            _add(rows, sessions, QuantRow(name, f"ORT {method}", 0.0, out.stat().st_size,
+                                          time.perf_counter() - t0),
+                 _session(str(out), threads), Xn, yn)
+    return rows, sessions
+
+
+def bench_transformers(names=("vit",), *, test_images: int | None = None, threads: int = 1,
+                       trained: bool = True) -> tuple[list[QuantRow], list]:
+    """fp32, shrinkc dynamic and ``quantize_dynamic`` (per tensor, per channel) per model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .. import optimize
+    from ..backends.onnx import export_model
+    from . import data
+
+    X, y = data.load("mnist", "test")
+    if test_images:
+        X, y = X[:test_images], y[:test_images]
+    Xn, yn = X.numpy(), y.numpy()
+    rows: list[QuantRow] = []
+    sessions: list = []
+    tmp = Path(tempfile.mkdtemp(prefix="shrinkc-bench-quant-"))
+    for name in names:
+        g = _trained_graph(name, X, trained)
+        fp32 = export_model(g).SerializeToString()
+        ref_sess = _session(fp32, threads)
+        ref = _logits(ref_sess, Xn)
+        _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0), ref_sess, Xn, yn, ref)
+        t0 = time.perf_counter()
+        q = optimize(g, "quantize(activations=dynamic)")
+        model = export_model(q).SerializeToString()
+        _add(rows, sessions, QuantRow(name, "shrinkc dynamic", 0.0, len(model),
+                                      time.perf_counter() - t0), _session(model, threads),
+             Xn, yn, ref)
+        src = tmp / f"{name}.onnx"
+        src.write_bytes(fp32)
+        for per_channel in (False, True):
+            out = tmp / f"{name}-dyn-{per_channel}.onnx"
+            t0 = time.perf_counter()
+            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8,
+                             per_channel=per_channel)
+            label = "ORT quantize_dynamic" + (" per-channel" if per_channel else "")
+            _add(rows, sessions, QuantRow(name, label, 0.0, out.stat().st_size,
+                                          time.perf_counter() - t0),
+                 _session(str(out), threads), Xn, yn, ref)
+    return rows, sessions
+
+
+def time_rows(sessions: list, x: dict[str, np.ndarray], warmup: int, repeat: int) -> None:
+    """onnxruntime latency at batch 1, round-robin over every row."""
+    feeds = []
+    for row, sess in sessions:
+        f = {sess.inputs[0]: x[row.model]}
+        for _ in range(max(warmup, 1)):
+            sess.session.run(None, f)
+        feeds.append((row, sess, f))
+    for _ in range(repeat):
+        for row, sess, f in feeds:
+            t0 = time.perf_counter()
+            sess.session.run(None, f)
+            row.timing.runs_ms.append((time.perf_counter() - t0) * 1e3)
+
+
+def markdown(rows: list[QuantRow], *, threads: int, repeat: int, calib_images: int) -> str:
+    base = {r.model: r for r in rows if r.variant == "fp32"}
+    lines = [f"int8 in onnxruntime, batch 1, {threads} thread(s), {repeat} timed runs per row "
+             f"(round-robin); {calib_images} calibration images; {machine_info(threads)}", "",
+             "| model | variant | test acc | Δ vs fp32 | cosine vs fp32 | ONNX size | "
+             "ORT ms | vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        b = base[r.model]
+        t = r.timing.fmt() if r.timing.runs_ms else "-"
+        speed = (f"{b.timing.median / r.timing.median:.2f}×" if r.timing.runs_ms
+                 and b.timing.runs_ms else "-")
+        cos = "-" if r.cosine is None else f"{r.cosine:.6f}"
+        lines.append(f"| {r.model} | {r.variant} | {100 * r.accuracy:.2f}% | "
+                     f"{100 * (r.accuracy - b.accuracy):+.2f} pt | {cos} | "
+                     f"{r.size_bytes / 1024:.0f} KiB | {t} | {speed} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shrinkc.tools.bench_quant",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="resnet18,mobilenet_v2,vgg11_bn",
+                   help="vision models (comma-separated; empty: none)")
+    p.add_argument("--calibrators", default=",".join(CALIBRATORS))
+    p.add_argument("--ort-methods", default=",".join(ORT_METHODS))
+    p.add_argument("--equalize-models", default="mobilenet_v2",
+                   help="models that also get equalize,quantize rows")
+    p.add_argument("--bias-correct", action="store_true", help="add quantize,bias-correct rows")
+    p.add_argument("--transformers", default="vit", help="dynamic-quantization models")
+    p.add_argument("--calib-images", type=int, metavar="N",
+                   help="calibration images (default 256; 32 with --smoke)")
+    p.add_argument("--test-images", type=int, metavar="N", help="default: all 1,000")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--smoke", action="store_true",
+                   help="2 timed runs, 100 test images, 32 calibration images, minmax only")
+    p.add_argument("--untrained", action="store_true", help="random weights (no training)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    a = p.parse_args(argv)
+    # onnxruntime's quantizers log every tensor at INFO on the root logger: keep it at WARNING
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
+    logging.getLogger("shrinkc.tools.train").setLevel(logging.INFO)
+    split = lambda s: [t for t in s.split(",") if t]  # noqa: E731
+    calibrators, ort_methods = split(a.calibrators), split(a.ort_methods)
+    warmup, repeat, calib_images, test_images = a.warmup, a.repeat, a.calib_images, a.test_images
+    if a.smoke:
+        warmup, repeat = 1, 2
+        calib_images = calib_images or 32
+        test_images = test_images or 100
+        calibrators, ort_methods = calibrators[:1], ort_methods[:1]
+    calib_images = calib_images or 256
+    set_threads(a.threads)
+    rows, sessions = bench_vision(split(a.models), calibrators=calibrators,
+                                  ort_methods=ort_methods,
+                                  equalize_models=split(a.equalize_models),
+                                  bias_correct=a.bias_correct, calib_images=calib_images,
+                                  test_images=test_images, threads=a.threads,
+                                  trained=not a.untrained)
+    trows, tsessions = bench_transformers(split(a.transformers), test_images=test_images,
+                                          threads=a.threads, trained=not a.untrained)
+    from . import data
+
+    X, _ = data.load("mnist", "test")
+    x = {r.model: X[:1].numpy() for r in rows + trows}
+    time_rows(sessions + tsessions, x, warmup, repeat)
+    print(markdown(rows + trows, threads=a.threads, repeat=repeat, calib_images=calib_images))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump([r.as_dict() for r in rows + trows], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
