@@ -220,3 +220,62 @@ def test_operand_roles_are_declared_in_the_table():
     assert ops.get("concat").role(5) == "input"  # variadic
     with pytest.raises(ValueError, match="role mean='stats' names no operand or no role"):
         ops.OpDef("bad", ("x", "mean"), lambda x, m: x, roles={"mean": "stats"})
+
+
+# ---------------------------------------------------------------------------- issue 19's ops
+def test_pad_gather_tile_references_match_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    t = torch.from_numpy(x)
+    pads = (0, 0, 1, 2, 0, 0, 2, 1)
+    width = [(pads[d], pads[4 + d]) for d in range(4)]
+    for mode, np_mode in (("reflect", "reflect"), ("replicate", "edge")):
+        got = ops.get("pad").ref(t, pads=pads, mode=mode, value=0.0).numpy()
+        np.testing.assert_array_equal(got, np.pad(x, width, mode=np_mode))
+    got = ops.get("pad").ref(t, pads=(0, 0, -1, 1, 0, 1, 0, 0), mode="constant", value=2.5)
+    np.testing.assert_array_equal(got.numpy(), np.pad(x[:, :, 1:], [(0, 0), (0, 1), (0, 0),
+                                                                   (1, 0)], constant_values=2.5))
+    idx = np.array([[0, -1], [3, 1]])
+    got = ops.get("gather").ref(t, torch.from_numpy(idx), axis=2).numpy()
+    np.testing.assert_array_equal(got, np.take(x, idx, axis=2))
+    idx = rng.integers(-5, 5, (2, 3, 4, 2))
+    got = ops.get("gather_elements").ref(t, torch.from_numpy(idx), axis=3).numpy()
+    np.testing.assert_array_equal(got, np.take_along_axis(x, idx % 5, axis=3))
+    got = ops.get("tile").ref(t, repeats=(1, 2, 1, 3)).numpy()
+    np.testing.assert_array_equal(got, np.tile(x, (1, 2, 1, 3)))
+
+
+def test_lrn_and_attention_references_follow_their_formulas():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 6, 2, 2, generator=gen, dtype=torch.float64)
+    size, alpha, beta, bias = 3, 0.1, 0.75, 2.0
+    sq = torch.nn.functional.pad(x * x, (0, 0, 0, 0, 1, 1))
+    window = sum(sq[:, j:j + 6] for j in range(size))
+    want = x / (bias + alpha / size * window) ** beta
+    torch.testing.assert_close(ops.get("lrn").ref(x, size=size, alpha=alpha, beta=beta,
+                                                  bias=bias), want)
+    q, k, v = (torch.randn(1, 4, 5, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    kv = k[:, :2], v[:, :2]
+    mask = torch.rand(1, 1, 5, 5, generator=gen) > 0.3
+    mask[..., 0] = True  # every row keeps something
+    keep = mask & torch.ones(5, 5, dtype=torch.bool).tril()
+    scores = q @ kv[0].repeat_interleave(2, dim=1).transpose(-1, -2) * 0.5
+    want = torch.softmax(scores.masked_fill(~keep, -torch.inf), -1) @ kv[1].repeat_interleave(
+        2, dim=1)
+    got = ops.get("scaled_dot_product_attention").ref(q, *kv, mask, causal=True, scale=0.5)
+    torch.testing.assert_close(got, want)
+
+
+def test_new_ops_refuse_invalid_invocations():
+    with pytest.raises(IRError, match="pads .* must have 2 x rank"):
+        ops.get("pad").infer([T((2, 3))], {"pads": (1, 1), "mode": "constant", "value": 0.0})
+    with pytest.raises(IRError, match="reflect padding .* must be smaller"):
+        ops.get("pad").infer([T((1, 2, 3))], {"pads": (0, 0, 3, 0, 0, 0), "mode": "reflect",
+                                              "value": 0.0})
+    with pytest.raises(IRError, match="query heads are not a multiple"):
+        ops.get("scaled_dot_product_attention").infer(
+            [T((1, 3, 5, 8)), T((1, 2, 5, 8)), T((1, 2, 5, 8))], {"causal": False, "scale": None})
+    with pytest.raises(IRError, match="condition must be bool"):
+        ops.get("where").infer([T((2,)), T((2,)), T((2,))], {})
+    with pytest.raises(IRError, match="indices must be i32 or i64"):
+        ops.get("gather").infer([T((4, 2)), T((3,))], {"axis": 0})

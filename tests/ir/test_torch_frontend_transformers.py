@@ -221,7 +221,7 @@ def test_untuned_tvm_matches_eager(name):
     assert_close(mod.run([x.numpy() for x in inputs]), want, depth=g, msg=f"{name} tvm")
 
 
-# ---------------------------------------------------------------------------- what the IR looks like
+# ------------------------------------------------------------------------ what the IR looks like
 def test_bert_layer_reads_well():
     """One attention op per layer; the mask arithmetic (arange, index, and, expand) folded
     or reduced to a cast and a reshape of the input mask; nothing else left over."""
