@@ -206,7 +206,8 @@ for _name, _fn, _doc in (("maximum", maximum, "the larger of a and b"),
                          ("minimum", minimum, "the smaller of a and b"),
                          ("prelu", prelu, "x if x >= 0 else slope * x (slope broadcasts to x)")):
     register(OpDef(_name, ("a", "b") if _name != "prelu" else ("x", "slope"), _fn,
-                   kind="binary", flops_fn=_numel, doc=f"{_doc}, numpy broadcasting."))
+                   kind="binary", flops_fn=_numel, doc=f"{_doc}, numpy broadcasting.",
+                   roles={"slope": "weight"} if _name == "prelu" else {}))
 
 
 def _compare(name: str, fn, doc: str) -> None:

@@ -246,7 +246,7 @@ def _conv3d_check(ts, a):
 
 
 register(OpDef(
-    "conv3d", ("x", "weight", "bias?"), conv3d, kind="nn",
+    "conv3d", ("x", "weight", "bias?"), conv3d, kind="nn", roles=_WEIGHTS,
     attrs={"stride": Attr(TRIPLE, (1, 1, 1)), "padding": Attr(TRIPLE, (0, 0, 0)),
            "dilation": Attr(TRIPLE, (1, 1, 1)), "groups": Attr("int", 1)},
     macs_fn=lambda i, o, a: o[0].numel * _prod(i[1].shape[1:]),
@@ -324,6 +324,7 @@ def _sdpa_macs(i, o, a):
 register(OpDef(
     "scaled_dot_product_attention", ("q", "k", "v", "mask?"), scaled_dot_product_attention,
     kind="nn", attrs={"causal": Attr("bool", False), "scale": Attr("float", None, optional=True)},
+    roles={"mask": "constant"},
     check_fn=_sdpa_check, macs_fn=_sdpa_macs,
     flops_fn=lambda i, o, a: 3 * _prod(i[0].shape[:-1]) * i[1].shape[-2],
     doc="softmax(q @ k^T * scale + mask) @ v over [..., heads, seq, dim]; scale none = "

@@ -234,11 +234,12 @@ def _index_check(ts, a):
 
 
 register(OpDef("gather", ("x", "indices"), gather, kind="shape", attrs={"axis": Attr("int", 0)},
+               roles={"indices": "index"},
                check_fn=_index_check,
                doc="numpy take: out = x[..., indices, ...] at axis; out shape is "
                    "x.shape[:axis] + indices.shape + x.shape[axis+1:]."))
 register(OpDef("gather_elements", ("x", "indices"), gather_elements, kind="shape",
-               attrs={"axis": Attr("int", 0)},
+               attrs={"axis": Attr("int", 0)}, roles={"indices": "index"},
                check_fn=lambda ts, a: _index_check(ts, a) or (
                    None if ts[1].rank == ts[0].rank
                    else f"indices {ts[1]} must have the rank of {ts[0]}"),
