@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from shrinkc import TraceError, to_torch, trace
+from shrinkc.ir.interpreter import run
 from shrinkc.ir.verify import verify
 from shrinkc.tools import zoo
 
@@ -97,3 +99,36 @@ def test_model_left_in_its_mode():
     m.train()
     g = trace(m, (torch.randn(1, 3),))
     assert m.training and [n.op for n in g.nodes] == ["linear", "dropout"]
+
+
+class _Folding(nn.Module):
+    """Position ids from a buffer, a mask from arange, a metadata check: all constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pos", torch.arange(16), persistent=False)
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):  # x: [1, 8, 4]
+        n = x.shape[1]
+        pos = self.pos[:n].float().unsqueeze(-1) * 0.5
+        keep = torch.arange(n)[:, None] >= torch.arange(n)[None, :]  # causal, from sizes only
+        y = (x + pos) @ self.w.t()  # the parameter stays an operand (not folded)
+        scores = torch.where(keep, y @ y.transpose(-1, -2), torch.full_like(keep, -1e9,
+                                                                            dtype=x.dtype))
+        return scores.softmax(-1) @ y
+
+
+def test_constants_and_shapes_fold_at_trace_time():
+    model = _Folding().eval()
+    x = torch.randn(1, 8, 4)
+    g = trace(model, (x,))
+    ops = [n.op for n in g.nodes]
+    assert "slice" not in ops and "ge" not in ops  # pos[:n], arange >= arange: folded
+    assert ops.count("where") == 1 and ops.count("permute") == 2  # w.t() and y^T stay
+    perm = next(n for n in g.nodes if n.op == "permute")
+    assert perm.inputs[0].name == "w"
+    cond = next(n for n in g.nodes if n.op == "where").inputs[0]
+    np.testing.assert_array_equal(cond.data, np.tril(np.ones((8, 8), bool)))
+    with torch.no_grad():
+        torch.testing.assert_close(run(g, [x])[0], model(x))
