@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from shrinkc import TraceError, to_torch, trace
 from shrinkc.ir.interpreter import run
 from shrinkc.ir.verify import verify
