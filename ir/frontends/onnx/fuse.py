@@ -2,8 +2,10 @@
 
 Erf- and Tanh-pattern GELU → ``Gelu``, ``x * Sigmoid(x)`` → ``Silu``, ``MatMul(x, W) [+ b]``
 with a constant 2-D ``W`` → ``Linear``, ``Reciprocal(Sqrt(x))`` → ``Rsqrt``, ``Not(Equal(a,
-b))`` → ``Ne`` (the forms ``backends/onnx.py`` writes for rsqrt and ne); the fused nodes are
-in ``FUSED_DOMAIN`` and are converted by the handlers registered with ``@fused``.
+b))`` → ``Ne`` (the forms ``backends/onnx.py`` writes for rsqrt and ne), and
+``Softmax(q kᵀ · scale + mask) v`` → ``Attention`` (scaled dot-product attention, kept whole
+for head pruning); the fused nodes are in ``FUSED_DOMAIN`` and are converted by the handlers
+registered with ``@fused``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from .context import FUSED_DOMAIN, const_of
+from .context import FUSED_DOMAIN, const_of, f32
 
 
 def _scalar(t: gs.Tensor) -> float | None:
@@ -30,6 +33,20 @@ def _near(t: gs.Tensor, value: float, rel: float = 1e-4) -> bool:
 
 def _producer(t: gs.Tensor, *ops: str) -> gs.Node | None:
     return t.inputs[0] if len(t.inputs) == 1 and t.inputs[0].op in ops else None
+
+
+def _static_shape(t: gs.Tensor) -> tuple[int, ...] | None:
+    shape = t.shape
+    if isinstance(shape, (list, tuple)) and all(isinstance(d, int) and d >= 0 for d in shape):
+        return tuple(shape)
+    return None
+
+
+def _is_causal(mask: np.ndarray, L: int, S: int) -> bool:
+    """A constant additive mask that is 0 on and below the diagonal and -inf above it."""
+    if mask.ndim < 2 or mask.shape[-2:] != (L, S) or not np.all((mask == 0) | np.isneginf(mask)):
+        return False
+    return bool(np.all((mask == 0) == np.tril(np.ones((L, S), bool))))
 
 
 class Fuser:
@@ -170,6 +187,105 @@ class Fuser:
             self.replace([mm], "Linear", [x, w], mm.outputs[0])
         return True
 
+    # ------------------------------------------------------------------ attention
+    def attention(self, sm: gs.Node) -> bool:
+        """``Softmax(MatMul(q, Transpose(k)) [* or / scale] [+ mask]...) @ v`` →
+        ``Attention`` (``scaled_dot_product_attention``): what ``backends/onnx.py`` writes and
+        what torch.onnx writes for BERT-style attention. A constant 0 / -inf lower-triangular
+        mask is the ``causal`` flag; ``Where(mask, 0, -inf)`` feeding only this attention is
+        its bool mask; any other mask is additive. Shapes must be static; anything else
+        (several masks, repeated k/v heads) stays unfused."""
+        s = sm.inputs[0]
+        shape = _static_shape(s)
+        if shape is None or len(shape) < 3 or int(sm.attrs.get("axis", -1)) not in (
+                -1, len(shape) - 1) or self.sole(s, "Softmax") is not sm:
+            return False
+        mm2 = self.sole(sm.outputs[0], "MatMul")
+        if mm2 is None or mm2.inputs[0] is not sm.outputs[0]:
+            return False
+        nodes: list[gs.Node] = [sm, mm2]
+        masks: list[gs.Tensor] = []
+        t, consumer = s, sm
+        while (add := _producer(t, "Add")) is not None and id(add) not in self.done:
+            if self.sole(t, consumer.op) is not consumer:
+                return False
+            chain = [x for x in add.inputs if _producer(x, "Add", "Mul", "Div", "MatMul")
+                     and _static_shape(x) == shape]
+            if len(chain) != 1:
+                return False
+            masks.append(self.other(add, chain[0]))
+            nodes.insert(0, add)
+            t, consumer = chain[0], add
+        scale = 1.0
+        sc = _producer(t, "Mul", "Div")
+        if sc is not None and id(sc) not in self.done and self.sole(t, consumer.op) is consumer:
+            c = _scalar(sc.inputs[1])
+            if c is None or not c:
+                return False
+            scale = c if sc.op == "Mul" else 1.0 / c
+            nodes.insert(0, sc)
+            t, consumer = sc.inputs[0], sc
+        mm1 = _producer(t, "MatMul")
+        if mm1 is None or id(mm1) in self.done or self.sole(t, consumer.op) is not consumer:
+            return False
+        q, kt = mm1.inputs
+        tr = _producer(kt, "Transpose")
+        r = len(shape)
+        if tr is None or id(tr) in self.done or self.sole(kt, "MatMul") is not mm1:
+            return False
+        src, v = tr.inputs[0], mm2.inputs[1]
+        swap = list(range(r - 2)) + [r - 1, r - 2]
+        perm = [int(p) for p in tr.attrs.get("perm", reversed(range(r)))]
+        perm_k = [perm[i] for i in swap]  # k = kt with its last two dims swapped
+        kts = _static_shape(kt)
+        ks = None if kts is None else tuple(kts[i] for i in swap)
+        qs, vs = _static_shape(q), _static_shape(v)
+        if None in (qs, ks, vs) or not len(qs) == len(ks) == len(vs) == r or qs[:-2] != ks[
+                :-2] or ks[:-2] != vs[:-2] or ks[-2] != vs[-2]:
+            return False
+        causal, operand = False, None
+        L, S = shape[-2], shape[-1]
+        for m in masks:
+            arr = const_of(m)
+            if arr is not None and _is_causal(arr, L, S):
+                causal = True
+                continue
+            if operand is not None:
+                return False
+            ms = _static_shape(m)
+            if ms is None or len(ms) > r:
+                return False
+            try:
+                if tuple(np.broadcast_shapes(ms, shape)) != shape:
+                    return False
+            except ValueError:
+                return False
+            w = _producer(m, "Where")
+            if (w is not None and id(w) not in self.done and len(m.outputs) == 1
+                    and id(m) not in self.outputs and _scalar(w.inputs[1]) == 0.0
+                    and _scalar(w.inputs[2]) == -math.inf):
+                nodes.insert(0, w)
+                m = w.inputs[0]
+            elif arr is None and m.dtype != s.dtype:
+                return False
+            operand = m
+        if f32(scale) == f32(1.0 / math.sqrt(qs[-1])):
+            scale = None
+        else:
+            scale = f32(scale)
+        if perm_k == list(range(r)):
+            k = src
+        else:  # torch.onnx merges k.transpose(1, 2).transpose(-1, -2) into one perm
+            k = gs.Variable(f"{kt.name}_k", dtype=kt.dtype, shape=list(ks))
+            self.graph.nodes.insert(self.graph.nodes.index(tr), gs.Node(
+                "Transpose", name=f"{tr.name}_k", attrs={"perm": perm_k}, inputs=[src],
+                outputs=[k]))
+            self.locs[k.name] = self.locs.get(kt.name, tr.name or None)
+        self.replace([tr, mm1] + nodes, "Attention", [q, k, v] + ([operand] if operand is not None
+                                                                 else []),
+                     mm2.outputs[0], {"causal": causal, "scale": scale}, loc_from=mm1)
+        return True
+
     # ------------------------------------------------------------------ rsqrt, ne
     def unary_pair(self, second: gs.Node, first_op: str, op: str) -> bool:
         """``second(first(x))`` with ``first`` used only there → ``op(first's inputs)``."""
@@ -183,7 +299,7 @@ class Fuser:
     def run(self) -> Counter[str]:
         rules: dict[str, Callable[[gs.Node], bool]] = {
             "Erf": self.gelu_erf, "Tanh": self.gelu_tanh, "Sigmoid": self.silu,
-            "MatMul": self.linear,
+            "MatMul": self.linear, "Softmax": self.attention,
             "Reciprocal": lambda n: self.unary_pair(n, "Sqrt", "Rsqrt"),
             "Not": lambda n: self.unary_pair(n, "Equal", "Ne")}
         for node in list(self.graph.nodes):

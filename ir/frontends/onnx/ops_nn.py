@@ -390,3 +390,10 @@ def _resize(c: Ctx, n: gs.Node) -> None:
                                  "align_corners": ctm == "align_corners"}, out=out)
     else:
         c.fail(f"resize mode {mode!r} is not supported (nearest, linear)")
+
+
+@fused("Attention")
+def _attention(c: Ctx, n: gs.Node) -> None:
+    """Made by the attention fusion: q, k, v (and a bool or additive mask)."""
+    c.emit("scaled_dot_product_attention", [c.v(t) for t in n.inputs],
+           {"causal": bool(n.attrs["causal"]), "scale": n.attrs["scale"]}, out=n.outputs[0])

@@ -189,14 +189,26 @@ def to_graphsurgeon(model: onnx.ModelProto, what: str = "load_onnx") -> gs.Graph
         graph = _fold_once(model, what)
         left = sum(n.op in ("Shape", "Size") for n in graph.nodes)
         if not left or (pending is not None and left >= pending) or round_ == FOLD_ROUNDS - 1:
-            return graph
+            break
         pending = left
-        with _quiet_gs():
-            model = gs.export_onnx(graph, do_type_check=False)
-        del model.graph.value_info[:]  # symbolic dims of the last round: infer them again
-        for vi in model.graph.output:
-            vi.type.tensor_type.ClearField("shape")
+        model = _reexport(graph)
+    if any(not _static(t) for t in graph.tensors().values()):
+        graph = _fold_once(_reexport(graph), what)  # the shapes again, all chains folded
     return graph
+
+
+def _static(t: gs.Tensor) -> bool:
+    return isinstance(t, gs.Constant) or (isinstance(t.shape, (list, tuple)) and all(
+        isinstance(d, int) for d in t.shape))
+
+
+def _reexport(graph: gs.Graph) -> onnx.ModelProto:
+    with _quiet_gs():
+        model = gs.export_onnx(graph, do_type_check=False)
+    del model.graph.value_info[:]  # symbolic dims of the last round: infer them again
+    for vi in model.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    return model
 
 
 def _fold_once(model: onnx.ModelProto, what: str) -> gs.Graph:
