@@ -586,3 +586,21 @@ def _weight_norm(c, a, k):
     norm = _l2_norm(c, v, axes, True, "norm")
     unit = c.emit("div", [v, norm], name=f"{c.node.name}_unit")
     return c.emit("mul", [unit, g])
+
+
+@_maps(aten.take_along_dim.default)
+def _take_along_dim(c, a, k):
+    """``torch.take_along_dim(x, indices, dim)``: x and the indices broadcast against each
+    other except along ``dim``, then ``gather_elements``."""
+    x, idx = c.v(a[0]), c.v(a[1])
+    dim = _arg(a, k, 2, "dim")
+    if dim is None:
+        raise TraceError(f"{c.where()}: take_along_dim without dim (over the flattened tensor) "
+                         f"is not supported")
+    d = int(dim) % x.type.rank
+    if x.type.rank != idx.type.rank:
+        raise TraceError(f"{c.where()}: take_along_dim needs indices of the input's rank")
+    shape = [max(a_, b_) for a_, b_ in zip(x.shape, idx.shape)]
+    xs = tuple(x.shape[i] if i == d else shape[i] for i in range(x.type.rank))
+    ids = tuple(idx.shape[i] if i == d else shape[i] for i in range(x.type.rank))
+    return c.emit("gather_elements", [_to_shape(c, x, xs), _to_shape(c, idx, ids)], {"axis": d})

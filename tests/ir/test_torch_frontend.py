@@ -131,3 +131,20 @@ def test_constants_and_shapes_fold_at_trace_time():
     np.testing.assert_array_equal(cond.data, np.tril(np.ones((8, 8), bool)))
     with torch.no_grad():
         torch.testing.assert_close(run(g, [x])[0], model(x))
+
+
+class _IndexOps(nn.Module):
+    def forward(self, x, i):
+        a = torch.take_along_dim(x, i, 1)
+        b = torch.nn.functional.local_response_norm(x[:, :, None], 3)  # pad + avg_pool3d
+        c = torch.nn.functional.interpolate(x[:, None], scale_factor=2.0, mode="nearest")
+        return a, b, c
+
+
+def test_take_along_dim_lrn_and_interpolate_trace():
+    x, i = torch.randn(2, 6, 5), torch.randint(0, 6, (2, 3, 1))
+    g = trace(_IndexOps(), (x, i))
+    assert {"gather_elements", "pad", "avg_pool3d", "upsample"} <= {n.op for n in g.nodes}
+    with torch.no_grad():
+        for got, want in zip(run(g, [x, i]), _IndexOps()(x, i)):
+            torch.testing.assert_close(got, want)
