@@ -85,3 +85,37 @@ def test_sensitivity_data_ratios_and_plot(tmp_path):
     assert again.to_dict() == sens.to_dict()
     png = plot_sensitivity(sens, tmp_path / "s.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sensitivity_with_a_metric_measures_each_group_alone(ir):
+    import torch
+    from shrinkc.ir.interpreter import run
+    from shrinkc.passes import PassContext
+    from shrinkc.passes.analyses.channels import analyze_channels
+    from shrinkc.passes.analyses.channels_policy import sensitivity
+
+    g = ir("""
+    graph "g" (%x: f32[1,3,5,5]) {
+      %w1: f32[4,3,3,3] = const #1
+      %w2: f32[6,4,3,3] = const #2
+      %w3: f32[2,6,1,1] = const #3
+      %a: f32[1,4,5,5] = conv2d(%x, %w1) {padding=[1, 1]}
+      %b: f32[1,6,5,5] = conv2d(%a, %w2) {padding=[1, 1]}
+      %c: f32[1,2,5,5] = conv2d(%b, %w3)
+      return %c
+    }""")
+    a = analyze_channels(g)
+    x = torch.randn(1, 3, 5, 5)
+    want = run(g, [x])[0]
+    seen = []
+
+    def agreement(trial):  # a user metric: here the output's distance, as a "score"
+        seen.append(trial)
+        return float((run(trial, [x])[0] - want).abs().max())
+
+    scores = {grp.id: np.arange(grp.size, dtype=float) for grp in a.prunable}
+    sens = sensitivity(a, a.prunable, scores, (0.25, 0.5), PassContext(example_inputs=[x]),
+                       metric=agreement)
+    assert sens.metric == "agreement" and len(seen) == 2 * len(a.prunable)
+    for row in sens.groups:
+        assert all(e > 0 for e in row["errors"])  # every trial zeroed some channels
