@@ -836,3 +836,18 @@ def test_sdpa_head_dim_is_a_sink_but_the_heads_carry_the_reshape(ir):
     pruned, plan, stats = prune(g, "prune-channels(ratio=0.5)", [x])
     assert stats["channels_removed"] > 0
     assert_oracle(g, pruned, plan, [x])
+
+
+def test_vit_through_onnx_prunes_heads_of_the_fused_attention(reference_graphs, tmp_path):
+    """ONNX import fuses the hand-written attention into scaled_dot_product_attention; the
+    heads are pruned through it."""
+    from shrinkc import load_onnx, to_onnx
+
+    _, x, traced_vit = reference_graphs("vit")
+    to_onnx(traced_vit, tmp_path / "vit.onnx")
+    g = load_onnx(tmp_path / "vit.onnx")
+    assert any(n.op == "scaled_dot_product_attention" for n in g.nodes)
+    pruned, plan, _ = prune(g, "prune-channels(ratio=0.5)", [x])
+    heads = [n.inputs[0].shape[1] for n in pruned.nodes if n.op == "scaled_dot_product_attention"]
+    assert heads and all(h == 2 for h in heads)  # 4 heads -> 2 in every block
+    assert_oracle(g, pruned, plan, [x])
