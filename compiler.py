@@ -6,9 +6,11 @@ tuning_db=…, calibration=…)`` brings the model into the IR (``trace`` for a
 pass pipeline (``optimize``; skipped when ``passes`` is empty), compiles the result for one
 backend and measures its error against the original graph on the example inputs.
 
-Backends: ``"tvm"`` (``backends/tvm.py``: Relax, ``tvm.compile`` for a target, optionally
-MetaSchedule-tuned through ``backends/tvm_tuning.py``), ``"onnxruntime"`` (``to_onnx`` +
-an ONNX Runtime session) and ``"torch"`` (``to_torch``). ``backend=None`` picks:
+Backends: ``"tvm"`` (``backends/tvm/``: Relax, ``tvm.compile`` for a target, optionally
+MetaSchedule-tuned through ``backends/tvm/tuning/``), ``"onnxruntime"`` (``to_onnx`` +
+an ONNX Runtime session) and ``"torch"`` (``to_torch``). Each backend's runtime object
+implements the protocol of ``backends/runtime.py`` (run / save / load), which is all
+``CompiledModel`` and ``load_compiled`` use. ``backend=None`` picks:
 
 1. TVM when a ``target`` or a tuning budget (``tune_trials > 0``) is given, or when the
    tuning database (``tuning_db``, else the default one for this host) already has tuned
@@ -41,10 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backends.runtime import Runtime, host_threads
 from .ir.cost import graph_cost
 from .ir.graph import Graph, IRError
-from .ir.types import (DTYPES, TensorType, dtype_from_numpy, dtype_from_torch, lossless_cast,
-                       to_numpy_dtype)
+from .ir.types import (
+    DTYPES,
+    TensorType,
+    dtype_from_numpy,
+    dtype_from_torch,
+    lossless_cast,
+    to_numpy_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +69,7 @@ class CompileError(IRError):
 
 
 class TuningUnavailableError(CompileError):
-    """Tuning was asked for but ``shrinkc.backends.tvm_tuning`` is not installed."""
+    """Tuning was asked for but MetaSchedule cannot tune here (no ``xgboost``)."""
 
 
 # ============================================================================ report
@@ -142,7 +151,7 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-# ============================================================================ runners
+# ============================================================================ runtimes
 def _to_numpy(x: Any, t: TensorType | None = None) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
@@ -180,127 +189,34 @@ def _input_array(name: str, x: Any, t: TensorType) -> np.ndarray:
     return _to_numpy(x, t)
 
 
-class _Runner:
-    """One backend's way to run, save and load a compiled graph."""
-
-    backend: str
-    threads: int | None = None
-
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def save(self, directory: Path) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @property
-    def runs_here(self) -> bool:
-        return True
-
-
-class _TVMRunner(_Runner):
-    backend = "tvm"
-
-    def __init__(self, module: Any):
-        self.module = module
-
-    @property
-    def runs_here(self) -> bool:
-        return self.module.runs_here
-
-    @property
-    def threads(self) -> int:  # type: ignore[override]
-        return self.module.threads
-
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return self.module.run(arrays)
-
-    def save(self, directory: Path) -> dict[str, Any]:
-        return self.module.export(directory)
-
-    @classmethod
-    def load(cls, directory: Path, entry: Mapping[str, Any], inputs, outputs) -> _TVMRunner:
+def _runtime_class(backend: str) -> type[Runtime]:
+    """The runtime class of ``backend`` (``backends/runtime.py``'s protocol), imported lazily."""
+    if backend == "tvm":
         from .backends.tvm import TVMModule
 
-        return cls(TVMModule.load(directory, entry, inputs, outputs))
-
-
-class _ORTRunner(_Runner):
-    backend = "onnxruntime"
-    FILE = "model.onnx"
-
-    def __init__(self, onnx_bytes: bytes, threads: int):
+        return TVMModule
+    if backend == "onnxruntime":
         from .backends.onnx import OnnxRuntimeSession
 
-        self.onnx_bytes = onnx_bytes
-        self.session = OnnxRuntimeSession(onnx_bytes, threads)
-        self.threads = self.session.threads
+        return OnnxRuntimeSession
+    from .backends.torch import TorchRuntime
 
-    @classmethod
-    def from_graph(cls, graph: Graph, threads: int) -> _ORTRunner:
-        try:
-            from . import to_onnx
-
-            with tempfile.TemporaryDirectory(prefix="shrinkc-onnx-") as d:
-                # max pools that keep NaN as the other backends do (onnxruntime's drop it)
-                data = to_onnx(graph, Path(d) / cls.FILE, propagate_nan=True).read_bytes()
-        except ModuleNotFoundError as e:
-            raise CompileError(f"the onnxruntime backend needs shrinkc.backends.onnx "
-                               f"(to_onnx), which is not installed: {e}") from None
-        return cls(data, threads)
-
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.session.run(arrays))
-
-    def save(self, directory: Path) -> dict[str, Any]:
-        (directory / self.FILE).write_bytes(self.onnx_bytes)
-        return {"files": {"model": self.FILE}}
-
-    @classmethod
-    def load(cls, directory: Path, entry: Mapping[str, Any], inputs, outputs) -> _ORTRunner:
-        path = directory / entry["files"]["model"]
-        if not path.is_file():
-            raise CompileError(f"{path}: no such file")
-        return cls(path.read_bytes(), int(entry.get("threads") or _host_threads()))
+    return TorchRuntime
 
 
-class _TorchRunner(_Runner):
-    backend = "torch"
-    FILE = "model.shrk"
+def _onnxruntime_session(graph: Graph, threads: int) -> Runtime:
+    """``graph`` exported to ONNX and loaded in onnxruntime."""
+    try:
+        from . import to_onnx
+        from .backends.onnx import OnnxRuntimeSession
 
-    def __init__(self, graph: Graph):
-        from .backends.torch import to_torch
-
-        self.graph = graph
-        self.module = to_torch(graph, trainable=False)
-        self.threads = torch.get_num_threads()
-
-    @torch.no_grad()
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        out = self.module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
-        outs = out if isinstance(out, (tuple, list)) else [out]
-        return [o.detach().cpu().numpy() for o in outs]
-
-    def save(self, directory: Path) -> dict[str, Any]:
-        from .ir.serialize import save, weights_path
-
-        path = save(self.graph, directory / self.FILE)
-        return {"files": {"model": path.name, "weights": weights_path(path).name}}
-
-    @classmethod
-    def load(cls, directory: Path, entry: Mapping[str, Any], inputs, outputs) -> _TorchRunner:
-        from .ir.serialize import load
-
-        return cls(load(directory / entry["files"]["model"]))
-
-
-_RUNNERS: dict[str, type[_Runner]] = {"tvm": _TVMRunner, "onnxruntime": _ORTRunner,
-                                      "torch": _TorchRunner}
-
-
-def _host_threads() -> int:
-    from .backends.tvm import host_cores  # light: tvm itself is imported lazily there
-
-    return host_cores()
+        with tempfile.TemporaryDirectory(prefix="shrinkc-onnx-") as d:
+            # max pools that keep NaN as the other backends do (onnxruntime's drop it)
+            data = to_onnx(graph, Path(d) / "model.onnx", propagate_nan=True).read_bytes()
+    except ModuleNotFoundError as e:
+        raise CompileError(f"the onnxruntime backend needs shrinkc.backends.onnx "
+                           f"(to_onnx), which is not installed: {e}") from None
+    return OnnxRuntimeSession(data, threads)
 
 
 # ============================================================================ CompiledModel
@@ -309,7 +225,7 @@ class CompiledModel:
     or a mapping by input name). Returns torch tensors if any input was one, else numpy;
     one output bare, several as a tuple."""
 
-    def __init__(self, runner: _Runner, inputs: list[tuple[str, TensorType]],
+    def __init__(self, runner: Runtime, inputs: list[tuple[str, TensorType]],
                  outputs: list[tuple[str, TensorType]], report: CompileReport,
                  graph: Graph | None = None):
         self._runner = runner
@@ -449,7 +365,7 @@ def _check_manifest(m: Any, where: Path) -> None:
                            f"shrinkc reads version {FORMAT_VERSION}): compile and save the "
                            f"model again")
     backend = m.get("backend")
-    if backend not in _RUNNERS:
+    if backend not in BACKENDS:
         raise bad(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     for key in ("inputs", "outputs"):
         entries = m.get(key)
@@ -556,7 +472,7 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
         entry = {**manifest, "files": {role: Path(rec["path"]).name
                                        for role, rec in manifest["files"].items()}}
         inputs, outputs = _types_from(manifest["inputs"]), _types_from(manifest["outputs"])
-        runner = _RUNNERS[backend].load(private, entry, inputs, outputs)
+        runner = _runtime_class(backend).load(private, entry, inputs, outputs)
     except BaseException:
         shutil.rmtree(private, ignore_errors=True)
         raise
@@ -691,12 +607,12 @@ def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
     tt = btvm.tuning_module()
     note = ""
     if tt is None:
-        note = "no tuning module installed"
+        note = "tuning is unavailable here (MetaSchedule's xgboost cost model is missing)"
     else:
         t0 = time.perf_counter()
         tgt = btvm.resolve_target(None)
         db = Path(tuning_db) if tuning_db is not None else Path(tt.default_db_dir(tgt))
-        if (db / "database_workload.json").is_file():
+        if (db / tt.DB_WORKLOAD_FILE).is_file():
             lowered = btvm.lower(graph)
             covered, total = btvm.database_coverage(lowered, tgt, db)
             times["coverage_check_s"] = time.perf_counter() - t0
@@ -732,11 +648,11 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     - ``backend``: ``"tvm"``, ``"onnxruntime"``, ``"torch"`` or ``None`` (picked; see the
       module docstring). ``target``: a preset name (``host``, ``x86-avx2``, ``x86-avx512``,
       ``aarch64``) or a TVM target dict; TVM only.
-    - ``tune_trials``: the model's MetaSchedule budget (TVM; ``backends/tvm_tuning.py``):
+    - ``tune_trials``: the model's MetaSchedule budget (TVM; ``backends/tvm/tuning/``):
       trials already spent on the same workloads in the database count, so compiling again
       with the same budget does no new trials; ``tuning_db``: its database directory
       (default: per target, in the user cache dir). Convolutions are tuned and built in NHWC
-      with prepacked weights (``tvm_tuning.prepare``).
+      with prepacked weights (``backends.tvm.prepare``).
     - ``keep_params``: TVM only — weights as function parameters saved beside the library
       (``params.safetensors``) instead of constants inside it (then without weight
       prepacking: a database tuned without ``keep_params`` does not cover it).
@@ -801,10 +717,12 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
         runner, resolved_target = _compile_tvm(graph, target, tune_trials, tuning_db,
                                                keep_params, lowered, times, tuning)
     elif backend == "onnxruntime":
-        runner = _ORTRunner.from_graph(graph, _host_threads())
+        runner = _onnxruntime_session(graph, host_threads())
         times["build_s"] = time.perf_counter() - t0
     else:
-        runner = _TorchRunner(graph)
+        from .backends.torch import TorchRuntime
+
+        runner = TorchRuntime(graph)
         times["build_s"] = time.perf_counter() - t0
 
     orig_cost, cost = graph_cost(original), graph_cost(graph)
@@ -840,7 +758,7 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
 
 def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
                  keep_params: bool, lowered: Any, times: dict[str, float],
-                 tuning: dict[str, Any]) -> tuple[_TVMRunner, dict[str, Any]]:
+                 tuning: dict[str, Any]) -> tuple[Runtime, dict[str, Any]]:
     from .backends import tvm as btvm
 
     t0 = time.perf_counter()
@@ -849,10 +767,10 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
     tt = btvm.tuning_module()
     if imported:
         times["tvm_import_s"] = time.perf_counter() - t0
-    if tune_trials > 0 and (tt is None or not hasattr(tt, "tune")):
+    if tune_trials > 0 and tt is None:
         raise TuningUnavailableError(
-            f"tune_trials={tune_trials}: tuning is not available yet (shrinkc.backends."
-            f"tvm_tuning is not installed); compile with tune_trials=0 for untuned TVM")
+            f"tune_trials={tune_trials}: tuning is not available (MetaSchedule's xgboost cost "
+            f"model does not import); compile with tune_trials=0 for untuned TVM")
     t0 = time.perf_counter()
     if lowered is None or keep_params:
         lowered = btvm.lower(graph, keep_params=keep_params)
@@ -866,7 +784,7 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
             times["tune_s"] = time.perf_counter() - t0
             tuning.update(db=str(db), new_trials=result.new_trials,
                           failures=result.failures, tasks=len(result.tasks))
-        if (db / "database_workload.json").is_file():
+        if (db / tt.DB_WORKLOAD_FILE).is_file():
             tuning.setdefault("db", str(db))
 
             def pipeline(mod: Any, target_dict: dict[str, Any]) -> Any:
@@ -878,7 +796,7 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
     if module.runs_here:
         module.link()  # once, here, so the report shows it (save copies the library)
     times.update(module.timings)
-    return _TVMRunner(module), tgt
+    return module, tgt
 
 
 __all__ = ["BACKENDS", "CompileError", "CompileReport", "CompiledModel", "TuningUnavailableError",

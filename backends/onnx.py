@@ -37,11 +37,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..ir import ops
-from ..ir.onnx_common import IR_TO_ONNX, LOC_KEY, OPSET_MAX, OPSET_MIN
 from ..ir.graph import Graph, IRError, Node, Value
 from ..ir.interpreter import as_tensor
+from ..ir.onnx_common import IR_TO_ONNX, LOC_KEY, OPSET_MAX, OPSET_MIN
 from ..ir.ops.quant import QRANGES
 from ..ir.types import to_numpy_dtype
+from .runtime import host_threads
 
 log = logging.getLogger(__name__)
 
@@ -1074,11 +1075,8 @@ def to_onnx(graph: Graph, path: str | Path, opset: int = 17, *,
 
 # ============================================================================ onnxruntime
 def default_threads() -> int:
-    """The number of cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+    """The number of cores this process may run on (``backends.runtime.host_threads``)."""
+    return host_threads()
 
 
 class OnnxRuntimeSession:
@@ -1086,7 +1084,13 @@ class OnnxRuntimeSession:
 
     ``model`` is a path, serialized bytes, a ``ModelProto`` or an IR ``Graph`` (exported at
     ``opset``). ``threads`` sets the intra-op thread pool (default: all usable cores).
+    It implements the runtime protocol of ``backends/runtime.py`` (``run`` / ``save`` /
+    ``load``: one ``model.onnx``).
     """
+
+    backend = "onnxruntime"
+    runs_here = True
+    FILE = "model.onnx"
 
     def __init__(self, model: str | Path | bytes | onnx.ModelProto | Graph, threads: int | None
                  = None, *, opset: int = 17, optimize: bool = True):
@@ -1098,6 +1102,7 @@ class OnnxRuntimeSession:
             model = model.SerializeToString()
         elif isinstance(model, Path):
             model = str(model)
+        self._model: str | bytes = model  # a path keeps its external data files beside it
         self.threads = int(threads) if threads else default_threads()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
@@ -1133,9 +1138,27 @@ class OnnxRuntimeSession:
         return {n: _numpy(x) for n, x in zip(self.inputs, items)}
 
     def run(self, inputs: Any) -> list[np.ndarray]:
-        return self.session.run(None, self.feeds(inputs))
+        return list(self.session.run(None, self.feeds(inputs)))
 
     __call__ = run
+
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        """Write the model as one ``model.onnx`` into ``directory`` (external data read in);
+        returns its manifest entries."""
+        data = self._model
+        if isinstance(data, str):
+            data = onnx.load(data).SerializeToString()
+        (Path(directory) / self.FILE).write_bytes(data)
+        return {"files": {"model": self.FILE}}
+
+    @classmethod
+    def load(cls, directory: str | Path, entry: Mapping[str, Any], inputs: Any = None,
+             outputs: Any = None) -> OnnxRuntimeSession:
+        """A session from ``save``'s file (``entry["threads"]``: its thread count)."""
+        path = Path(directory) / entry["files"]["model"]
+        if not path.is_file():
+            raise IRError(f"{path}: no such file")
+        return cls(path.read_bytes(), entry.get("threads"))
 
 
 def _numpy(x: Any) -> np.ndarray:

@@ -25,17 +25,26 @@ For training code::
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..ir import ops
 from ..ir.graph import Graph
-from ..ir.trainable import (GraphParams, MaskedWeight, SharedWeight, Trainable, encoded_module,
-                            write_back)
+from ..ir.trainable import (
+    GraphParams,
+    MaskedWeight,
+    SharedWeight,
+    Trainable,
+    encoded_module,
+    write_back,
+)
 
-__all__ = ["MaskedWeight", "SharedWeight", "ShrinkcModule", "Trainable", "encoded_module",
-           "to_torch", "write_back"]
+__all__ = ["MaskedWeight", "SharedWeight", "ShrinkcModule", "TorchRuntime", "Trainable",
+           "encoded_module", "to_torch", "write_back"]
 
 
 class ShrinkcModule(torch.fx.GraphModule):
@@ -91,3 +100,37 @@ def to_torch(graph: Graph, trainable: Trainable = True) -> ShrinkcModule:
     gm.shrinkc_names = dict(root.shrinkc_names)
     gm.shrinkc_roles = dict(root.shrinkc_roles)
     return gm.eval()
+
+
+class TorchRuntime:
+    """A graph's ``to_torch`` module, run in inference (no autograd): the torch backend's
+    side of the runtime protocol (``backends/runtime.py``). Saved as the graph itself
+    (``model.shrk`` + its weights), so it loads without pickle."""
+
+    backend = "torch"
+    runs_here = True
+    FILE = "model.shrk"
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.module = to_torch(graph, trainable=False)
+        self.threads = torch.get_num_threads()
+
+    @torch.no_grad()
+    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        out = self.module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().cpu().numpy() for o in outs]
+
+    def save(self, directory: str | Path) -> dict[str, Any]:
+        from ..ir.serialize import save, weights_path
+
+        path = save(self.graph, Path(directory) / self.FILE)
+        return {"files": {"model": path.name, "weights": weights_path(path).name}}
+
+    @classmethod
+    def load(cls, directory: str | Path, entry: Mapping[str, Any], inputs: Any = None,
+             outputs: Any = None) -> TorchRuntime:
+        from ..ir.serialize import load
+
+        return cls(load(Path(directory) / entry["files"]["model"]))

@@ -3,7 +3,7 @@
 Matches every ``conv2d``, ``linear`` and ``matmul`` whose weight (operand 1) is a float
 constant, and with static activations also ``matmul`` of two activations. Produces the
 QDQ form that onnxruntime runs with its QLinear / integer kernels and that
-``backends/tvm_int8.py`` lowers to integer compute::
+``backends/tvm/int8.py`` lowers to integer compute::
 
     x ─ quantize(sx, zx) ─ dequantize ─┐                         (one per activation)
     W_i8 (per channel, zero point 0) ─ dequantize ─┼─ conv2d ─ quantize(sy, zy) ─ dequantize ─▶

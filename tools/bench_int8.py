@@ -65,7 +65,7 @@ def bench(channels: int = 64, size: int = 32, layers: int = 3, warmup: int = 5,
     """Medians (ms) of TVM fp32, TVM QDQ-as-float and TVM int8 on ``conv_model``; and the
     int8 module's largest error in output quantization steps vs the interpreter."""
     from ..backends import tvm as btvm
-    from ..backends import tvm_int8
+    from ..backends.tvm import int8 as tvm_int8
 
     g = conv_model(channels, size, layers)
     rng = np.random.default_rng(1)

@@ -14,7 +14,7 @@ four random batches: QDQ with u8 activations, i8 per-channel weights, i32 biases
 - ``torch``: the float ``nn.Module`` eager, ``torch.inference_mode`` (fp32 rows only);
 - ``onnxruntime``: ``to_onnx`` of the graph (QDQ for int8: onnxruntime's QLinear kernels);
 - ``tvm``: the graph built for the host target without a tuning database;
-- ``tvm-tuned``: ``tvm_tuning.tune`` with a budget of ``--trials`` into a dedicated database
+- ``tvm-tuned``: ``backends.tvm.tuning.tune`` with a budget of ``--trials`` into a database
   (``<db-root>/<model>-<S>-<layout>[-prepack][-int8]``; a second run reuses it and tunes
   only up to the budget; delete it to re-tune from scratch), then built with the database
   applied. Convolutions in NHWC with prepacked weights unless ``--layout`` / ``--no-prepack``.
@@ -64,7 +64,7 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
               variant: str = "fp32") -> dict[str, Any]:
     from .. import optimize
     from ..backends import tvm as btvm
-    from ..backends import tvm_tuning as tt
+    from ..backends.tvm import tuning as tt
     from ..ir.cost import graph_cost
     from ..ir.frontends.torch import trace
     from . import zoo
@@ -107,7 +107,7 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
     layout = layout or btvm.DEFAULT_CONV_LAYOUT
     row["layout"] = layout
     if prepack is None:
-        prepack = tt.default_prepack(lowered.mod)
+        prepack = btvm.default_prepack(lowered.mod)
     row["prepack"] = prepack
 
     def untuned(mod: Any, target_dict: dict[str, Any]) -> Any:
@@ -208,7 +208,7 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
         f"\n\nBatch 1, width 1.0, pipeline `{PIPELINE}` (exact); int8 rows add min/max QDQ "
         f"(the `quantize` pass: u8 activations, i8 per-channel weights, i32 bias), "
         f"which onnxruntime runs with its QLinear "
-        f"kernels and TVM with the integer lowering of `backends/tvm_int8.py`. "
+        f"kernels and TVM with the integer lowering of `backends/tvm/int8.py`. "
         f"{machine_info(threads)}. Medians of {repeat} runs after {warmup} warm-ups "
         f"(p10–p90), backends timed in interleaved blocks of 10 runs in one process. Ratios: "
         f"backend median / onnxruntime median on the same graph (< 1 = faster); "

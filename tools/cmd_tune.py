@@ -75,7 +75,7 @@ def _rpc_config(args):
     except OSError as e:
         raise ValueError(f"--rpc-tracker {args.rpc_tracker}: cannot connect to the tracker "
                          f"({e.strerror or e})") from None
-    from ..backends.tvm_tuning import RPCConfig
+    from ..backends.tvm.tuning import RPCConfig
 
     cfg = RPCConfig(host, port, args.rpc_key)
     n = cfg.count_servers()
@@ -107,8 +107,9 @@ def run(args) -> int:
     btvm.import_tvm()
     tgt = btvm.resolve_target(target)  # a bad target fails here, before loading the model
     tt = btvm.tuning_module()
-    if tt is None or not hasattr(tt, "tune"):
-        raise ValueError("tuning is not available (shrinkc.backends.tvm_tuning failed to import)")
+    if tt is None:
+        raise ValueError("tuning is not available (MetaSchedule's xgboost cost model does "
+                         "not import)")
     runner = _rpc_config(args)
 
     graph = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)

@@ -334,7 +334,7 @@ def test_onnxruntime_agrees_to_one_step(reference_graphs, name, reduce_range):
                                   pytest.param("vit", marks=pytest.mark.slow)])
 def test_tvm_agrees_to_one_step(reference_graphs, name):
     from shrinkc.backends import tvm as btvm
-    from shrinkc.backends import tvm_int8
+    from shrinkc.backends.tvm import int8 as tvm_int8
 
     q, cut, feeds, want = _segment_case(reference_graphs, name, True)
     lowered = btvm.lower(cut)

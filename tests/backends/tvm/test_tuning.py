@@ -1,4 +1,4 @@
-"""backends/tvm_tuning.py: targets, MetaSchedule tuning with a persistent database, RPC.
+"""backends/tvm/tuning/: workers, MetaSchedule tuning with a persistent database, RPC.
 
 The tuning tests use a tiny Relax module (conv2d+relu, reshape, matmul on 1x16x16x16) and a
 handful of trials; one tuning run is shared by several tests (module-scoped fixture).
@@ -17,7 +17,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from shrinkc.backends import tvm_tuning as tt
+from shrinkc.backends import tvm as btvm
+from shrinkc.backends.tvm import tuning as tt
 from suite import assert_close  # the suite's comparison policy
 
 TRIALS_PER_TASK = 4
@@ -52,8 +53,8 @@ def numpy_reference(x, w1, w2):
 
 
 def task_keys(db_dir) -> set[str]:
-    db = tt._open_db(db_dir)  # pylint: disable=protected-access
-    return {tt._task_key(r.workload.mod) for r in db.get_all_tuning_records()}  # noqa: SLF001
+    db = tt.open_db(db_dir)
+    return {tt.task_key(r.workload.mod) for r in db.get_all_tuning_records()}
 
 
 def assert_no_failures_in_logs(log_dir) -> None:
@@ -68,61 +69,11 @@ def assert_no_failures_in_logs(log_dir) -> None:
     assert built > 0 and built == valid
 
 
-# ------------------------------------------------------------------------------ targets
-
-
-def test_host_target_detects_cpu():
-    t = tt.host_target()
-    assert t.kind.name == "llvm"
-    assert str(t.attrs["mcpu"]) == tvm.target.codegen.llvm_get_system_cpu()
-    assert int(t.attrs["num-cores"]) == os.cpu_count()
-    assert str(t.attrs["mtriple"]).endswith("linux-gnu")
-    assert int(tt.host_target(3).attrs["num-cores"]) == 3
-
-
-@pytest.mark.parametrize(
-    "name, triple, cpus",
-    [
-        ("x86-avx2", "x86_64", {"haswell", "core-avx2"}),
-        ("x86-avx512", "x86_64", {"skylake-avx512", "znver4"}),
-        ("aarch64", "aarch64-linux-gnu", {"cortex-a72", "neoverse-n1"}),
-    ],
-)
-def test_presets(name, triple, cpus):
-    t = tt.resolve_target(name)
-    assert str(t.attrs["mtriple"]).startswith(triple)
-    assert str(t.attrs["mcpu"]) in cpus
-    assert tvm.target.codegen.llvm_is_valid_cpu(str(t.attrs["mcpu"]), str(t.attrs["mtriple"]))
-
-
-def test_resolve_target_forms_and_error():
-    d = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 4}
-    from_dict = tt.resolve_target(d)
-    assert str(from_dict.attrs["mcpu"]) == "haswell" and int(from_dict.attrs["num-cores"]) == 4
-    assert tt.resolve_target(from_dict) is from_dict
-    assert str(tt.resolve_target(None).attrs["mcpu"]) == str(tt.host_target().attrs["mcpu"])
-    with pytest.raises(ValueError) as err:
-        tt.resolve_target("x86-avx1024")
-    for preset in tt.TARGET_PRESETS:
-        assert preset in str(err.value)
-
-
-def test_db_dir_keyed_by_target(monkeypatch, tmp_path):
-    monkeypatch.setenv("SHRINKC_CACHE_DIR", str(tmp_path))
-    a, b = tt.default_db_dir("x86-avx2"), tt.default_db_dir("x86-avx512")
-    assert a.parent == tmp_path / "tuning" and a != b
-    assert a == tt.default_db_dir(tt.resolve_target("x86-avx2"))  # stable
-    assert "haswell" in a.name
-    assert tt.default_db_dir(tt.host_target(1)) != tt.default_db_dir(tt.host_target(2))
-    monkeypatch.delenv("SHRINKC_CACHE_DIR")
-    assert "shrinkc" in str(tt.default_db_dir("host"))
-
-
 # ------------------------------------------------------------------------------ workers
 
 
 def test_build_worker_is_torch_free_and_preimported():
-    worker_cls, _ = tt._fast_pool_classes()  # pylint: disable=protected-access
+    worker_cls, _ = tt.fast_pool_classes()
     w = worker_cls()
     try:
         w.send(eval, ("__import__('sys').modules.get('torch', 'absent')",))
@@ -165,7 +116,7 @@ def test_tune_builds_every_candidate(tuned):
         assert t.best_ms is not None and t.best_ms > 0
     assert_no_failures_in_logs(res.log_dir)
     # every record in the database has a real measurement (failures are stored as 1e10 s)
-    db = tt._open_db(db_dir)  # pylint: disable=protected-access
+    db = tt.open_db(db_dir)
     records = db.get_all_tuning_records()
     assert len(records) == res.new_trials
     for r in records:
@@ -197,7 +148,7 @@ def test_default_budget_is_the_modules_nhwc_prepacked(tmp_path):
     (every task gets a first round, then the gradient scheduler spends the rest); repeating
     the call tunes nothing and a larger budget tunes only the difference."""
     mod, w1, w2 = tiny_module()
-    prepared = tt.prepare(mod, "host")
+    prepared = btvm.prepare(mod, "host")
     text = prepared.script()
     assert "layout_free_buffers" in text  # weights prepacked (constants of the module)
     assert "transpose" in text  # NCHW input -> NHWC conv -> back, by ConvertLayout
@@ -227,11 +178,11 @@ def test_default_budget_is_the_modules_nhwc_prepacked(tmp_path):
 
 def test_keep_params_module_is_not_prepacked():
     mod, _, _ = tiny_module()
-    assert tt.default_prepack(mod)
+    assert btvm.default_prepack(mod)
     main = mod["main"].with_attr("num_input", 1)
     mod2 = tvm.IRModule({"main": main})
-    assert not tt.default_prepack(mod2)
-    assert "layout_free_buffers" not in tt.prepare(mod2, "host").script()
+    assert not btvm.default_prepack(mod2)
+    assert "layout_free_buffers" not in btvm.prepare(mod2, "host").script()
 
 
 def test_second_tune_does_zero_new_trials(tuned):

@@ -1,6 +1,6 @@
-"""TVM backend: one lowering per op, numerics against the op table's references, the
-reference models against ``to_torch``, targets, cross-compilation, keep_params, and the
-errors (unknown preset, op with no lowering, wrong lowering)."""
+"""backends/tvm/ops.py (and the lowering core it fills): one lowering per op, numerics
+against the op table's references, the reference models against ``to_torch``, and the
+lowering errors (op with no lowering, wrong lowering)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shrinkc import IRError, to_torch
+from shrinkc import to_torch
 from shrinkc.backends import tvm as btvm
 from shrinkc.ir import Graph, TensorType
 from shrinkc.ir.interpreter import random_inputs, run
@@ -241,73 +241,6 @@ def test_batch_norm_statistics_are_folded_at_lowering(reference_graphs):
     assert "rsqrt" in kept.mod.script(show_meta=False)  # statistics are parameters now
 
 
-def test_keep_params_binds_weights_separately(tmp_path, reference_graphs):
-    _, x, g = reference_graphs("lenet5")
-    mod = btvm.build(g, "host", keep_params=True)
-    assert set(mod.params) == {n for n, v in g.constants.items() if v.type.rank > 0}
-    func = btvm.lower(g, keep_params=True).mod["main"]
-    assert len(func.params) == 1 + len(mod.params)
-    with torch.no_grad():
-        want = to_torch(g)(x).numpy()
-    assert_close(mod.run([x.numpy()])[0], want, depth=g)
-    entry = mod.export(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.so", "params.safetensors"]
-    loaded = btvm.TVMModule.load(tmp_path, entry, mod.inputs, mod.outputs)
-    np.testing.assert_array_equal(loaded.run([x.numpy()])[0], mod.run([x.numpy()])[0])
-
-
-# ---------------------------------------------------------------------------- targets
-def test_host_target_is_detected():
-    import tvm
-
-    t = btvm.resolve_target("host")
-    assert t["kind"] == "llvm" and t["num-cores"] >= 1
-    assert t["mcpu"] == str(tvm.target.codegen.llvm_get_system_cpu())
-    assert btvm.resolve_target(None) == t and btvm.target_runs_here(t)
-
-
-def test_presets_and_dicts():
-    assert set(btvm.target_presets()) >= {"host", "x86-avx2", "x86-avx512", "aarch64"}
-    a = btvm.resolve_target("aarch64")
-    assert a["mtriple"].startswith("aarch64") and a["num-cores"] >= 1
-    assert not btvm.target_runs_here(a)
-    d = btvm.resolve_target({"kind": "llvm", "mcpu": "znver4", "num-cores": 4})
-    assert d["num-cores"] == 4 and d["mcpu"] == "znver4" and "mtriple" in d
-    assert btvm.resolve_target('{"kind": "llvm", "mcpu": "haswell"}')["mcpu"] == "haswell"
-
-
-@pytest.mark.parametrize("bad, words", [
-    ("x86-avx3", ["unknown target preset 'x86-avx3'", "host", "aarch64"]),
-    ("llvm -mcpu=znver4", ["unknown target preset", "dict"]),
-    ({"kind": "llvm", "mcpu": "pentium9000"}, ["mcpu 'pentium9000'"]),
-    ({"kind": "llvm", "mcpu": "native"}, ["native", "host"]),
-    ({"kind": "cuda"}, ["only CPU targets"]),
-])
-def test_bad_targets_are_one_clear_error(bad, words):
-    with pytest.raises(btvm.TargetError) as e:
-        btvm.resolve_target(bad)
-    assert isinstance(e.value, IRError)
-    for w in words:
-        assert w in str(e.value)
-
-
-def test_cross_compile_for_aarch64_writes_object_files(tmp_path, reference_graphs):
-    _, x, g = reference_graphs("lenet_300_100")
-    mod = btvm.build(g, "aarch64")
-    assert not mod.runs_here
-    entry = mod.export(tmp_path)
-    lib = tmp_path / entry["files"]["library"]
-    assert lib.is_file()
-    if lib.suffix == ".tar":  # no cross compiler here: the object files
-        objs = btvm.object_files(lib)
-        assert objs
-        for data in objs.values():
-            assert data[:4] == b"\x7fELF"
-            assert int.from_bytes(data[18:20], "little") == 183  # e_machine EM_AARCH64
-    with pytest.raises(btvm.TVMBackendError, match="cannot run on this machine"):
-        mod.run([x.numpy()])
-
-
 # ---------------------------------------------------------------------------- errors
 def test_op_without_lowering_is_named(monkeypatch, reference_graphs):
     g = reference_graphs("lenet5")[2]
@@ -330,12 +263,3 @@ def test_wrong_lowering_is_caught_at_its_node(monkeypatch, reference_graphs):
     with pytest.raises(btvm.LoweringError, match=r"node flatten.*TVM lowering of flatten gives "
                                                  r"float32\[1, 400, 1\] but the IR says"):
         btvm.lower(g)
-
-
-def test_runtime_input_checks(reference_graphs, compiled_models):
-    _, x, _ = reference_graphs("lenet5")
-    mod = compiled_models("lenet5")
-    with pytest.raises(btvm.TVMBackendError, match="expects f32\\[1,1,28,28\\]"):
-        mod.run([np.zeros((1, 1, 27, 28), np.float32)])
-    with pytest.raises(btvm.TVMBackendError, match="takes 1 inputs"):
-        mod.run([x.numpy(), x.numpy()])

@@ -40,9 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from ..ir.graph import Graph, Node, Value
-from ..ir.ops.quant import QRANGES
-from . import tvm as btvm
+from tvm import relax
+
+from ...ir.graph import Graph, Node, Value
+from ...ir.ops.quant import QRANGES
+from .lowering import DTYPE_TO_TVM, Lowerer, lower_node, lowers_pattern
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,7 @@ class Plan:
         self.fused_q: set[int] = set()  # output quantize nodes an integer op produced
         self.lowered: list[Node] = []    # the ops lowered to integer compute
 
-    def lower(self, lw: Any, node: Node) -> bool:
+    def lower(self, lw: Lowerer, node: Node) -> bool:
         """Lower ``node`` if it belongs to an int8 pattern; False to lower it as usual."""
         if id(node) in self.deferred or id(node) in self.fused_q:
             return True  # lowered lazily (if ever) / already produced by its integer op
@@ -201,14 +203,13 @@ class Plan:
             return False
         outputs = m.out_q.outputs if m.out_q is not None else node.outputs
         try:
-            btvm._lower_node(lw, node, lowering=lambda lw_, n_, a_: _lower_int8(lw_, m),
-                             outputs=outputs)
+            lower_node(lw, node, lowering=lambda lw_: _lower_int8(lw_, m), outputs=outputs)
         except Exception as e:  # Relax rejected it: this op stays float
             log.debug("int8: %s stays float: integer lowering failed: %s", node.describe(),
                       str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
             for d in m.deq:
                 if id(d) in self.deferred and id(d.outputs[0]) not in lw.env:
-                    btvm._lower_node(lw, d)
+                    lower_node(lw, d)
             return False
         if m.out_q is not None:
             self.fused_q.add(id(m.out_q))
@@ -218,6 +219,7 @@ class Plan:
         return True
 
 
+@lowers_pattern("int8")
 def plan(graph: Graph) -> Plan | None:
     """The int8 plan of ``graph`` (None when it has no QDQ candidates at all)."""
     if not any(n.op == "dequantize" for n in graph.nodes):
@@ -236,7 +238,6 @@ def _chan(lw: Any, p: np.ndarray, rank: int, axis: int, dtype: str) -> Any:
 
 
 def _lower_int8(lw: Any, m: Match) -> Any:
-    relax = btvm.relax
     node = m.node
     x = lw.env[id(m.xq)]
     w_expr = lw.env[id(m.wq)]  # a Relax constant, or a parameter with keep_params
@@ -258,7 +259,7 @@ def _lower_int8(lw: Any, m: Match) -> Any:
     else:
         if node.op == "linear":
             c = lw.constant(w_expr)
-            wt = (btvm.relax.const(np.ascontiguousarray(c.T), "int8") if c is not None
+            wt = (relax.const(np.ascontiguousarray(c.T), "int8") if c is not None
                   else lw.emit(relax.op.permute_dims(w_expr, [1, 0])))
             wsum = w.sum(axis=1)
         else:
@@ -296,14 +297,13 @@ def _lower_int8(lw: Any, m: Match) -> Any:
     if np.any(zy):
         r = relax.op.add(r, _chan(lw, zy.astype(np.float32), rank, caxis, "f32"))
     lo, hi = QRANGES[q.attrs["dtype"]]
-    return relax.op.astype(relax.op.clip(r, lo, hi), btvm.DTYPE_TO_TVM[q.attrs["dtype"]])
+    return relax.op.astype(relax.op.clip(r, lo, hi), DTYPE_TO_TVM[q.attrs["dtype"]])
 
 
 def compute_calls(mod: Any) -> list[tuple[str, tuple[str, ...], str]]:
     """The conv2d / matmul calls of a lowered Relax module's ``main``, as (op name, operand
     dtypes, result dtype): e.g. ``("relax.nn.conv2d", ("uint8", "int8"), "int32")`` is
     integer compute, ``(..., ("float32", "float32"), "float32")`` is not."""
-    relax = btvm.relax
     out = []
     for block in mod["main"].body.blocks:
         for binding in block.bindings:

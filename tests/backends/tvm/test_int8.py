@@ -1,4 +1,4 @@
-"""int8 on TVM (backends/tvm_int8.py): QDQ conv2d / linear / matmul lowered to integer
+"""int8 on TVM (backends/tvm/int8.py): QDQ conv2d / linear / matmul lowered to integer
 compute, checked against the IR interpreter's QDQ reference (to one quantization step), the
 lowered Relax module checked for u8/i8 × i8 → int32 conv2d / matmul, and the fallbacks."""
 
@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 from shrinkc.backends import tvm as btvm
-from shrinkc.backends import tvm_int8
+from shrinkc.backends.tvm import int8 as tvm_int8
 from shrinkc.ir import Graph, TensorType
 from shrinkc.ir.interpreter import run
 from shrinkc.ir.text import parse_graph
@@ -203,7 +203,7 @@ def test_f32_bias_is_added_after_scaling():
 ])
 def test_unsupported_patterns_stay_float_and_say_why(edit, why, caplog):
     g = parse_graph(edit(QDQ_TEXT), missing_weights="random")
-    with caplog.at_level(logging.DEBUG, logger="shrinkc.backends.tvm_int8"):
+    with caplog.at_level(logging.DEBUG, logger="shrinkc.backends.tvm.int8"):
         lowered = btvm.lower(g)
     assert tvm_int8.integer_ops(lowered.mod) == []
     assert any("stays float" in r.message and why in r.message for r in caplog.records), \

@@ -1,0 +1,136 @@
+"""TVM backend: IR → Relax (one lowering per op) → ``tvm.compile`` for a target → a VM,
+optionally MetaSchedule-tuned.
+
+The package, one concept per module::
+
+    errors.py     TVMBackendError, TargetError, LoweringError, StaticShapeError
+    targets.py    the one target system: presets, host detection, resolve_target, the
+                  thread-count rule (host_cores), CPU features (int8 path)
+    lowering.py   the lowering core: Lowerer, LOWERINGS / @lowers, pattern hooks
+                  (PATTERN_LOWERINGS / @lowers_pattern), lower_node, lower
+    ops.py        the lowering table: one Relax lowering per IR op
+    int8.py       the int8 pattern lowering (QDQ conv2d / linear / matmul → integer compute)
+    pipeline.py   the Relax pipeline (layout, legalize, fuse; prepare for tuning)
+    driver.py     build / build_lowered: lower → pipeline → tvm.compile → TVMModule
+    module.py     TVMModule: run here, save (model.so / model.tar), load
+    tuning/       workers, database, search (tune), rpc
+
+``from shrinkc.backends import tvm as btvm`` gives every public name of these modules
+(``btvm.build``, ``btvm.lower``, ``btvm.LOWERINGS``, ``btvm.lowers``, ``btvm.resolve_target``,
+``btvm.TVMModule``, ...). Importing the package does not import TVM (seconds); the first
+name that needs it does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from .errors import LoweringError, StaticShapeError, TargetError, TVMBackendError
+from .targets import (
+    TARGET_PRESETS,
+    cpu_features,
+    host_cores,
+    host_cpu,
+    host_target,
+    import_tvm,
+    resolve_target,
+    target_presets,
+    target_runs_here,
+    tvm_target,
+)
+
+#: Public names of the modules that import TVM, loaded on first use (PEP 562). No module
+#: is named like one of these names (importing ``driver`` would otherwise replace ``build``).
+_LAZY: dict[str, str] = {
+    **{n: "lowering" for n in ("DTYPE_TO_TVM", "TVM_TO_DTYPE", "Lowered", "Lowerer", "Lowering",
+                               "PATTERN_LOWERINGS", "PatternPlan", "check_static", "lower_node",
+                               "lowers_pattern")},
+    **{n: "ops" for n in ("LOWERINGS", "lower", "lowers", "missing_lowerings")},
+    **{n: "pipeline" for n in ("CONV_LAYOUTS", "DEFAULT_CONV_LAYOUT", "default_prepack",
+                               "inference_passes", "layout_passes", "optimize_relax",
+                               "prepare")},
+    **{n: "driver" for n in ("build", "build_lowered")},
+    **{n: "module" for n in ("LIBRARY_SO", "LIBRARY_TAR", "PARAMS_FILE", "TVMModule",
+                              "object_files")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def tuning_module() -> Any | None:
+    """``backends.tvm.tuning`` — None when MetaSchedule's cost model cannot be used here
+    (its ``xgboost`` does not import), so that ``compile`` can say tuning is unavailable."""
+    if importlib.util.find_spec("xgboost") is None:
+        return None
+    from . import tuning
+
+    return tuning
+
+
+def database_coverage(lowered: Any, target: Any, db_dir: Any) -> tuple[int, int]:
+    """(tuning tasks with a record in the database at ``db_dir``, tuning tasks) of a
+    ``Lowered`` module; (0, -1) without a database (``tuning.coverage``)."""
+    from .tuning import coverage
+
+    return coverage(lowered.mod, target, db_dir)
+
+
+__all__ = [
+    "CONV_LAYOUTS",
+    "DEFAULT_CONV_LAYOUT",
+    "DTYPE_TO_TVM",
+    "LIBRARY_SO",
+    "LIBRARY_TAR",
+    "LOWERINGS",
+    "PARAMS_FILE",
+    "PATTERN_LOWERINGS",
+    "TARGET_PRESETS",
+    "TVM_TO_DTYPE",
+    "Lowered",
+    "Lowerer",
+    "Lowering",
+    "LoweringError",
+    "PatternPlan",
+    "StaticShapeError",
+    "TVMBackendError",
+    "TVMModule",
+    "TargetError",
+    "build",
+    "build_lowered",
+    "check_static",
+    "cpu_features",
+    "database_coverage",
+    "default_prepack",
+    "host_cores",
+    "host_cpu",
+    "host_target",
+    "import_tvm",
+    "inference_passes",
+    "layout_passes",
+    "lower",
+    "lower_node",
+    "lowers",
+    "lowers_pattern",
+    "missing_lowerings",
+    "object_files",
+    "optimize_relax",
+    "prepare",
+    "resolve_target",
+    "target_presets",
+    "target_runs_here",
+    "tuning_module",
+    "tvm_target",
+]
