@@ -25,6 +25,10 @@ so a pass can call it.
   13% before training, but 95.4% → 96.9% after 8 epochs, measured). During training the
   statistics stay fixed (inference batch norm, as the IR runs it), so the result does not
   depend on how a batch is split across processes.
+* **Augmentation.** ``shift=n`` translates each training image by up to ``n`` whole
+  pixels (border repeated), a fresh draw per step from the seed; the teacher then runs on
+  every augmented batch (else once, on the data, before training). Measured on ResNet-18
+  pruned 70%: see the README.
 * **Optimizer.** AdamW (or SGD with momentum 0.9) with a one-cycle schedule (15% warm-up,
   cosine decay to ``lr / 1e4``) over ``epochs`` passes of the data.
 * **Any batch size.** A batch-polymorphic graph (``ir/batch.py``) runs at the batch given;
@@ -58,7 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,9 +78,17 @@ from ..ir.types import to_torch_dtype
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RecoverError", "RecoverResult", "TrainingData", "distill", "evaluate", "forward",
-           "runs_any_batch",
-           "recalibrate_bn", "recover"]
+__all__ = [
+    "RecoverError",
+    "RecoverResult",
+    "TrainingData",
+    "distill",
+    "evaluate",
+    "forward",
+    "recalibrate_bn",
+    "recover",
+    "runs_any_batch",
+]
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -165,6 +177,28 @@ def _is_batch_list(data: tuple, num_inputs: int) -> bool:
     if y_t is not None and y_t.dim() == 1 and not y_t.is_floating_point():
         return False
     return num_inputs == 1 or isinstance(X, (list, tuple))
+
+
+# ============================================================================ augmentation
+def shift_images(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Translate each image of ``x`` (N×C×H×W) by its whole-pixel ``shifts`` row
+    ``(dx, dy)``; the border pixels are repeated into the uncovered area."""
+    n, _, h, w = x.shape
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = shifts[:, 0].to(x.dtype) * 2.0 / w
+    theta[:, 1, 2] = shifts[:, 1].to(x.dtype) * 2.0 / h
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+
+def random_shift(x: torch.Tensor, max_shift: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by a random whole number of pixels in ``[-max_shift,
+    max_shift]`` along each axis (border repeated): the augmentation of ``recover(shift=)``
+    and of ``tools/train.py``."""
+    shifts = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 2), generator=generator)
+    return shift_images(x, shifts)
 
 
 # ============================================================================ running
@@ -304,6 +338,7 @@ class _Config:
     seed: int
     output: int
     threads: int | None
+    shift: int = 0
 
     def check(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.bn_samples < 1:
@@ -312,6 +347,8 @@ class _Config:
         if not (self.lr > 0 and self.temperature > 0 and 0.0 <= self.alpha <= 1.0):
             raise RecoverError(f"need lr > 0, temperature > 0 and 0 <= alpha <= 1, got "
                                f"{self.lr}, {self.temperature}, {self.alpha}")
+        if self.shift < 0:
+            raise RecoverError(f"need shift >= 0, got {self.shift}")
         if self.optimizer not in OPTIMIZERS:
             raise RecoverError(f"unknown optimizer {self.optimizer!r}; known: "
                                f"{', '.join(OPTIMIZERS)}")
@@ -321,7 +358,7 @@ class _Config:
 def recover(graph: Graph, teacher: Any, data: Any, *, epochs: int = 2, lr: float = 1e-3,
             temperature: float = 4.0, alpha: float = 0.9, batch_size: int = 64,
             optimizer: str = "adamw", weight_decay: float = 0.0, bn_stats: bool = True,
-            bn_samples: int = 512, seed: int = 0, output: int = 0,
+            bn_samples: int = 512, shift: int = 0, seed: int = 0, output: int = 0,
             world_size: int | None = None, threads: int | None = 1,
             eval_data: Any = None, progress: bool | None = None,
             history: list[dict[str, Any]] | None = None) -> Graph:
@@ -334,6 +371,9 @@ def recover(graph: Graph, teacher: Any, data: Any, *, epochs: int = 2, lr: float
       ``TrainingData.of``). ``alpha``: weight of the distillation term (``1 − alpha`` on the
       labels; label-free data uses the soft targets only).
     - ``batch_size``: per process; ``world_size``: processes (see the module docstring).
+    - ``shift``: augmentation — each training image (4-D inputs) translated by up to this
+      many whole pixels, a fresh draw per step (from the seed); the teacher then runs on
+      every augmented batch instead of once on the data.
     - ``threads``: torch's intra-op threads while training (restored after; ``None`` keeps
       the current count). 1 by default, as ``tools/train.py``: the result does not depend on
       the core count, and on a loaded machine two OpenMP threads per process ran a small
@@ -344,7 +384,7 @@ def recover(graph: Graph, teacher: Any, data: Any, *, epochs: int = 2, lr: float
     result = distill(graph, teacher, data, epochs=epochs, lr=lr, temperature=temperature,
                      alpha=alpha, batch_size=batch_size, optimizer=optimizer,
                      weight_decay=weight_decay, bn_stats=bn_stats, bn_samples=bn_samples,
-                     seed=seed, output=output, world_size=world_size, threads=threads,
+                     shift=shift, seed=seed, output=output, world_size=world_size, threads=threads,
                      eval_data=eval_data, progress=progress)
     if history is not None:
         history.extend(result.history)
@@ -373,16 +413,20 @@ def distill(graph: Graph, teacher: Any, data: Any, *, inplace: bool = False,
         raise RecoverError("eval_data needs labels: (X, y)")
     t0 = time.perf_counter()
     with _deterministic(cfg.seed), _threads(cfg.threads):
+        online = None  # the teacher runs on every (augmented) batch
         if train_data.teacher is None and teacher is not None and cfg.alpha > 0:
-            train_data = TrainingData(train_data.inputs, train_data.labels,
-                                      _teacher_logits(teacher, train_data, cfg.output))
+            if cfg.shift:
+                online = teacher
+            else:
+                train_data = TrainingData(train_data.inputs, train_data.labels,
+                                          _teacher_logits(teacher, train_data, cfg.output))
         group = _process_group(world_size)
         if group is None:
-            result = _spawn(graph, train_data, evals, cfg, int(world_size or 1))
+            result = _spawn(graph, train_data, evals, cfg, int(world_size or 1), online)
         else:
             try:
                 result = _train(graph, train_data, evals, cfg, group,
-                                sys.stderr.isatty() if progress is None else progress)
+                                sys.stderr.isatty() if progress is None else progress, online)
             finally:
                 if group.owned:
                     torch.distributed.destroy_process_group()
@@ -521,8 +565,27 @@ def _loss_sum(s: torch.Tensor, part: TrainingData, cfg: _Config) -> torch.Tensor
     return total
 
 
+def _augment(part: TrainingData, glob_n: int, positions: torch.Tensor, cfg: _Config,
+             epoch: int, step: int, teacher_fn) -> TrainingData:
+    """``part`` with its images shifted (draws for the whole global batch from the seed, so
+    every split of it across processes sees the same ones) and, with an online teacher, the
+    teacher's logits on them."""
+    inputs = part.inputs
+    if cfg.shift:
+        gen = torch.Generator().manual_seed(
+            int(np.random.default_rng([cfg.seed, epoch, step, 11]).integers(2 ** 62)))
+        shifts = torch.randint(-cfg.shift, cfg.shift + 1, (glob_n, 2), generator=gen)
+        inputs = [shift_images(t, shifts[positions]) if t.dim() == 4 and t.is_floating_point()
+                  else t for t in inputs]
+    logits = part.teacher
+    if teacher_fn is not None:
+        with torch.no_grad():
+            logits = teacher_fn(inputs).detach().float()
+    return TrainingData(inputs, part.labels, logits)
+
+
 def _train(graph: Graph, data: TrainingData, evals: TrainingData | None, cfg: _Config,
-           dist: _Dist, show: bool) -> RecoverResult:
+           dist: _Dist, show: bool, teacher: Any = None) -> RecoverResult:
     from tqdm.auto import tqdm
 
     g = graph.clone(share_data=True)  # GraphParams copies; write_back sets new arrays
@@ -533,7 +596,10 @@ def _train(graph: Graph, data: TrainingData, evals: TrainingData | None, cfg: _C
                            f"quantized or it has none); recover before quantizing")
     stats: dict[str, int | float] = {"samples": len(data), "world_size": dist.world,
                                      "labels": int(data.labels is not None),
-                                     "distilled": int(data.teacher is not None and cfg.alpha > 0),
+                                     "distilled": int((data.teacher is not None
+                                                       or teacher is not None)
+                                                      and cfg.alpha > 0),
+                                     "shift": cfg.shift,
                                      "parameters": sum(p.numel() for p in trainable)}
     history: list[dict[str, Any]] = []
     if cfg.bn_stats:
@@ -573,13 +639,17 @@ def _train(graph: Graph, data: TrainingData, evals: TrainingData | None, cfg: _C
             loss_sum = torch.zeros(2, dtype=torch.float64)  # loss sum, samples
             hits = torch.zeros(1, dtype=torch.float64)
             student.train()
+            teacher_fn = _teacher_fn(teacher, cfg.output) if teacher is not None else None
             for step in range(steps_per_epoch):
                 glob = order[step * global_batch:(step + 1) * global_batch]
-                idx = _shard(glob, dist)
+                positions = _shard(torch.arange(len(glob)), dist)
                 weight = 1.0
-                if len(idx) == 0:  # fewer samples than processes in the last batch
-                    idx, weight = glob[:1], 0.0
+                if len(positions) == 0:  # fewer samples than processes in the last batch
+                    positions, weight = torch.arange(1), 0.0
+                idx = glob[positions]
                 part = data.take(idx)
+                if cfg.shift or teacher_fn is not None:
+                    part = _augment(part, len(glob), positions, cfg, epoch, step, teacher_fn)
                 s = model(*part.inputs)
                 lsum = _loss_sum(s, part, cfg)
                 loss = lsum * (weight * dist.world / len(glob))
@@ -660,9 +730,32 @@ def _load_data(path: Path) -> TrainingData:
                             f.get_tensor("teacher") if "teacher" in keys else None)
 
 
+def _wait_all(procs: list[subprocess.Popen]) -> list[int]:
+    """Exit codes of ``procs``; when one fails the others are stopped (they would wait for
+    it in the next all-reduce until gloo's 30-minute timeout)."""
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                return codes
+            if any(c not in (None, 0) for c in codes):
+                break
+            time.sleep(0.05)
+    finally:  # a failed worker, or an interrupt here: stop the rest
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [p.wait() for p in procs]
+
+
 def _spawn(graph: Graph, data: TrainingData, evals: TrainingData | None, cfg: _Config,
-           world: int) -> RecoverResult:
-    """Train in ``world`` new processes on the loopback interface (rank 0's result)."""
+           world: int, teacher: Any = None) -> RecoverResult:
+    """Train in ``world`` new processes on the loopback interface (rank 0's result). An
+    online teacher (with ``shift``) goes to them as a saved graph."""
+    if teacher is not None and not isinstance(teacher, Graph):
+        raise RecoverError(f"world_size={world} with shift={cfg.shift} runs the teacher in "
+                           f"each worker process: give it as an IR graph (shrinkc.trace), "
+                           f"not a {type(teacher).__name__}")
     from dataclasses import asdict
 
     from ..ir.serialize import load, save
@@ -671,24 +764,24 @@ def _spawn(graph: Graph, data: TrainingData, evals: TrainingData | None, cfg: _C
     with tempfile.TemporaryDirectory(prefix="shrinkc-recover-") as tmp:
         d = Path(tmp)
         save(graph, d / "student.shrk")
+        if teacher is not None:
+            save(teacher, d / "teacher.shrk")
         _save_data(d / "data.safetensors", data)
         if evals is not None:
             _save_data(d / "eval.safetensors", evals)
         (d / "config.json").write_text(json.dumps({**asdict(cfg), "threads": threads}))
         port = _free_port()
-        procs = []
-        for rank in range(world):
-            env = {**os.environ, _WORKER_ENV: str(d), "RANK": str(rank), "LOCAL_RANK": str(rank),
-                   "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(port)}
-            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-            err = open(d / f"stderr{rank}.txt", "w")
-            procs.append((subprocess.Popen([sys.executable, "-c", _WORKER_CMD], env=env,
-                                           stdout=subprocess.DEVNULL, stderr=err), err))
-        codes = []
-        for p, err in procs:
-            codes.append(p.wait())
-            err.close()
+        with contextlib.ExitStack() as stack:
+            procs = []
+            for rank in range(world):
+                env = {**os.environ, _WORKER_ENV: str(d), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+                env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+                err = stack.enter_context(open(d / f"stderr{rank}.txt", "w"))
+                procs.append(subprocess.Popen([sys.executable, "-c", _WORKER_CMD], env=env,
+                                              stdout=subprocess.DEVNULL, stderr=err))
+            codes = _wait_all(procs)
         if any(codes):
             rank = next(i for i, c in enumerate(codes) if c)
             tail = (d / f"stderr{rank}.txt").read_text().strip().splitlines()[-12:]
@@ -711,11 +804,12 @@ def _worker_main() -> int:
     graph = load(d / "student.shrk")
     data = _load_data(d / "data.safetensors")
     evals = _load_data(d / "eval.safetensors") if (d / "eval.safetensors").is_file() else None
+    teacher = load(d / "teacher.shrk") if (d / "teacher.shrk").is_file() else None
     torch.distributed.init_process_group("gloo")
     try:
         group = _Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
         with _deterministic(cfg.seed), _threads(cfg.threads):
-            result = _train(graph, data, evals, cfg, group, show=False)
+            result = _train(graph, data, evals, cfg, group, show=False, teacher=teacher)
         if group.rank == 0:
             save(result.graph, d / "result.shrk")
             (d / "result.json").write_text(json.dumps({"history": result.history,

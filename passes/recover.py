@@ -19,14 +19,15 @@ stay pruned, shared weights keep their codebook). Typical use, a recipe in one p
 * **Options.** ``epochs``, ``lr``, ``temperature``, ``alpha`` (weight of the distillation
   term; ``1 − alpha`` on the labels), ``batch_size`` (per process), ``optimizer`` (adamw |
   sgd), ``weight_decay``, ``bn_stats`` (re-estimate batch-norm statistics first),
-  ``bn_samples``, ``world_size`` (data-parallel processes; under ``torchrun`` the process
-  group is used as it is), ``threads`` (torch threads while training, 1 by default so that
+  ``bn_samples``, ``shift`` (augmentation: images translated by up to that many pixels, the
+  teacher run on each batch), ``world_size`` (data-parallel processes; under ``torchrun``
+  the process group is used as it is), ``threads`` (torch threads while training, 1 by default so that
   the result does not depend on the core count; none = as set).
   The seed is drawn from the context's (per pass text, as for every pass).
 
 Stats: ``epochs``, ``steps``, ``samples``, ``labels`` (1 if labelled), ``distilled`` (1 if
 a teacher was used), ``parameters`` (trained elements), ``bn_recalibrated``,
-``bn_skipped_shared``, ``loss_first_epoch``, ``loss_last_epoch``, ``train_accuracy``
+``bn_skipped_shared``, ``shift``, ``loss_first_epoch``, ``loss_last_epoch``, ``train_accuracy``
 (against the labels, or agreement with the teacher), ``world_size``, ``seconds``. The
 per-epoch records are ``ctx.artifacts["recover"]`` (a list, one entry per ``recover`` run).
 """
@@ -62,6 +63,8 @@ class Recover(Pass):
     weight_decay: float = option(0.0, ge=0, help="decoupled weight decay")
     bn_stats: bool = option(True, help="re-estimate batch-norm statistics before training")
     bn_samples: int = option(512, ge=1, help="inputs for the batch-norm statistics")
+    shift: int = option(0, ge=0, help="augmentation: random image shifts of up to this many "
+                                      "pixels (the teacher runs on each batch)")
     world_size: int | None = option(None, ge=1, help="data-parallel processes (gloo on "
                                                      "loopback); none: 1, or torchrun's")
     threads: int | None = option(1, ge=1, help="torch threads while training (none: as set)")
@@ -81,7 +84,8 @@ class Recover(Pass):
                              lr=self.lr, temperature=self.temperature, alpha=self.alpha,
                              batch_size=self.batch_size, optimizer=self.optimizer,
                              weight_decay=self.weight_decay, bn_stats=self.bn_stats,
-                             bn_samples=self.bn_samples, seed=int(ctx.rng.integers(2 ** 31)),
+                             bn_samples=self.bn_samples, shift=self.shift,
+                             seed=int(ctx.rng.integers(2 ** 31)),
                              output=0,
                              world_size=self.world_size, threads=self.threads)
         except RecoverError as e:

@@ -57,7 +57,8 @@ from . import benchkit as bk
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GOAL", "RECIPES", "Recipe", "goal_met", "main", "run_recipes"]
+__all__ = ["DEMO_RECIPE", "GOAL", "RECIPES", "Recipe", "goal_met", "main", "recipe_passes",
+           "report", "run_recipes"]
 
 _TAIL = "fold-bn,remove-identity,dce"  # exact clean-up after the lossy steps
 
@@ -107,6 +108,9 @@ RECIPES: dict[str, Recipe] = {
         "70% of the channels, recovery, Tucker-2, recovery"),
 }
 
+#: What ``make demo`` runs: the best combined recipe of the benchmark (tools/demo.py).
+DEMO_RECIPE = "prune-70+int8"
+
 #: The issue's target for a combined recipe (criteria, not measurements).
 GOAL = {"params": 10.0, "macs": 4.0, "accuracy_drop_pt": 1.0, "speedup_vs_ort_int8": 1.5}
 
@@ -134,7 +138,7 @@ def goal_met(entry: bk.Entry, original: bk.Entry, ort_int8: bk.Entry) -> dict[st
     return {**checks, "all": all(checks.values()), "speedup_vs_ort_int8": speed, **r}
 
 
-def _passes(pipeline: str, quick: bool):
+def recipe_passes(pipeline: str, quick: bool = False):
     """The pipeline's pass objects; in quick mode with short recovery and CP budgets."""
     from ..passes.registry import parse_pipeline
 
@@ -232,8 +236,9 @@ def run_recipes(recipes: list[str], models: list[str] = ("resnet18",), *,
         _measure_graph(fp32, graph, x, Xte, yte, ["onnxruntime"], threads, target, pool)
         entries.append(fp32)
 
-        q = bk.Entry(ORT_INT8, kind="reference", label="ORT int8", pipeline="onnxruntime.quantization."
-                     "quantize_static(QDQ, QInt8/QInt8, per_channel, MinMax)")
+        q = bk.Entry(ORT_INT8, kind="reference", label="ORT int8",
+                     pipeline="onnxruntime.quantization.quantize_static(QDQ, QInt8/QInt8, "
+                              "per_channel, MinMax)")
         try:
             qbytes = bk.ort_quantize_static(graph, [c[0] if isinstance(c, (list, tuple))
                                                     else c for c in calib])
@@ -252,7 +257,7 @@ def run_recipes(recipes: list[str], models: list[str] = ("resnet18",), *,
             e = bk.Entry(rname, pipeline=rec.pipeline, extra={"about": rec.about})
             entries.append(e)
             try:
-                passes = _passes(rec.pipeline, quick)
+                passes = recipe_passes(rec.pipeline, quick)
             except Exception as err:  # a pass that does not exist (yet)
                 e.status = "not available: " + _short(err)
                 say(f"{name} {rname}: {e.status}")

@@ -1,8 +1,23 @@
-"""``make demo``: a reference model through the whole pipeline, with the before/after table.
+"""``make demo``: train a reference CNN, compress it with the best combined recipe, recover,
+compile it for this host, and print the before/after table.
 
-Train (or load from the cache) a reference model on MNIST-5k, trace it into the IR, run a
-pass pipeline with per-pass stats, compile the result for a backend, and measure both
-sides the same way: parameters, MACs, size, test accuracy and batch-1 latency (medians).
+1. Train (or load from the cache) ResNet-18 (width 0.25) on MNIST-5k (``tools/train.py``).
+2. Trace it into the IR.
+3. Compress and recover in one pipeline: the recipe ``bench_recipes.DEMO_RECIPE`` (channel
+   pruning, distillation from the original on the 4,000 training images, batch norm folded,
+   int8 — see ``shrinkc bench --list-recipes``), with per-pass stats and the recovery's
+   progress.
+4. ``shrinkc.compile`` the result for this host (the backend it picks, and why).
+5. The references a user would otherwise deploy: the original in onnxruntime (fp32) and
+   onnxruntime's own ``quantize_static`` int8 of it.
+6. Measure everything the same way in one process (``tools/benchkit.py``): test accuracy on
+   the 1,000 test images, parameters, MACs, bytes on disk, batch-1 latency (every model
+   warmed up, then timed round-robin: medians), and print the table with the ratios of the
+   compressed model against the original in PyTorch eager, in onnxruntime fp32, and as
+   onnxruntime int8.
+
+``--recipe NAME`` or ``--passes PIPELINE`` choose another compression, ``--quick`` a short
+recovery (a smoke run; its accuracy means nothing).
 """
 
 from __future__ import annotations
@@ -11,98 +26,132 @@ import argparse
 import sys
 import time
 
-import numpy as np
 import torch
-
-DEFAULT_PIPELINE = "fold-bn,remove-identity,fold-constants,dce"
-
-
-def _median_ms(fn, x, repeat: int = 50, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
-
-
-def _accuracy(fn, X: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    correct = 0
-    for i in range(0, len(X), batch):
-        out = fn(X[i:i + batch])
-        out = torch.as_tensor(np.asarray(out)) if not isinstance(out, torch.Tensor) else out
-        correct += int((out.argmax(-1) == y[i:i + batch]).sum())
-    return correct / len(X)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shrinkc.tools.bench_recipes import DEMO_RECIPE, RECIPES
+
     p = argparse.ArgumentParser(prog="shrinkc-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18", help="zoo model (default: resnet18)")
-    p.add_argument("--passes", default=DEFAULT_PIPELINE, help=f"default: {DEFAULT_PIPELINE}")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tvm"])
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--recipe", default=DEMO_RECIPE, choices=sorted(RECIPES),
+                   help=f"a named recipe (default: {DEMO_RECIPE})")
+    p.add_argument("--passes", help="a pipeline instead of the recipe")
+    p.add_argument("--backend", default=None, choices=["onnxruntime", "torch", "tvm"],
+                   help="default: what shrinkc.compile picks for this host")
+    p.add_argument("--repeat", type=int, default=200, help="timed rounds (default 200)")
+    p.add_argument("--quick", action="store_true",
+                   help="one recovery epoch on 1,000 images, 20 timed rounds (a smoke run)")
     args = p.parse_args(argv)
 
     import shrinkc
-    from shrinkc.ir.cost import graph_cost
+    from shrinkc.passes.instruments import Stats, stdout_writer
+    from shrinkc.tools import benchkit as bk
     from shrinkc.tools import data
+    from shrinkc.tools.bench import machine_info
+    from shrinkc.tools.bench_recipes import recipe_passes
     from shrinkc.tools.cmd_inspect import inspect_table
     from shrinkc.tools.table import human, human_bytes, render
     from shrinkc.tools.train import train
 
-    torch.set_num_threads(args.threads)
-    print(f"[1/5] reference model {args.model} on MNIST-5k (trained once, then cached)")
+    t_start = time.perf_counter()
+    print(f"[1/6] reference model {args.model} on MNIST-5k (trained once, then cached)")
     model, metrics = train(args.model, "mnist")
     how = "loaded from cache" if metrics.cached else f"trained in {metrics.seconds:.0f} s"
     print(f"      {how}: test accuracy {metrics.test_accuracy:.2%}")
-    X, y = data.mnist("test")
-    x1 = X[:1]
+    Xtr, ytr = data.load("mnist", "train")
+    X, y = data.load("mnist", "test")
+    if args.quick:
+        keep = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(0))[:1000]
+        Xtr, ytr = Xtr[keep], ytr[keep]
+    x1 = X[:1].clone()
 
-    print("[2/5] trace (torch.export -> shrinkc IR)")
+    print("\n[2/6] trace (torch.export -> shrinkc IR)")
     g = shrinkc.trace(model, (x1,), name=args.model)
     print(inspect_table(g))
 
-    print(f"\n[3/5] optimize: {args.passes}")
-    from shrinkc.passes.instruments import NumericDiff, Stats, TimePasses, stdout_writer
+    pipeline = args.passes or RECIPES[args.recipe].pipeline
+    passes = recipe_passes(pipeline, args.quick)
+    print(f"\n[3/6] compress and recover: {args.passes and 'your pipeline' or args.recipe}\n"
+          f"      {pipeline}")
+    from shrinkc.passes.distill import runs_any_batch
 
-    g2 = shrinkc.optimize(g, args.passes, example_inputs=[x1],
-                          instruments=[Stats(write=stdout_writer), NumericDiff(write=stdout_writer),
-                                       TimePasses(write=stdout_writer)])
-
-    with torch.no_grad():  # the original, measured before another runtime shares the cores
-        before_acc = _accuracy(model, X, y, 250)
-        before_ms = _median_ms(model, x1)
-
-    print(f"\n[4/5] compile for {args.backend}")
+    cal_bs = 32 if runs_any_batch(g) else g.inputs[0].shape[0]
+    calib = data.calibration_batches("mnist", n=256, batch_size=cal_bs)
     t = time.perf_counter()
-    cm = shrinkc.compile(g2, [x1], backend=args.backend)
-    print(f"      compiled in {time.perf_counter() - t:.1f} s")
+    g2 = shrinkc.optimize(g, passes, example_inputs=[x1], calibration=calib,
+                          training=(Xtr, ytr), instruments=[Stats(write=stdout_writer)])
+    print(f"      done in {time.perf_counter() - t:.0f} s")
 
-    print("\n[5/5] measure (same test set, batch 1 latency: median of 50 runs)")
-    with torch.no_grad():
-        after_acc = _accuracy(lambda xb: cm(xb) if xb.shape[0] == 1 else
-                              torch.cat([torch.as_tensor(np.asarray(cm(xb[i:i + 1])))
-                                         for i in range(xb.shape[0])]), X, y, 50)
-        after_ms = _median_ms(cm, x1)
-    c0, c1 = graph_cost(g), graph_cost(g2)
-    rows = [
-        ["params", f"{c0.params:,}", f"{c1.params:,}", f"{c0.params / max(c1.params, 1):.2f}x"],
-        ["MACs", human(c0.total.macs), human(c1.total.macs),
-         f"{c0.total.macs / max(c1.total.macs, 1):.2f}x"],
-        ["size", human_bytes(c0.param_bytes), human_bytes(c1.param_bytes),
-         f"{c0.param_bytes / max(c1.param_bytes, 1):.2f}x"],
-        ["nodes", len(g.nodes), len(g2.nodes), ""],
-        ["test accuracy", f"{before_acc:.2%}", f"{after_acc:.2%}",
-         f"{(after_acc - before_acc) * 100:+.2f} pt"],
-        ["latency (batch 1)", f"{before_ms:.3f} ms", f"{after_ms:.3f} ms",
-         f"{before_ms / after_ms:.2f}x"],
-    ]
-    print(render(["", "before (PyTorch eager)", f"after ({args.backend})", "ratio"], rows,
-                 align="lrrr"))
-    print(f"\nthreads: {args.threads}; this machine is noisy — latency ratios are indicative.")
+    print("\n[4/6] compile for this host")
+    t = time.perf_counter()
+    cm = shrinkc.compile(g2, [x1], backend=args.backend, check=True)
+    report = cm.report()
+    print(f"      {report.backend}: {report.reason} ({time.perf_counter() - t:.1f} s)")
+    threads = report.threads or torch.get_num_threads()
+
+    print("\n[5/6] references: the original in onnxruntime fp32, and onnxruntime's "
+          "quantize_static int8 of it")
+    bk.set_threads(threads)
+    qbytes = bk.ort_quantize_static(g, [c[0] if isinstance(c, (list, tuple)) else c
+                                        for c in calib])
+
+    repeat = 20 if args.quick else args.repeat
+    print(f"\n[6/6] measure: test accuracy (1,000 images), size, MACs; batch-1 latency "
+          f"(medians of {repeat} rounds, all round-robin in this process, {threads} threads)")
+    pool = bk.LatencyPool(warmup=10)
+    cols = {}
+    run, predict, _ = bk.torch_eager(model, x1)
+    cols["original (PyTorch eager)"] = (bk.accuracy(predict, X, y), g, pool.add(run), None)
+    run, predict, batch = bk.ort_graph(g, x1, threads)
+    cols["original (onnxruntime fp32)"] = (bk.accuracy(predict, X, y, batch), g, pool.add(run),
+                                           None)
+    run, predict, batch = bk.ort_model(qbytes, x1, threads)
+    cols["onnxruntime int8 (quantize_static)"] = (bk.accuracy(predict, X, y, batch), g,
+                                                  pool.add(run), len(qbytes))
+    arrays = [x1.numpy()]
+    cm_batch = None if getattr(cm, "batch_inputs", None) else 1  # any batch, or static
+
+    def cm_predict(xb):
+        if cm_batch is None:
+            return cm.run_numpy([xb.numpy()])[0]
+        return torch.cat([torch.from_numpy(cm.run_numpy([xb[i:i + 1].numpy()])[0])
+                          for i in range(len(xb))]).numpy()
+
+    cols[f"shrinkc ({cm.backend})"] = (bk.accuracy(cm_predict, X, y, cm_batch), g2,
+                                       pool.add(lambda: cm.run_numpy(arrays)), None)
+    pool.run(repeat)
+
+    def facts(acc, graph, timing, nbytes):
+        params, macs = bk.cost_of(graph)
+        onnx_b, shrkz_b = bk.storage_bytes(graph)
+        return {"acc": acc, "params": params, "macs": macs,
+                "size": nbytes or min(onnx_b, shrkz_b), "ms": timing.median}
+
+    f = {k: facts(*v) for k, v in cols.items()}
+    names = list(f)
+    ours = f[names[-1]]
+    rows = []
+    for label, key, fmt in (("test accuracy", "acc", lambda v: f"{v:.2%}"),
+                            ("params", "params", lambda v: f"{v:,}"),
+                            ("MACs", "macs", human),
+                            ("size on disk", "size", human_bytes),
+                            ("latency (batch 1)", "ms", lambda v: f"{v:.3f} ms")):
+        row = [label] + [fmt(f[n][key]) for n in names]
+        for n in names[:3]:
+            if key == "acc":
+                row.append(f"{100 * (ours['acc'] - f[n]['acc']):+.2f} pt")
+            else:
+                row.append(f"{f[n][key] / ours[key]:.2f}x" if ours[key] else "-")
+        rows.append(row)
+    heads = [""] + names + ["vs eager", "vs ORT fp32", "vs ORT int8"]
+    print()
+    print(render(heads, rows, align="l" + "r" * (len(heads) - 1)))
+    print(f"\nratios: reference ÷ shrinkc (> 1: shrinkc smaller / faster); accuracy: shrinkc − "
+          f"reference.\nsize: the ONNX file or .shrkz, the smaller; the int8 reference's ONNX "
+          f"file.\n{machine_info(threads)}; the whole demo took "
+          f"{time.perf_counter() - t_start:.0f} s.")
     return 0
 
 

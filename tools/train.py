@@ -62,6 +62,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from shrinkc.passes.distill import random_shift  # one augmentation for training and recovery
 from shrinkc.tools import data, zoo
 
 __all__ = [
@@ -166,19 +167,6 @@ def _deterministic(seed: int) -> Iterator[None]:
             yield
         finally:
             torch.use_deterministic_algorithms(previous)
-
-
-def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
-    """Translate each image by a random whole number of pixels in ``[-max_shift, max_shift]``
-    along each axis; the border pixels are repeated into the uncovered area."""
-    n, _, h, w = x.shape
-    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = shifts[:, 0] * 2.0 / w
-    theta[:, 1, 2] = shifts[:, 1] * 2.0 / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ def test_tensors_run_the_interpreter_like_the_graph(lenet):
 
 
 def test_write_back_from_graph_params_keeps_encodings(lenet):
-    g, x, _ = lenet
+    g, _, _ = lenet
     p = GraphParams(g)
     with torch.no_grad():
         p.w_conv1_weight.centroids.add_(0.01)

@@ -59,8 +59,8 @@ def _digits():
 
 @functools.cache
 def _trained(kind: str):
-    """A model trained on digits (seeded; BN in train mode), its graph, the data."""
-    Xtr, ytr, Xte, yte = _digits()
+    """A model trained on digits (seeded; BN in train mode) and its graph."""
+    Xtr, ytr, _, _ = _digits()
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = SmallCNN() if kind == "cnn" else nn.Sequential(
@@ -193,8 +193,8 @@ def test_static_batch_graph_runs_any_batch_in_chunks():
 
 def test_bn_statistics_reestimated_layer_by_layer():
     """Each BN gets the mean / variance of its input over the sample, with the BNs before
-    it already re-estimated (checked in float64 against the eager model)."""
-    model, g = _trained("cnn")
+    it already re-estimated (checked in float64, recomputed with torch.nn.functional)."""
+    _, g = _trained("cnn")
     X, _ = _subset(64)
     g = shrinkc.optimize(g, "prune-channels(ratio=0.5)")
     params = GraphParams(g)
@@ -217,11 +217,15 @@ def test_bn_statistics_reestimated_layer_by_layer():
 def test_two_gloo_processes_equal_one_process_at_the_doubled_batch():
     """The must-show of data-parallel recovery: world_size=2 at batch 8 (each process its
     shard of every global batch, gradients averaged by DDP over gloo on loopback) ends with
-    the weights of one process at batch 16, up to the order of float sums."""
+    the weights of one process at batch 16, up to the order of float sums. (About 20 s on a
+    loaded 2-core machine, mostly the two workers importing torch: the test needs real
+    processes.)"""
     _, g = _trained("cnn")
     lossy = shrinkc.optimize(g, "prune-channels(ratio=0.5)")
     X, y = _subset(40)  # 40 = 2 full global batches of 16 and an uneven one of 8
-    opts = {"epochs": 2, "lr": 1e-2, "seed": 1, "bn_samples": 30}
+    # with augmentation: the shifts are drawn per global batch, the teacher (a graph, saved
+    # for the workers) runs on each process's shifted shard
+    opts = {"epochs": 2, "lr": 1e-2, "seed": 1, "bn_samples": 30, "shift": 1}
     one = distill(lossy, g, (X, y), batch_size=16, world_size=1, **_defaults(opts))
     two = distill(lossy, g, (X, y), batch_size=8, world_size=2, **_defaults(opts))
     assert two.stats["world_size"] == 2 and one.stats["world_size"] == 1
@@ -236,9 +240,41 @@ def test_two_gloo_processes_equal_one_process_at_the_doubled_batch():
 
 
 def _defaults(opts: dict) -> dict:
-    base = {"temperature": 4.0, "alpha": 0.9, "optimizer": "adamw", "weight_decay": 0.0,
-            "bn_stats": True, "bn_samples": 512, "seed": 0, "output": 0, "threads": 1}
+    base = {"lr": 1e-3, "temperature": 4.0, "alpha": 0.9, "optimizer": "adamw",
+            "weight_decay": 0.0,
+            "bn_stats": True, "bn_samples": 512, "seed": 0, "output": 0, "threads": 1,
+            "shift": 0}
     return {**base, **opts}
+
+
+def test_shift_augments_and_the_teacher_runs_on_each_batch():
+    model, g = _trained("cnn")
+    lossy = shrinkc.optimize(g, "prune-channels(ratio=0.5)")
+    data_ = _subset(64)
+    base = distill(lossy, g, data_, batch_size=32, **_defaults({"epochs": 1}))
+    shifted = distill(lossy, g, data_, batch_size=32, **_defaults({"epochs": 1, "shift": 2}))
+    again = distill(lossy, model, data_, batch_size=32, **_defaults({"epochs": 1, "shift": 2}))
+    assert shifted.stats["shift"] == 2 and shifted.stats["distilled"] == 1
+    names = list(lossy.constants)
+    assert any(not np.array_equal(base.graph.constants[n].data, shifted.graph.constants[n].data)
+               for n in names)
+    for n in names:  # the eager teacher computes what its graph computes
+        assert_close(torch.from_numpy(again.graph.constants[n].data),
+                     torch.from_numpy(shifted.graph.constants[n].data), tol=1e-4)
+    with pytest.raises(RecoverError, match="give it as an IR graph"):
+        distill(lossy, model, data_, batch_size=16, world_size=2,
+                **_defaults({"epochs": 1, "shift": 1}))
+
+
+def test_random_shift_moves_whole_pixels():
+    from shrinkc.passes.distill import shift_images
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    moved = shift_images(x, torch.tensor([[1, 0]]))  # samples one pixel to the right
+    assert moved[0, 0, :, :3].tolist() == x[0, 0, :, 1:].tolist()
+    assert moved[0, 0, :, 3].tolist() == x[0, 0, :, 3].tolist()  # border repeated
+    down = shift_images(x, torch.tensor([[0, -1]]))
+    assert down[0, 0, 1:].tolist() == x[0, 0, :3].tolist()
 
 
 def test_bad_options_and_nothing_to_train():

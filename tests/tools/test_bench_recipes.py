@@ -77,8 +77,11 @@ def test_plot_has_a_point_per_measured_entry(run, tmp_path, monkeypatch):
     results, _, _ = run
     seen = []
     orig = matplotlib.axes.Axes.annotate
-    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
-                        lambda self, text, *a, **k: (seen.append(text), orig(self, text, *a, **k))[1])
+    def annotate(self, text, *a, **k):
+        seen.append(text)
+        return orig(self, text, *a, **k)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate", annotate)
     entries = results["lenet5"]
     bk.plot(entries, entries[0], entries[2], tmp_path / "a.png", tmp_path / "b.png")
     measured = [e.label or e.name for e in entries if e.ok]
