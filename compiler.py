@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -638,7 +638,8 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
             tuning_db: str | os.PathLike | None = None,
             calibration: Iterable[Any] | str | os.PathLike | None = None,
             keep_params: bool = False, check: bool = True, seed: int = 0,
-            name: str | None = None) -> CompiledModel:
+            name: str | None = None,
+            progress: Callable[[str], None] | None = None) -> CompiledModel:
     """Trace (if needed), optimise and compile a model; returns a ``CompiledModel``.
 
     - ``example_inputs``: a tensor / array, a sequence of them, or a mapping by input name.
@@ -660,7 +661,15 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
       ``bias-correct``), each like ``example_inputs``; or an ``.npz`` file with one array
       per input, samples along dim 0 (``passes.analyses.calibration.load_calibration``).
     - ``check``: measure the error against the original graph on the example inputs.
+    - ``progress``: called with the name of each stage as it starts (``frontend``,
+      ``passes``, ``lower``, ``tune``, ``relax passes``, ``codegen``, ``link``, ``check``, …);
+      given one, tuning also shows MetaSchedule's progress bar (without, it is silent).
+      ``shrinkc compile`` draws them on a terminal.
     """
+    def stage(name: str) -> None:
+        if progress is not None:
+            progress(name)
+
     times: dict[str, float] = {}
     t_start = time.perf_counter()
     if backend is not None and backend not in BACKENDS:
@@ -675,6 +684,7 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
 
     examples = _example_list(example_inputs)
     named = example_inputs if isinstance(example_inputs, Mapping) else None
+    stage("frontend")
     original, times["frontend_s"] = _to_graph(model_or_graph, examples, named)
     model_name = name or original.name
     from .ir.interpreter import bind_inputs, random_inputs
@@ -697,6 +707,7 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
             from .passes.analyses.calibration import load_calibration
 
             calibration = load_calibration(calibration, original)
+        stage("passes")
         t0 = time.perf_counter()
         graph = optimize(original, passes, example_inputs=inputs_t, calibration=calibration,
                          seed=seed)
@@ -705,6 +716,7 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
 
     lowered = None
     if backend is None:
+        stage("choosing a backend")
         backend, reason, lowered = _choose_backend(graph, target, tune_trials, tuning_db, times)
     else:
         reason = "requested"
@@ -715,13 +727,16 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     t0 = time.perf_counter()
     if backend == "tvm":
         runner, resolved_target = _compile_tvm(graph, target, tune_trials, tuning_db,
-                                               keep_params, lowered, times, tuning)
+                                               keep_params, lowered, times, tuning, stage,
+                                               show_tuning=progress is not None)
     elif backend == "onnxruntime":
+        stage("onnx export and session")
         runner = _onnxruntime_session(graph, host_threads())
         times["build_s"] = time.perf_counter() - t0
     else:
         from .backends.torch import TorchRuntime
 
+        stage("to_torch")
         runner = TorchRuntime(graph)
         times["build_s"] = time.perf_counter() - t0
 
@@ -744,6 +759,7 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     else:
         from .ir.interpreter import run
 
+        stage("check")
         t0 = time.perf_counter()
         with torch.no_grad():
             ref = run(original, inputs_t)
@@ -758,9 +774,11 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
 
 def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
                  keep_params: bool, lowered: Any, times: dict[str, float],
-                 tuning: dict[str, Any]) -> tuple[Runtime, dict[str, Any]]:
+                 tuning: dict[str, Any], stage: Callable[[str], None],
+                 show_tuning: bool = False) -> tuple[Runtime, dict[str, Any]]:
     from .backends import tvm as btvm
 
+    stage("importing tvm")
     t0 = time.perf_counter()
     imported = btvm.import_tvm()
     tgt = btvm.resolve_target(target)
@@ -771,6 +789,7 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
         raise TuningUnavailableError(
             f"tune_trials={tune_trials}: tuning is not available (MetaSchedule's xgboost cost "
             f"model does not import); compile with tune_trials=0 for untuned TVM")
+    stage("lower")
     t0 = time.perf_counter()
     if lowered is None or keep_params:
         lowered = btvm.lower(graph, keep_params=keep_params)
@@ -779,8 +798,10 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
     if tt is not None:
         db = Path(tuning_db) if tuning_db is not None else Path(tt.default_db_dir(tgt))
         if tune_trials > 0:
+            stage(f"tune ({tune_trials} trials)")
             t0 = time.perf_counter()
-            result = tt.tune(lowered.mod, tgt, total_trials=tune_trials, db_dir=db)
+            result = tt.tune(lowered.mod, tgt, total_trials=tune_trials, db_dir=db,
+                             progress=show_tuning)
             times["tune_s"] = time.perf_counter() - t0
             tuning.update(db=str(db), new_trials=result.new_trials,
                           failures=result.failures, tasks=len(result.tasks))
@@ -792,8 +813,10 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
         elif tuning_db is not None:
             raise CompileError(f"tuning_db {db}: no MetaSchedule database there "
                                f"(database_workload.json)")
-    module = btvm.build_lowered(lowered, tgt, pipeline=pipeline, name=graph.name)
+    module = btvm.build_lowered(lowered, tgt, pipeline=pipeline, name=graph.name,
+                                progress=stage)
     if module.runs_here:
+        stage("link")
         module.link()  # once, here, so the report shows it (save copies the library)
     times.update(module.timings)
     return module, tgt

@@ -447,3 +447,14 @@ def test_save_is_atomic(saved_tvm, tmp_path, monkeypatch):
     monkeypatch.undo()
     d = cm.save(tmp_path / "old")
     np.testing.assert_array_equal(shrinkc.load_compiled(d)(x.numpy()), cm(x.numpy()))
+
+
+def test_progress_hook_hears_every_stage(reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    stages: list[str] = []
+    shrinkc.compile(g, x, passes="dce", backend="tvm", progress=stages.append)
+    assert stages == ["frontend", "passes", "importing tvm", "lower", "relax passes",
+                      "codegen", "link", "check"]
+    stages.clear()
+    shrinkc.compile(g, x, progress=stages.append)  # picks a backend
+    assert stages[0] == "frontend" and "choosing a backend" in stages and stages[-1] == "check"

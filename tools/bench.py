@@ -116,8 +116,13 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
                 model_kwargs: dict[str, Any] | None = None,
                 backends: Sequence[str] = BACKENDS, warmup: int = 5, repeat: int = 30,
                 threads: int | None = None, target: Any = None,
-                seed: int = 0) -> BenchRow:
-    """Time ``backends`` on zoo model ``name`` at batch 1 (see the module docstring)."""
+                seed: int = 0, progress: Callable[[str], None] | None = None) -> BenchRow:
+    """Time ``backends`` on zoo model ``name`` at batch 1 (see the module docstring).
+    ``progress(stage)`` is told what starts (each backend's build, the timing)."""
+    def stage(text: str) -> None:
+        if progress is not None:
+            progress(f"{name}: {text}")
+
     from ..ir.cost import graph_cost
     from ..ir.frontends.torch import trace
     from . import zoo
@@ -137,6 +142,7 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
     xn = x.numpy()
     runners: dict[str, tuple[Callable[[], Any], Any]] = {}
     for b in backends:
+        stage(f"building {b}")
         t0 = time.perf_counter()
         try:
             if b == "torch":
@@ -151,6 +157,7 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
         row.build_s[b] = time.perf_counter() - t0
         log.info("%s: %s ready in %.1fs", name, b, row.build_s[b])
     outputs: dict[str, np.ndarray] = {}
+    stage(f"timing ({warmup} warm-up + {repeat} runs per backend)")
     for b, (run, to_np) in runners.items():
         out = None
         for _ in range(max(warmup, 1)):
@@ -251,12 +258,14 @@ def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmu
 
         resolved = resolve_target(target)
     rows = []
-    for name in names:
-        if progress:
-            progress(f"benchmarking {name} ...")
+    for i, name in enumerate(names):
+        report = None
+        if progress is not None:
+            def report(text: str, _i: int = i) -> None:
+                progress(f"[{_i + 1}/{len(names)}] {text}")
         rows.append(bench_model(name, input_shape=input_shape, model_kwargs=model_kwargs,
                                 backends=backends, warmup=warmup, repeat=repeat,
-                                threads=threads, target=resolved))
+                                threads=threads, target=resolved, progress=report))
     return rows, markdown(rows, threads=threads, warmup=warmup, repeat=repeat, target=resolved)
 
 

@@ -16,7 +16,6 @@ default input shape. On a shared machine timings are noisy: compare medians, and
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .load import parse_shape
 
@@ -80,10 +79,13 @@ def run(args) -> int:
     if target and target.strip().startswith("{"):
         target = json.loads(target)
     kwargs = {"width": args.width} if args.width else None
-    _, table = run_bench(names, backends=backends, warmup=args.warmup, repeat=args.repeat,
-                         threads=args.threads, target=target,
-                         input_shape=parse_shape(args.input_shape), model_kwargs=kwargs,
-                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    from .progress import Status
+
+    with Status("bench", quiet=getattr(args, "quiet", False)) as status:
+        _, table = run_bench(names, backends=backends, warmup=args.warmup, repeat=args.repeat,
+                             threads=args.threads, target=target,
+                             input_shape=parse_shape(args.input_shape), model_kwargs=kwargs,
+                             progress=status if status.bar is not None else None)
     print(table)
     if args.output:
         atomic_write_text(args.output, table, "-o")

@@ -64,14 +64,22 @@ def run(args) -> int:
     if args.tune_trials < 0:
         raise ValueError(f"--tune-trials {args.tune_trials}: must be >= 0")
     target = parse_target(args.target)
-    graph = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
-    calibration = (load_calibration(args.calibration, graph, args.calibration_samples,
-                                    args.calibration_batch_size) if args.calibration else None)
-    cm = shrinkc.compile(graph, None, passes=args.passes or None, backend=args.backend,
-                         target=target, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-                         keep_params=args.keep_params, seed=args.seed, calibration=calibration)
-    if args.output:
-        out = cm.save(args.output)
+    from .progress import Status
+
+    with Status(f"compile {args.model}", quiet=getattr(args, "quiet", False)) as status:
+        status("loading the model")
+        graph = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
+        calibration = (load_calibration(args.calibration, graph, args.calibration_samples,
+                                        args.calibration_batch_size)
+                       if args.calibration else None)
+        cm = shrinkc.compile(graph, None, passes=args.passes or None, backend=args.backend,
+                             target=target, tune_trials=args.tune_trials,
+                             tuning_db=args.tuning_db, keep_params=args.keep_params,
+                             seed=args.seed, calibration=calibration,
+                             progress=status if status.bar is not None else None)
+        if args.output:
+            status("save")
+            out = cm.save(args.output)
     report = cm.report()
     if args.json:
         print(json.dumps(report.as_dict(), indent=1, default=str))

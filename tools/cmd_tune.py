@@ -26,6 +26,7 @@ import json
 import socket
 
 from .load import TARGET_HELP, load_model, parse_shape, parse_target
+from .progress import enabled as progress_enabled
 
 
 def add_parser(sub) -> None:
@@ -51,7 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("--population", type=int, metavar="N",
                    help="evolutionary search population (MetaSchedule default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed for passes and the search")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (as -q; there is none when stderr is not a terminal)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -123,7 +125,8 @@ def run(args) -> int:
     db = Path(args.tuning_db) if args.tuning_db else Path(tt.default_db_dir(tgt))
     result = tt.tune(lowered.mod, tgt, total_trials=args.trials,
                      max_trials_per_task=args.max_trials_per_task, db_dir=db,
-                     progress=not args.no_progress, runner=runner,
+                     progress=not args.no_progress and progress_enabled(
+                         getattr(args, "quiet", False)), runner=runner,
                      population_size=args.population, seed=args.seed)
     summary = tt.database_summary(db)
     if args.json:

@@ -40,13 +40,19 @@ def build(graph: Graph, target: str | Mapping[str, Any] | None = None, *,
 
 def build_lowered(lowered: Lowered, target: str | Mapping[str, Any] | None = None, *,
                   pipeline: Callable[[Any, dict[str, Any]], Any] | None = None,
-                  name: str = "main") -> TVMModule:
-    """``build`` for a module made by ``lower`` (so tuning can see the same module)."""
+                  name: str = "main",
+                  progress: Callable[[str], None] | None = None) -> TVMModule:
+    """``build`` for a module made by ``lower`` (so tuning can see the same module).
+    ``progress(stage)`` is told when the Relax passes and the code generation start."""
     tgt = resolve_target(target)
     timings: dict[str, float] = {}
+    if progress is not None:
+        progress("relax passes")
     t0 = time.perf_counter()
     mod = (pipeline or optimize_relax)(lowered.mod, tgt)
     timings["relax_passes_s"] = time.perf_counter() - t0
+    if progress is not None:
+        progress("codegen")
     t0 = time.perf_counter()
     try:
         ex = tvm.compile(mod, target=tvm.target.Target(tgt))
