@@ -5,7 +5,7 @@
   module imports;
 * ``registry`` — ``register_pass``, ``parse_pipeline`` / ``canonical`` for pipeline text;
 * ``manager`` — ``PassManager``, ``optimize``;
-* ``instruments`` — PrintIR, VerifyEach, NumericDiff, TimePasses, Stats, DumpDir,
+* ``instruments`` — PrintIR, DotDiff, VerifyEach, NumericDiff, TimePasses, Stats, DumpDir,
   Reproducer;
 * ``analyses/`` — facts about a graph that passes and instruments read (costs, …);
 * one module per pass (``fold-bn`` ↔ ``fold_bn.py`` ↔ ``FoldBn``). Every module of this
@@ -24,6 +24,7 @@ from types import ModuleType
 
 from .base import Pass, PassContext, PassError, PassResult, PipelineError, option
 from .instruments import (
+    DotDiff,
     DumpDir,
     NumericDiff,
     PassInstrument,
@@ -62,7 +63,7 @@ def load_plugin(spec: str) -> ModuleType:
 
 
 __all__ = [
-    "PASSES", "DumpDir", "NumericDiff", "Pass", "PassContext", "PassError", "PassInstrument",
+    "PASSES", "DotDiff", "DumpDir", "NumericDiff", "Pass", "PassContext", "PassError", "PassInstrument",
     "PassManager", "PassResult", "PipelineError", "PrintIR", "Reproducer", "Stats", "Step",
     "TimePasses", "VerifyEach", "canonical", "get_pass", "load_plugin", "optimize", "option",
     "parse_pipeline", "register_pass", "unregister_pass",

@@ -5,6 +5,8 @@ ctx)``, ``after_pass(graph, step, ctx)`` (``step.result`` is the pass's ``PassRe
 ``pass_failed(graph_before, step, error, ctx)`` and ``exit_pipeline(graph, ctx)``.
 
 * ``PrintIR`` — the IR before and/or after all passes or named ones, or only when changed;
+* ``DotDiff`` — the graph after named passes as Graphviz DOT, what the pass changed
+  highlighted;
 * ``VerifyEach`` — the verifier on the input and after every pass (on by default);
 * ``NumericDiff`` — each pass's outputs against the *original* graph's (max abs, rel-L2,
   cosine, top-1 agreement), flagging an exact pass that moved them;
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 Writer = Callable[[str], None]
 
-__all__ = ["DumpDir", "NumericDiff", "PassInstrument", "PrintIR", "Reproducer", "Stats",
+__all__ = ["DotDiff", "DumpDir", "NumericDiff", "PassInstrument", "PrintIR", "Reproducer", "Stats",
            "TimePasses", "VerifyEach", "Writer", "log_writer", "reproducer_command",
            "stdout_writer"]
 
@@ -118,6 +120,46 @@ class PrintIR(PassInstrument):
             self.write(f"// {step.label} {step.spec}: no change")
             return
         self.write(f"// IR after {step.label} {step.spec}\n{print_graph(graph)}")
+
+
+@dataclass
+class DotDiff(PassInstrument):
+    """After each pass named in ``passes`` (None: all), the graph as Graphviz DOT with what
+    the pass changed highlighted (``ir.dot.diff_dot``): to ``write``, or rendered into the
+    file ``files[name]`` (``.dot``, ``.svg``, ``.png``, ``.pdf``; a pass that runs again
+    gets ``_2``, ``_3``… before the suffix). ``counts`` keeps what each step changed."""
+
+    passes: Collection[str] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    write: Writer = log_writer
+    counts: dict[str, dict[str, list[str]]] = field(default_factory=dict, init=False)
+    _before: Graph | None = field(default=None, init=False, repr=False)
+    _seen: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
+    def _wanted(self, step: Step) -> bool:
+        return self.passes is None or step.name in self.passes
+
+    def before_pass(self, graph, step, ctx) -> None:
+        self._before = graph.clone(share_data=True) if self._wanted(step) else None
+
+    def after_pass(self, graph, step, ctx) -> None:
+        if self._before is None:
+            return
+        from ..ir.dot import diff_dot, render
+
+        dot, counts = diff_dot(self._before, graph, title=f"{graph.name} after {step.label} "
+                                                           f"{step.spec}")
+        self.counts[step.label] = counts
+        self._before = None
+        target = self.files.get(step.name)
+        if target is None:
+            self.write(dot)
+            return
+        k = self._seen[step.name] = self._seen.get(step.name, 0) + 1
+        path = Path(target)
+        if k > 1:
+            path = path.with_name(f"{path.stem}_{k}{path.suffix}")
+        render(dot, path)
 
 
 class VerifyEach(PassInstrument):

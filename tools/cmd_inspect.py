@@ -1,5 +1,6 @@
 """``shrinkc inspect MODEL``: the per-layer table (name, op, output shape, params, MACs) and
-totals, or the text IR with ``--ir``. A model with pruned or shared (encoded) weights also
+totals, the text IR with ``--ir``, or a picture with ``--dot`` (Graphviz DOT; SVG / PNG
+when Graphviz's ``dot`` program is installed). A model with pruned or shared (encoded) weights also
 gets its storage in bytes per stage: dense, pruned (CSR), shared, Huffman (``--storage``
 prints it for any model)."""
 
@@ -23,6 +24,10 @@ def add_parser(sub) -> None:
                    help="list every node (default: only nodes with params or MACs)")
     p.add_argument("--storage", action="store_true",
                    help="bytes per storage stage (dense, pruned CSR, shared, Huffman)")
+    p.add_argument("--dot", nargs="?", const="-", metavar="FILE",
+                   help="the graph as Graphviz DOT (op, shape and loc per node) on stdout, or "
+                        "into FILE: .dot, or .svg / .png / .pdf rendered with Graphviz's "
+                        "'dot' program (apt install graphviz)")
     p.set_defaults(func=run)
 
 
@@ -44,7 +49,19 @@ def inspect_table(graph, all_nodes: bool = False) -> str:
 
 
 def run(args) -> int:
+    from ..ir import dot
+
+    if args.dot not in (None, "-"):
+        dot.check_target(args.dot)  # before the model is loaded
     g = load_model(args.model, parse_shape(args.input_shape), seed=args.seed)
+    if args.dot is not None:
+        text = dot.to_dot(g)
+        if args.dot == "-":
+            print(text, end="")
+        else:
+            dot.render(text, args.dot)
+            print(f"wrote {args.dot}")
+        return 0
     print(str(g) if args.ir else inspect_table(g, args.all))
     if not args.ir and (args.storage or any(v.encoding is not None
                                             for v in g.constants.values())):

@@ -10,6 +10,7 @@ exit status 2, and no file. A failing pass leaves a reproducer (the IR before it
 one command that reruns it) in ``--reproducer-dir`` (default: a new temporary directory).
 
 Debugging one pass at a time: ``--print-after-all``, ``--print-changed``,
+``--dot-after NAME[=FILE]`` (a picture of what the pass changed),
 ``--numeric-diff`` (each pass's outputs against the original model), ``--stats``,
 ``--time-passes``, ``--dump-dir DIR`` (``000_input.shrk``, ``001_fold-bn.shrk``, …),
 ``--stop-after NAME``, ``--explain`` (why each rewrite rule did or did not fire on each
@@ -56,6 +57,11 @@ def add_parser(sub) -> None:
                    help="print the IR after pass NAME (repeatable, or comma-separated)")
     g.add_argument("--print-changed", action="store_true",
                    help="print the input, then the IR after each pass that changed it")
+    g.add_argument("--dot-after", action="append", default=[], metavar="NAME[=FILE]",
+                   help="the graph after pass NAME as Graphviz DOT, what the pass changed "
+                        "highlighted (added green, changed orange, removed dashed red): on "
+                        "stdout, or into FILE (.dot, or .svg / .png / .pdf rendered with "
+                        "Graphviz's 'dot'); repeatable")
     g.add_argument("--no-verify-each", dest="verify_each", action="store_false",
                    help="do not run the verifier after every pass")
     g.add_argument("--numeric-diff", action="store_true",
@@ -101,6 +107,22 @@ def _names(values: list[str]) -> set[str]:
     for n in names:
         get_pass(n)  # an unknown name lists the known ones
     return names
+
+
+def _dot_after(values: list[str]) -> tuple[set[str], dict[str, str]]:
+    """``--dot-after NAME[=FILE]`` values: the pass names, and the files by name (checked)."""
+    from ..ir.dot import check_target
+
+    names, files = set(), {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        name = name.strip()
+        names |= _names([name])
+        if sep:
+            if not path:
+                raise IRError(f"--dot-after {v}: give a FILE after '='")
+            files[name] = str(check_target(path, f"--dot-after {name}="))
+    return names, files
 
 
 def _check_output(path: str | None) -> None:
@@ -170,6 +192,9 @@ def run(args) -> int:
                                      passes=None if args.print_after_all else after))
     if args.print_changed:
         instruments.append(P.PrintIR(after=False, only_changed=True, write=write))
+    if args.dot_after:
+        dot_names, dot_files = _dot_after(args.dot_after)
+        instruments.append(P.DotDiff(passes=dot_names, files=dot_files, write=write))
     if args.numeric_diff:
         instruments.append(P.NumericDiff(write=write))
     if args.stats:

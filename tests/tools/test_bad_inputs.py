@@ -34,6 +34,7 @@ def work(tmp_path, monkeypatch, reference_graphs):
     (tmp_path / "dir.shrk").mkdir()
     (tmp_path / "dir.onnx").mkdir()
     (tmp_path / "outdir").mkdir()
+    (tmp_path / "pics.dot").mkdir()
     (tmp_path / "broken.shrk").write_text('graph "g" (%x: f32[1,2]) {\n  %y = relu(%x\n')
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07not onnx at all" * 10)
     (tmp_path / "syntax_plugin.py").write_text("def broken(:\n    pass\n")
@@ -134,6 +135,17 @@ CASES = {
          "-o file.txt/out: file.txt is a file"),
     "bench -o is an existing directory (before the benchmark runs)":
         (["bench", "lenet5", "--repeat", "1", "-o", "outdir"], "-o outdir: is an existing directory"),
+    "inspect --dot with a suffix that is no picture":
+        (["inspect", "zoo:nope", "--dot", "g.txt"], "--dot g.txt: a graph picture is .dot"),
+    "inspect --dot into an existing directory":
+        (["inspect", "lenet.shrk", "--dot", "pics.dot"], "--dot pics.dot: is an existing directory"),
+    "opt --dot-after an unknown pass":
+        (["opt", "lenet.shrk", "--passes=dce", "--dot-after", "fold-bm"], "unknown pass 'fold-bm'"),
+    "opt --dot-after with no file after '='":
+        (["opt", "lenet.shrk", "--passes=dce", "--dot-after", "dce="], "give a FILE after '='"),
+    "opt --dot-after into a folder that does not exist":
+        (["opt", "lenet.shrk", "--passes=dce", "--dot-after", "dce=nope/g.dot"],
+         "folder nope does not exist"),
     # ---------------------------------------------------------------- models
     "unknown zoo model": (["inspect", "zoo:nope"], "zoo:nope: unknown model 'nope'"),
     "MODEL of no known kind": (["inspect", "model.pt"], "MODEL must be zoo:NAME"),
@@ -250,6 +262,16 @@ def test_existing_dir_output_leaves_no_weights_file(work, capsys):
     assert main(["opt", "lenet.shrk", "-o", "dir.shrk"]) == 2
     capsys.readouterr()
     assert not (work / "dir.safetensors").exists()
+
+
+def test_rendering_without_graphviz_is_one_line(work, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    before = _tree(work)
+    rc = main(["inspect", "lenet.shrk", "--dot", "g.svg"])
+    _check_one_error(rc, capsys.readouterr(), "rendering .svg needs Graphviz's 'dot' program")
+    assert _tree(work) == before
 
 
 def test_verbose_shows_the_traceback_and_library_output(work, capsys):

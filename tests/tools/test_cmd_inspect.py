@@ -40,3 +40,19 @@ def test_inspect_reports_storage_of_a_compressed_graph(capsys, tmp_path, referen
     assert "storage (bytes per stage):" in out and ".shrkz file (with IR text)" in out
     assert main(["inspect", "zoo:lenet5", "--storage"]) == 0
     assert "1.0x" in capsys.readouterr().out  # dense: every stage is the dense size
+
+
+def test_inspect_dot(capsys, tmp_path, reference_graphs):
+    import shutil
+
+    from shrinkc.ir.serialize import save
+
+    p = save(reference_graphs("lenet5")[2], tmp_path / "l.shrk")
+    assert main(["inspect", str(p), "--dot"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('digraph "lenet5" {') and "conv2d  (+2 const)\\nf32[1,6,28,28]\\nconv1" in out
+    assert main(["inspect", str(p), "--dot", str(tmp_path / "l.dot")]) == 0
+    assert (tmp_path / "l.dot").read_text() == out
+    if shutil.which("dot"):  # rendering needs Graphviz's program
+        assert main(["inspect", str(p), "--dot", str(tmp_path / "l.svg")]) == 0
+        assert (tmp_path / "l.svg").read_bytes().startswith(b"<?xml")

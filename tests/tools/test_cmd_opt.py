@@ -256,3 +256,18 @@ def test_reproducer_keeps_the_calibration_data(tmp_path, capsys, reference_graph
     assert main(argv[3:] + ["--reproducer-dir", str(tmp_path / "r2")]) == 2
     again = capsys.readouterr().err.splitlines()[0]
     assert "has NaN or infinite values" in again and "pass 1 of 1" in again
+
+
+def test_dot_after_highlights_what_the_pass_changed(resnet, tmp_path, capsys):
+    import re
+    import shutil
+
+    assert main(["opt", str(resnet), "--passes=fold-bn,dce", "--dot-after", "fold-bn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('digraph "')
+    assert "after 001_fold-bn fold-bn: 0 added, 20 changed, 20 removed" in out
+    assert len(re.findall(r"removed: batch_norm", out)) == 20
+    target = tmp_path / ("fb.svg" if shutil.which("dot") else "fb.dot")
+    assert main(["opt", str(resnet), "--passes=fold-bn", f"--dot-after=fold-bn={target}"]) == 0
+    assert capsys.readouterr().out == ""
+    assert target.read_bytes()[:5] in (b"<?xml", b"digra")
