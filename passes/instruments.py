@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ..ir.files import atomic_write_text
 from ..ir.graph import Graph, IRError
 from ..ir.text import print_graph
 from .analyses.cost import CostSummary, summarize
@@ -450,7 +451,8 @@ class DumpDir(PassInstrument):
         for old in d.iterdir():
             if _DUMP_RE.match(old.name) and old.is_file():
                 old.unlink()
-        (d / "pipeline.txt").write_text(",".join(p.spec() for p in passes) + "\n")
+        atomic_write_text(d / "pipeline.txt", ",".join(p.spec() for p in passes) + "\n",
+                          "--dump-dir")
         self.paths = [save(graph, d / "000_input.shrk")]
 
     def after_pass(self, graph, step, ctx) -> None:
@@ -497,8 +499,8 @@ class Reproducer(PassInstrument):
                 log.warning("reproducer: calibration data not saved: %s", e)
         reason = str(error).splitlines()[0]
         script = d / "reproducer.sh"
-        script.write_text(f"#!/bin/sh\n# {reason}\n# The IR before pass {step.label}; this "
-                          f"reruns that pass alone on it:\n{cmd}\n")
+        atomic_write_text(script, f"#!/bin/sh\n# {reason}\n# The IR before pass {step.label}; "
+                                  f"this reruns that pass alone on it:\n{cmd}\n")
         script.chmod(0o755)
         self.path = script
         error.reproducer = cmd

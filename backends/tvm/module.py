@@ -25,7 +25,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ...ir.types import TensorType, to_numpy_dtype
+from ...ir.types import TensorType, dtype_from_numpy, lossless_cast, to_numpy_dtype
 from .errors import TVMBackendError
 from .targets import host_cores, target_runs_here
 
@@ -101,6 +101,12 @@ class TVMModule:
                                   f"({', '.join(n for n, _ in self.inputs)}), got {len(arrays)}")
         out = []
         for (name, t), x in zip(self.inputs, arrays):
+            if isinstance(x, np.ndarray) and x.dtype != to_numpy_dtype(t.dtype):
+                have = _ir_dtype(x.dtype)
+                if have is None or not lossless_cast(have, t.dtype):
+                    raise TVMBackendError(f"input {name} expects {t.dtype} ({t}), got "
+                                          f"{have or x.dtype}: convert it first (only "
+                                          f"lossless conversions such as f16 -> f32 are done)")
             x = np.ascontiguousarray(x, dtype=to_numpy_dtype(t.dtype))
             if x.shape != t.shape:
                 raise TVMBackendError(f"input {name} expects {t}, got shape {list(x.shape)}")
@@ -168,6 +174,13 @@ class TVMModule:
             params = {k: loaded[k] for k in entry.get("param_names", loaded)}
         lib = tvm.runtime.load_module(str(lib_path))
         return cls(lib, dict(entry["target"]), inputs, outputs, params, library_path=lib_path)
+
+
+def _ir_dtype(dt: np.dtype) -> str | None:
+    try:
+        return dtype_from_numpy(dt)
+    except TypeError:
+        return None
 
 
 _CROSS_COMPILERS = {"aarch64": ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++"),

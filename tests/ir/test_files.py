@@ -53,10 +53,15 @@ def test_written_files_get_the_umask_mode_not_mkstemps(tree, reference_graphs):
     old = os.umask(0o022)
     try:
         assert file_mode() == 0o644
-        shrk = save(reference_graphs("lenet5")[2], tree / "m.shrk")
+        g = reference_graphs("lenet5")[2]
+        shrk = save(g, tree / "m.shrk")
         plain = tree / "plain.txt"
         plain.write_text("x")
-        assert _mode(shrk) == _mode(shrk.with_suffix(".safetensors")) == _mode(plain) == 0o644
+        from shrinkc import to_onnx
+
+        onnx_mode = _mode(to_onnx(g, tree / "m.onnx"))
+        assert _mode(shrk) == _mode(shrk.with_suffix(".safetensors")) == onnx_mode == 0o644
+        assert _mode(plain) == 0o644
         os.umask(0o027)
         assert _mode(atomic_write_text(tree / "t.txt", "hi")) == 0o640
     finally:

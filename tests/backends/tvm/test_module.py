@@ -58,3 +58,7 @@ def test_runtime_input_checks(lenet5_kept):
         mod.run([np.zeros((1, 1, 27, 28), np.float32)])
     with pytest.raises(btvm.TVMBackendError, match="takes 1 inputs"):
         mod.run([x.numpy(), x.numpy()])
+    with pytest.raises(btvm.TVMBackendError, match=r"input \S+ expects f32 .*got f64"):
+        mod.run([x.numpy().astype(np.float64)])  # not converted silently
+    np.testing.assert_array_equal(mod.run([x.numpy().astype(np.float16)])[0],
+                                  mod.run([x.numpy().astype(np.float16).astype(np.float32)])[0])
