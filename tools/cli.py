@@ -87,12 +87,6 @@ def _first_line(text: str) -> str:
     return next((s.strip() for s in text.strip().splitlines() if s.strip()), "")
 
 
-def _human_bytes(n: int) -> str:
-    from .table import human_bytes
-
-    return human_bytes(n)
-
-
 def error_message(e: BaseException) -> tuple[str, int]:
     """(the text after ``shrinkc: error: ``, exit status) for an exception."""
     from ..ir.graph import IRError
@@ -111,8 +105,10 @@ def error_message(e: BaseException) -> tuple[str, int]:
     if isinstance(e, RuntimeError) and "can't allocate memory" in text:  # torch's allocator
         import re
 
+        from .table import human_bytes
+
         m = re.search(r"allocate (\d+) bytes", text)
-        size = f" (tried to allocate {_human_bytes(int(m.group(1)))})" if m else ""
+        size = f" (tried to allocate {human_bytes(int(m.group(1)))})" if m else ""
         return f"out of memory{size}", EXIT_ERROR
     if isinstance(e, ValueError):  # shrinkc's option checks raise ValueError too
         return _first_line(text) or type(e).__name__, EXIT_ERROR
