@@ -9,8 +9,11 @@ each decomposed layer keeps at most half its parameters; the passes' other optio
 their defaults), and measure
 
 - parameters and MACs (the op table's cost model) and the layers decomposed;
-- test accuracy on the 1,000 MNIST-5k test images (``to_torch`` of each graph; no
-  fine-tuning — recovery rows come with distillation, issue #20);
+- test accuracy on the 1,000 MNIST-5k test images (``to_torch`` of each graph), right
+  after the pass and after recovery: ``shrinkc.recover`` (distillation from the baseline
+  graph, hard labels too) for ``--recover-epochs`` epochs (default 1) on the 4,000 training
+  images (the recovered graph has the decomposed graph's structure, so its latency is the
+  row's);
 - the largest relative reconstruction error of a decomposed weight and the seconds the
   pass took (compile time, measured on whatever machine runs this);
 - latency at batch 1: PyTorch (``to_torch`` of every graph, the baseline included, so every
@@ -23,10 +26,12 @@ their defaults), and measure
 Run on a quiet machine for numbers that mean something::
 
     python -m shrinkc.tools.bench_lowrank --models resnet18,vgg11_bn \\
-        --settings "energy=0.9;ratio=0.5" --threads 2 --repeat 50 --json lowrank.json
+        --settings "energy=0.9;ratio=0.5" --recover-epochs 1 --threads 2 --repeat 50 \\
+        --json lowrank.json
 
-``--smoke`` (2 timed runs, 200 test images) checks that it works; ``--untrained`` uses
-random weights (no training; accuracy is then meaningless).
+``--smoke`` (2 timed runs, 200 test images, recovery on 256 training images) checks that it
+works; ``--untrained`` uses random weights (no training; accuracy is then meaningless);
+``--recover-epochs 0`` skips recovery.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class LowRankRow:
     decomposed: int = 0
     max_error: float = 0.0
     pass_s: float = 0.0
+    recovered_accuracy: float | None = None  # after shrinkc.recover
+    recover_s: float = 0.0
     timings: dict[str, Timing] = field(default_factory=dict)
     max_diff_ort: float | None = None  # onnxruntime vs PyTorch, same graph
 
@@ -86,10 +93,11 @@ def accuracy(graph, X: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float
 
 def bench_lowrank(models=("resnet18", "vgg11_bn"), settings=("energy=0.9", "ratio=0.5"), *,
                   passes=PASSES, threads: int = 1, warmup: int = 5, repeat: int = 30,
-                  test_images: int | None = None, trained: bool = True,
+                  test_images: int | None = None, recover_epochs: int = 1,
+                  train_images: int | None = None, trained: bool = True,
                   seed: int = 0) -> list[LowRankRow]:
     """A baseline row (``fold-bn``) per model, then one per pass and setting."""
-    from .. import optimize, to_torch, trace
+    from .. import optimize, recover, to_torch, trace
     from ..backends.onnx import OnnxRuntimeSession
     from ..passes import PassContext, PassManager
     from ..passes.analyses.cost import summarize
@@ -99,6 +107,9 @@ def bench_lowrank(models=("resnet18", "vgg11_bn"), settings=("energy=0.9", "rati
     X, y = data.load("mnist", "test")
     if test_images is not None:
         X, y = X[:test_images], y[:test_images]
+    Xt, yt = data.load("mnist", "train")
+    if train_images is not None:
+        Xt, yt = Xt[:train_images], yt[:train_images]
     rows: list[LowRankRow] = []
     runners = []
     for name in models:
@@ -125,6 +136,11 @@ def bench_lowrank(models=("resnet18", "vgg11_bn"), settings=("energy=0.9", "rati
             row = LowRankRow(name, pipeline, s.params, s.macs, accuracy(g, X, y),
                              int(stats.get("decomposed", 0)), float(stats.get("max_error", 0.0)),
                              pass_s)
+            if pipeline and recover_epochs > 0 and row.decomposed:
+                t0 = time.perf_counter()
+                recovered = recover(g, base, (Xt, yt), epochs=recover_epochs, seed=seed)
+                row.recovered_accuracy = accuracy(recovered, X, y)
+                row.recover_s = time.perf_counter() - t0
             module = to_torch(g).eval()
             sess = OnnxRuntimeSession(g, threads)
             feeds = sess.feeds([x])
@@ -146,8 +162,10 @@ def bench_lowrank(models=("resnet18", "vgg11_bn"), settings=("energy=0.9", "rati
                 row.timings[b] = Timing()
                 runners.append((row.timings[b], fn))
             rows.append(row)
-            log.info("%s %s: %d params, %d MACs, %.1f%% (pass %.1fs)", name,
-                     pipeline or "baseline", s.params, s.macs, 100 * (row.accuracy or 0), pass_s)
+            log.info("%s %s: %d params, %d MACs, %.1f%% (pass %.1fs)%s", name,
+                     pipeline or "baseline", s.params, s.macs, 100 * (row.accuracy or 0), pass_s,
+                     "" if row.recovered_accuracy is None else
+                     f", recovered {100 * row.recovered_accuracy:.1f}% in {row.recover_s:.0f}s")
     for _ in range(repeat):  # round-robin over every row and backend
         for timing, fn in runners:
             t0 = time.perf_counter()
@@ -162,12 +180,12 @@ def markdown(rows: list[LowRankRow], *, threads: int, repeat: int) -> str:
 
     base = {r.model: r for r in rows if not r.pipeline}
     lines = [f"low-rank passes after fold-bn, batch 1, {repeat} timed runs each, round-robin; "
-             f"speed-up = baseline median / row median, same backend; no fine-tuning; "
-             f"{machine_info(threads)}", "",
-             "| model | pass | layers | params | MACs | test acc | max weight error | pass s | "
-             "PyTorch ms | onnxruntime ms | PyTorch speed-up | onnxruntime speed-up | "
-             "max Δ ORT vs PyTorch |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"speed-up = baseline median / row median, same backend; recovered = after "
+             f"shrinkc.recover (distillation from the baseline); {machine_info(threads)}", "",
+             "| model | pass | layers | params | MACs | test acc | recovered acc | "
+             "max weight error | pass s | recover s | PyTorch ms | onnxruntime ms | "
+             "PyTorch speed-up | onnxruntime speed-up | max Δ ORT vs PyTorch |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = base[r.model]
 
@@ -177,10 +195,12 @@ def markdown(rows: list[LowRankRow], *, threads: int, repeat: int) -> str:
 
         t = {k: (v.fmt() if v.runs_ms else "-") for k, v in r.timings.items()}
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"
+        rec = f"{100 * r.recovered_accuracy:.1f}%" if r.recovered_accuracy is not None else "-"
         lines.append(
             f"| {r.model} | {r.pipeline or 'fold-bn (baseline)'} | {r.decomposed} | "
-            f"{human(r.params)} | {human(r.macs)} | {acc} | "
-            f"{r.max_error:.3f} | {r.pass_s:.1f} | {t['torch']} | {t['onnxruntime']} | "
+            f"{human(r.params)} | {human(r.macs)} | {acc} | {rec} | "
+            f"{r.max_error:.3f} | {r.pass_s:.1f} | {r.recover_s:.0f} | {t['torch']} | "
+            f"{t['onnxruntime']} | "
             f"{speed('torch')} | {speed('onnxruntime')} | {r.max_diff_ort:.1e} |")
     return "\n".join(lines)
 
@@ -202,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, metavar="N",
                    help="accuracy on the first N test images (default: all 1,000; 200 with "
                         "--smoke)")
+    p.add_argument("--recover-epochs", type=int, default=1, metavar="N",
+                   help="epochs of shrinkc.recover after each pass (default 1; 0: none)")
+    p.add_argument("--train-images", type=int, metavar="N",
+                   help="recover on the first N training images (default: all 4,000; 256 "
+                        "with --smoke)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -212,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                          passes=[q for q in args.passes.split(",") if q], threads=args.threads,
                          warmup=warmup, repeat=repeat,
                          test_images=args.test_images or (200 if args.smoke else None),
+                         recover_epochs=args.recover_epochs,
+                         train_images=args.train_images or (256 if args.smoke else None),
                          trained=not args.untrained)
     print(markdown(rows, threads=args.threads, repeat=repeat))
     if args.json:
