@@ -68,8 +68,9 @@ import numpy as np
 from ..ir.graph import Graph, Node
 from .analyses import rank as R
 from .analyses.decompose import CP, cp, cp_exact
-from .lowrank import ChainStep, Fit, Layer, LowRankPass, Skip, conv_layer, group_slices
+from .analyses.layers import Layer, conv_layer, group_slices
 from .base import PassContext, option
+from .lowrank import ChainStep, Fit, LowRankPass, Skip
 from .registry import register_pass
 
 

@@ -56,8 +56,9 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from .analyses import rank as R
-from .lowrank import ChainStep, Fit, Layer, LowRankPass, conv_layer, dense_layer
+from .analyses.layers import Layer, conv_layer, dense_layer
 from .base import PassContext
+from .lowrank import ChainStep, Fit, LowRankPass
 from .registry import register_pass
 
 

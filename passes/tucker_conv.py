@@ -59,8 +59,9 @@ import numpy as np
 from ..ir.graph import Graph, Node
 from .analyses import rank as R
 from .analyses.decompose import tucker2
-from .lowrank import ChainStep, Fit, Layer, LowRankPass, conv_layer, group_slices
+from .analyses.layers import Layer, conv_layer, group_slices
 from .base import PassContext, option
+from .lowrank import ChainStep, Fit, LowRankPass
 from .registry import register_pass
 
 
