@@ -21,6 +21,9 @@ both axes' stride and padding. ``rank=full`` builds an exact CP of rank
 
 ALS is bounded per layer by ``max_iter`` sweeps and ``time_budget`` seconds (checked after
 each sweep: a layer overshoots by at most one sweep, ~1 s on a 256×256×3×3 kernel here).
+With an error to reach and a rank from ``energy`` / ``vbmf`` (a lower bound of the CP
+rank), a fit that misses it is retried at 1.5× the rank (rounded up) while the chain stays
+below break-even, within the same per-layer budget.
 The defaults, 50 sweeps and 5 s per layer, bound a ResNet-18's 17 k×k convolutions to
 about 100 s of ALS. A layer whose fit does not reach the requested error — ``max_error``,
 or ``sqrt(1 - energy)`` with ``energy=`` — is skipped (``skipped_not_converged``, the error
@@ -31,9 +34,9 @@ Options (the rank options are shared with ``tucker-conv`` and ``svd-linear``, se
 
 * ``rank`` — the CP rank ``R``; ``full`` = the exact construction above;
 * ``ratio`` — each layer keeps at most this fraction of its parameters (rounded down);
-* ``energy`` — ``R`` = the larger of the two channel unfoldings' ranks keeping this energy
-  (a lower bound: a rank-R CP has unfoldings of rank <= R; rounded up), and the fit must
-  reach relative error ``sqrt(1 - energy)``;
+* ``energy`` — ``R`` starts at the larger of the two channel unfoldings' ranks keeping this
+  energy (a lower bound: a rank-R CP has unfoldings of rank <= R; rounded up, then grown
+  as above), and the fit must reach relative error ``sqrt(1 - energy)``;
 * ``vbmf`` — ``R`` = the larger of the two unfoldings' EVBMF ranks (rounded up); the
   default when no rank option is given;
 * ``target_macs`` — MACs of the whole graph after the pass (an int, or a float in (0, 1]),
@@ -61,6 +64,8 @@ by ``shrinkc opt --stats``, and ``ctx.artifacts["cp-conv"]``.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,22 +135,40 @@ class CpConv(LowRankPass):
                   if e is not None]
         return min(limits) if limits else None
 
-    def fit(self, layer: Layer, rank: tuple[int, ...], ctx: PassContext) -> Fit | Skip:
-        blocks = group_slices(layer)
-        budget = self.time_budget / len(blocks)
-        fits: list[CP] = []
-        for block in blocks:
-            if self.rank == "full":
-                fits.append(cp_exact(block))
-            else:
-                fits.append(cp(block, rank[0], max_iter=self.max_iter, time_budget=budget,
-                               tol=self.tol, seed=int(ctx.rng.integers(2 ** 31))))
+    def _fit_at(self, blocks: list[np.ndarray], r: int, budget: float, ctx: PassContext
+                ) -> tuple[list[CP], float]:
+        fits = [cp_exact(b) if self.rank == "full" else
+                cp(b, r, max_iter=self.max_iter, time_budget=budget / len(blocks), tol=self.tol,
+                   seed=int(ctx.rng.integers(2 ** 31)))
+                for b in blocks]
         norms = [float(np.sum(b ** 2)) for b in blocks]
         err = (sum(f.error ** 2 * n for f, n in zip(fits, norms)) / (sum(norms) or 1.0)) ** 0.5
+        return fits, err
+
+    def fit(self, layer: Layer, rank: tuple[int, ...], ctx: PassContext) -> Fit | Skip:
+        blocks = group_slices(layer)
+        want = self._requested_error()
+        # energy / vbmf give a lower bound on the CP rank: with an error to reach, grow R
+        # (x1.5, rounded up) while the chain stays below break-even and the budget lasts
+        search = want is not None and self.rule().kind in ("energy", "vbmf")
+        t0 = time.perf_counter()
+        r, tried = rank[0], []
+        while True:
+            left = self.time_budget - (time.perf_counter() - t0)
+            fits, err = self._fit_at(blocks, r, max(left, 1e-9), ctx)
+            tried.append(f"R={r}: {err:.3g}")
+            if not search or err <= want:
+                break
+            nxt = R.round_rank(math.ceil(r * 1.5), layer.full[0], self.round_to, up=True)
+            if (nxt <= r or self.cost(layer, (nxt,))[0] >= layer.macs
+                    or time.perf_counter() - t0 >= self.time_budget):
+                break
+            r = nxt
         stopped = sorted({f.stopped for f in fits})
         sweeps = max(f.iterations for f in fits)
         note = f"ALS {sweeps} sweeps, {'/'.join(stopped)}"
-        want = self._requested_error()
+        if len(tried) > 1:
+            note += f"; tried {', '.join(tried)}"
         if want is not None and err > want:
             ctx.logger.info("%s: %s: error %.3g > %.3g after %s", self.name,
                             layer.node.describe(), err, want, note)

@@ -340,6 +340,8 @@ class LowRankPass(Pass):
                 skip(node, fit.reason, t0, rank=rank, error=fit.error, note=fit.note,
                      macs=(layer.macs, macs), params=(layer.params, params))
                 continue
+            if fit.rank != tuple(rank):  # the pass chose another rank (cp-conv's search)
+                macs, params = self.cost(layer, fit.rank)
             self.emit(graph, layer, fit)
             seconds = time.perf_counter() - t0
             reports.append(LayerReport(node.name, node.loc, "decomposed", fit.rank, fit.error,
