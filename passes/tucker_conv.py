@@ -18,7 +18,8 @@ Options (the rank options are shared with ``cp-conv`` and ``svd-linear``, see
 
 * ``rank`` — ``R`` for both modes or ``(R_in, R_out)``; ``full`` = full rank, which reproduces the layer;
 * ``ratio`` — each layer keeps at most this fraction of its parameters (ranks in
-  proportion to the channel counts, rounded down);
+  proportion to the channel counts, rounded down); 1.0 is not full rank (a full-rank
+  chain has more parameters than the layer), ``rank=full`` is;
 * ``energy`` — per mode, the smallest rank keeping this fraction of the unfolding's
   singular-value energy (rounded up);
 * ``vbmf`` — per mode, the EVBMF rank of the unfolding (Nakajima et al. 2013; rounded up);
