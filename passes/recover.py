@@ -73,7 +73,8 @@ class Recover(Pass):
         data = ctx.training if ctx.training is not None else ctx.calibration
         if data is None:
             raise PassError("no training data: give optimize(..., training=(X, y)) (or X "
-                            "alone, or batches), or calibration batches for label-free "
+                            "alone, or batches; shrinkc opt --training zoo-data:NAME|FILE.npz), "
+                            "or calibration batches (--calibration) for label-free "
                             "distillation")
         teacher = ctx.teacher if ctx.teacher is not None else ctx.original
         if teacher is None:

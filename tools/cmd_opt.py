@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 from ..ir.graph import IRError
-from .load import CALIBRATION_HELP, load_calibration, load_model, parse_shape
+from .load import (CALIBRATION_HELP, TRAINING_HELP, load_calibration, load_model, load_training,
+                   parse_shape)
 
 
 def add_parser(sub) -> None:
@@ -44,6 +45,9 @@ def add_parser(sub) -> None:
                    help="how many zoo-data images to calibrate with (default 256)")
     p.add_argument("--calibration-batch-size", type=int, metavar="N",
                    help="calibration batch size (default: the model's input batch)")
+    p.add_argument("--training", metavar="zoo-data:NAME|FILE.npz", help=TRAINING_HELP)
+    p.add_argument("--training-samples", type=int, metavar="N",
+                   help="train on a seeded sample of N (default: all)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for passes' randomness and random example inputs (default 0)")
     p.add_argument("--print-passes", action="store_true",
@@ -216,6 +220,8 @@ def run(args) -> int:
     if args.calibration:
         ctx.calibration = load_calibration(args.calibration, graph, args.calibration_samples,
                                            args.calibration_batch_size)
+    if args.training:
+        ctx.training = load_training(args.training, graph, args.training_samples)
     first = summarize(graph)
     with explaining(write) if args.explain else contextlib.nullcontext():
         pm.run(graph)

@@ -130,6 +130,62 @@ def load_calibration(spec: str, graph: Graph, samples: int = 256,
     return load_npz(spec, graph, batch_size)
 
 
+TRAINING_HELP = ("training data for passes that train (recover): zoo-data:NAME (a bundled "
+                 "dataset's training split with its labels, resized to the model's input, e.g. "
+                 "zoo-data:mnist) or FILE.npz (one array per model input, samples along dim 0, "
+                 "and optional integer 'labels')")
+
+
+def load_training(spec: str, graph: Graph, samples: int | None = None) -> tuple:
+    """``(inputs, labels)`` named by ``spec`` for ``graph`` (see ``TRAINING_HELP``): the
+    inputs a tensor (one-input graph) or a list of tensors, labels a tensor or None; with
+    ``samples``, a seeded sample of that many."""
+    import torch
+
+    if spec.startswith("zoo-data:"):
+        from . import data
+
+        name = spec.split(":", 1)[1]
+        if name not in data.DATASETS:
+            raise ModelSpecError(f"--training {spec}: unknown dataset {name!r} (known: "
+                                 f"{', '.join(data.DATASETS)})")
+        if len(graph.inputs) != 1 or graph.inputs[0].type.rank != 4:
+            raise ModelSpecError(f"--training {spec}: zoo data feeds a model with one N×C×H×W "
+                                 f"input; this one takes "
+                                 f"{', '.join(str(v.type) for v in graph.inputs)}")
+        try:
+            X, y = data.load(name, "train", **data.image_kwargs(graph.inputs[0].shape))
+        except ValueError as e:
+            raise ModelSpecError(f"--training {spec}: {e}") from None
+        xs = [X]
+    elif spec.endswith(".npz"):
+        import numpy as np
+
+        try:
+            with np.load(spec, allow_pickle=False) as f:
+                arrays = {k: np.asarray(f[k]) for k in f.files}
+        except Exception as e:
+            raise ModelSpecError(f"--training {spec}: cannot read it as .npz: {e}") from None
+        labels = arrays.pop("labels", None)
+        names = [v.name for v in graph.inputs]
+        if len(arrays) == 1 and len(names) == 1:
+            arrays = {names[0]: next(iter(arrays.values()))}
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ModelSpecError(f"--training {spec}: no array for input(s) {missing} (it has "
+                                 f"{', '.join(sorted(arrays)) or 'none'})")
+        xs = [torch.from_numpy(arrays[n]) for n in names]
+        y = None if labels is None else torch.from_numpy(labels).long()
+    else:
+        raise ModelSpecError(f"--training {spec}: expected FILE.npz or zoo-data:NAME")
+    if samples is not None:
+        if not 0 < samples <= len(xs[0]):
+            raise ModelSpecError(f"--training-samples must be in 1..{len(xs[0])}")
+        idx = torch.randperm(len(xs[0]), generator=torch.Generator().manual_seed(0))[:samples]
+        xs, y = [x[idx] for x in xs], (None if y is None else y[idx])
+    return (xs[0] if len(xs) == 1 else xs), y
+
+
 def _call_factory(spec: str, kwargs: dict | None):
     """``package.module:factory`` imported and called; every way that fails is one
     ``ModelSpecError`` naming the spec."""

@@ -105,3 +105,15 @@ def test_nothing_to_train_is_an_error():
     g.outputs = [g.add_node("relu", [x]).output]
     with pytest.raises(PassError, match="no float weights to train"):
         shrinkc.optimize(g, "recover(epochs=1)", training=torch.randn(8, 4))
+
+
+def test_command_line_training_data(capsys):
+    from shrinkc.tools.cli import main
+
+    code = main(["opt", "zoo:lenet5", "--passes", "prune-channels(ratio=0.5),recover(epochs=1, "
+                 "batch_size=50)", "--training", "zoo-data:mnist", "--training-samples", "100",
+                 "--stats"])
+    assert code == 0
+    err = capsys.readouterr()
+    line = next(x for x in (err.out + err.err).splitlines() if "002_recover" in x)
+    assert "samples=100" in line and "labels=1" in line and "steps=2" in line
