@@ -5,8 +5,9 @@ For each model (default ResNet-18 and VGG-11, trained on MNIST-5k by ``tools/tra
 and cached): trace at batch 1, prune at each ratio (default 0.3, 0.5, 0.7) with the given
 criterion and scope, and measure
 
-- test accuracy on the 1,000 MNIST-5k test images (the pruned graph through ``to_torch``;
-  no fine-tuning — recovery rows come with distillation, issue #20);
+- test accuracy on the 1,000 MNIST-5k test images (through onnxruntime), right after
+  pruning and, with ``--recover-epochs N``, after N epochs of recovery (the ``recover``
+  pass: distillation from the unpruned model on the 4,000 training images);
 - parameters and MACs (the op table's cost model);
 - latency at batch 1: PyTorch (``to_torch`` of each graph, the unpruned one included, so
   every row runs the same kind of module) and onnxruntime (``to_onnx`` of each graph), each
@@ -17,7 +18,7 @@ criterion and scope, and measure
 Run on a quiet machine for numbers that mean something::
 
     python -m shrinkc.tools.bench_prune --models resnet18,vgg11_bn --ratios 0.3,0.5,0.7 \\
-        --threads 2 --repeat 50
+        --recover-epochs 8 --threads 2 --repeat 50
 
 ``--smoke`` (2 timed runs, 200 test images) checks that it works; ``--untrained`` uses
 random weights (no training; accuracy is then meaningless).
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Timing, set_threads
+from .bench import Timing
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class PruneRow:
     macs: int
     accuracy: float | None
     channels_removed: int
+    recover_epochs: int = 0  # recovery (distillation from the unpruned model) after pruning
     timings: dict[str, Timing] = field(default_factory=dict)
     max_diff_ort: float | None = None  # onnxruntime vs PyTorch, same graph
 
@@ -61,35 +63,29 @@ class PruneRow:
         return d
 
 
-def _accuracy(graph, X: torch.Tensor, y: torch.Tensor) -> float:
-    from .. import to_torch
-
-    module = to_torch(graph).eval()
-    n = graph.inputs[0].shape[0]
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(X) - len(X) % n, n):
-            correct += int((module(X[i:i + n]).argmax(1) == y[i:i + n]).sum())
-    return correct / max(len(X) - len(X) % n, 1)
-
-
 def bench_prune(models=("resnet18", "vgg11_bn"), ratios=(0.3, 0.5, 0.7), *,
                 criterion: str = "l1", scope: str = "local", threads: int = 1,
                 warmup: int = 5, repeat: int = 30, test_images: int | None = None,
-                trained: bool = True, seed: int = 0) -> list[PruneRow]:
-    """Rows for every model at ratio 0 (unpruned) and at each of ``ratios``."""
-    from .. import optimize, to_torch, trace
-    from ..backends.onnx import OnnxRuntimeSession
-    from ..passes.analyses.cost import summarize
+                trained: bool = True, seed: int = 0, recover_epochs: int = 0,
+                recover_lr: float = 3e-3, train_images: int | None = None) -> list[PruneRow]:
+    """Rows for every model at ratio 0 (unpruned) and at each of ``ratios``; with
+    ``recover_epochs``, each pruned graph also after that many epochs of recovery
+    (``recover``: distillation from the unpruned model on the training images)."""
+    from .. import optimize, trace
+    from . import benchkit as bk
     from . import data, train, zoo
 
-    set_threads(threads)
+    bk.set_threads(threads)
     X, y = data.load("mnist", "test")
     if test_images is not None:
         X, y = X[:test_images], y[:test_images]
+    Xtr, ytr = data.load("mnist", "train")
+    if train_images is not None:
+        keep = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))
+        Xtr, ytr = Xtr[keep[:train_images]], ytr[keep[:train_images]]
     calib = data.calibration_batches("mnist", n=64, batch_size=1)
     rows: list[PruneRow] = []
-    runners = []
+    pool = bk.LatencyPool(warmup)
     for name in models:
         if trained:
             model, metrics = train.train(name)
@@ -101,45 +97,35 @@ def bench_prune(models=("resnet18", "vgg11_bn"), ratios=(0.3, 0.5, 0.7), *,
             model = zoo.get_model(name, dataset="mnist", **dict(recipe.model_kwargs)).eval()
         x = X[:1].clone()
         graph = trace(model, (x,), name=name)
-        for ratio in (0.0, *ratios):
+        steps = [(0.0, 0)] + [(r, 0) for r in ratios]
+        if recover_epochs:
+            steps += [(r, recover_epochs) for r in ratios]
+        for ratio, epochs in steps:
             t0 = time.perf_counter()
             artifacts: dict[str, Any] = {}
+            pipeline = f"prune-channels(ratio={ratio}, criterion={criterion}, scope={scope})"
+            if epochs:
+                pipeline += f",recover(epochs={epochs}, lr={recover_lr})"
             g = graph if ratio == 0 else optimize(
-                graph, f"prune-channels(ratio={ratio}, criterion={criterion}, scope={scope})",
-                example_inputs=[x], calibration=[[c] for c in calib], seed=seed,
-                artifacts=artifacts)
+                graph, pipeline, example_inputs=[x], calibration=[[c] for c in calib],
+                training=(Xtr, ytr), seed=seed, artifacts=artifacts)
             plan = artifacts.get("prune-plan")
-            s = summarize(g)
-            row = PruneRow(name, ratio, s.params, s.macs, _accuracy(g, X, y),
-                           plan.channels_removed if plan is not None else 0)
-            module = to_torch(g).eval()
-            sess = OnnxRuntimeSession(g, threads)
-            feeds = sess.feeds([x])
-            with torch.inference_mode():
-                want = module(x).numpy()
-            got = sess.session.run(None, feeds)[0]
+            params, macs = bk.cost_of(g)
+            runners = {"torch": bk.torch_graph(g, x), "onnxruntime": bk.ort_graph(g, x, threads)}
+            _, predict, batch = runners["onnxruntime"]
+            row = PruneRow(name, ratio, params, macs, bk.accuracy(predict, X, y, batch),
+                           plan.channels_removed if plan is not None else 0,
+                           recover_epochs=epochs)
+            want = runners["torch"][1](x)
+            got = runners["onnxruntime"][1](x)
             row.max_diff_ort = float(np.max(np.abs(got.astype(np.float64) - want)))
-
-            def torch_run(module=module):
-                with torch.inference_mode():
-                    return module(x)
-
-            def ort_run(sess=sess, feeds=feeds):
-                return sess.session.run(None, feeds)
-
-            for b, fn in (("torch", torch_run), ("onnxruntime", ort_run)):
-                for _ in range(max(warmup, 1)):
-                    fn()
-                row.timings[b] = Timing()
-                runners.append((row.timings[b], fn))
+            for b, (run, _, _) in runners.items():
+                row.timings[b] = pool.add(run)
             rows.append(row)
-            log.info("%s ratio %.2f: %d params, %.1f%% (%.1fs)", name, ratio, s.params,
+            log.info("%s ratio %.2f%s: %d params, %.1f%% (%.1fs)", name, ratio,
+                     f" + {epochs} recovery epochs" if epochs else "", params,
                      100 * (row.accuracy or 0), time.perf_counter() - t0)
-    for _ in range(repeat):  # round-robin over every row and backend
-        for timing, fn in runners:
-            t0 = time.perf_counter()
-            fn()
-            timing.runs_ms.append((time.perf_counter() - t0) * 1e3)
+    pool.run(repeat)  # round-robin over every row and backend
     return rows
 
 
@@ -149,10 +135,11 @@ def markdown(rows: list[PruneRow], *, threads: int, repeat: int) -> str:
     base = {r.model: r for r in rows if r.ratio == 0}
     lines = [f"channel pruning (prune-channels), batch 1, {threads} thread(s), {repeat} timed "
              f"runs each, round-robin; speed-up = unpruned median / pruned median, same "
-             f"backend; no fine-tuning", "",
-             "| model | ratio | params | MACs | test acc | channels removed | PyTorch ms | "
-             "onnxruntime ms | PyTorch speed-up | onnxruntime speed-up | max Δ ORT vs PyTorch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"backend; recovery = epochs of distillation from the unpruned model", "",
+             "| model | ratio | recovery | params | MACs | test acc | channels removed | "
+             "PyTorch ms | onnxruntime ms | PyTorch speed-up | onnxruntime speed-up | "
+             "max Δ ORT vs PyTorch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = base[r.model]
 
@@ -162,7 +149,9 @@ def markdown(rows: list[PruneRow], *, threads: int, repeat: int) -> str:
 
         t = {k: (v.fmt() if v.runs_ms else "-") for k, v in r.timings.items()}
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"
-        lines.append(f"| {r.model} | {r.ratio:g} | {human(r.params)} | {human(r.macs)} | {acc} "
+        rec = f"{r.recover_epochs} epochs" if r.recover_epochs else "-"
+        lines.append(f"| {r.model} | {r.ratio:g} | {rec} | {human(r.params)} | {human(r.macs)} "
+                     f"| {acc} "
                      f"| {r.channels_removed} | {t['torch']} | {t['onnxruntime']} | "
                      f"{speed('torch')} | {speed('onnxruntime')} | {r.max_diff_ort:.1e} |")
     return "\n".join(lines)
@@ -184,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, metavar="N",
                    help="accuracy on the first N test images (default: all 1,000; 200 with "
                         "--smoke)")
+    p.add_argument("--recover-epochs", type=int, default=0, metavar="N",
+                   help="also each ratio after N epochs of recovery (distillation; default 0)")
+    p.add_argument("--recover-lr", type=float, default=3e-3, help="recovery's peak lr")
+    p.add_argument("--train-images", type=int, metavar="N",
+                   help="recover on a seeded sample of N training images (default: all 4,000)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -193,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                        [float(r) for r in args.ratios.split(",") if r], criterion=args.criterion,
                        scope=args.scope, threads=args.threads, warmup=warmup, repeat=repeat,
                        test_images=args.test_images or (200 if args.smoke else None),
-                       trained=not args.untrained)
+                       trained=not args.untrained, recover_epochs=args.recover_epochs,
+                       recover_lr=args.recover_lr, train_images=args.train_images)
     print(markdown(rows, threads=args.threads, repeat=repeat))
     if args.json:
         with open(args.json, "w") as f:

@@ -21,3 +21,14 @@ def test_smoke_run_prints_the_table_and_json(capsys, tmp_path):
     for r in rows:
         assert set(r["timings"]) == {"torch", "onnxruntime"}
         assert r["max_diff_ort"] < 1e-3 and 0.0 <= r["accuracy"] <= 1.0
+
+
+def test_recovery_rows(capsys, tmp_path):
+    out = tmp_path / "rows.json"
+    assert bench_prune.main(["--models", "lenet5", "--ratios", "0.5", "--smoke", "--untrained",
+                             "--test-images", "20", "--recover-epochs", "1",
+                             "--train-images", "64", "--json", str(out)]) == 0
+    assert "| lenet5 | 0.5 | 1 epochs |" in capsys.readouterr().out
+    base, pruned, recovered = json.loads(out.read_text())
+    assert (pruned["recover_epochs"], recovered["recover_epochs"]) == (0, 1)
+    assert recovered["params"] == pruned["params"]
