@@ -17,6 +17,12 @@ DequantizeLinear, per-tensor or per-channel ``axis``; ``fake_quantize`` as such 
 ``dynamic_quantize`` as DynamicQuantizeLinear, which onnxruntime fuses with the
 DequantizeLinear and MatMul after it into its DynamicQuantizeMatMul). Opsets 13–21.
 
+A batch-polymorphic graph (``ir/batch.py``) is written with a dynamic first dim ``batch``
+on its batch inputs and outputs, so one file runs at any batch: reshapes keep their -1, an
+``expand``'s -1 (keep) becomes ONNX's 1 (broadcast), shapes the exporters spell out get
+-1 for the batch, intermediate tensors carry no shape (onnx shape inference derives them),
+and the model's ``shrinkc.batch`` metadata records the nominal batch for ``load_onnx``.
+
 ``OnnxRuntimeSession`` / ``run_onnxruntime`` run a model (path, bytes or ModelProto) on the
 CPU with a configurable number of intra-op threads (default: the cores this process may use).
 """
@@ -36,10 +42,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..ir import batch as ir_batch
 from ..ir import ops
 from ..ir.graph import Graph, IRError, Node, Value
 from ..ir.interpreter import as_tensor
-from ..ir.onnx_common import IR_TO_ONNX, LOC_KEY, OPSET_MAX, OPSET_MIN
+from ..ir.onnx_common import BATCH_DIM, BATCH_KEY, IR_TO_ONNX, LOC_KEY, OPSET_MAX, OPSET_MIN
 from ..ir.ops.quant import QRANGES
 from ..ir.types import to_numpy_dtype
 from .runtime import host_threads
@@ -68,6 +75,15 @@ class _Ex:
         self.taken = {v.name for v in graph.values()}
         self.node_names: set[str] = set()
         self.node: Node | None = None
+        self.batched = ir_batch.batch_values(graph)  # ids of values that carry the batch
+
+    def shape_of(self, v: Value, shape: Sequence[int] | None = None) -> list[int]:
+        """``shape`` (default: ``v``'s) as a Reshape target: -1 for dim 0 when ``v`` carries
+        the batch (in a proven graph a reshaped value has it in dim 0 only)."""
+        shape = list(v.shape if shape is None else shape)
+        if id(v) in self.batched and shape:
+            shape[0] = -1
+        return shape
 
     def fail(self, msg: str) -> NoReturn:
         where = f"node {self.node.describe()} ({self.node.op})" if self.node else "graph"
@@ -496,10 +512,10 @@ def _group_norm(e: _Ex, n: Node) -> None:
         return
     gshape = (x.shape[0], groups, x.type.numel // (x.shape[0] * groups))
     grouped = e.tmp("grouped", x.dtype, gshape)
-    e.emit("Reshape", [e.x(x), e.i64(gshape, "group_shape")], [grouped])
+    e.emit("Reshape", [e.x(x), e.i64(e.shape_of(x, gshape), "group_shape")], [grouped])
     y = _normalize(e, grouped, [2], eps, x.dtype)
     back = e.tmp("ungrouped", x.dtype, x.shape)
-    e.emit("Reshape", [y, e.i64(x.shape, "shape")], [back])
+    e.emit("Reshape", [y, e.i64(e.shape_of(x), "shape")], [back])
     _affine(e, n, back, w, b, (c,) + (1,) * (x.type.rank - 2))
 
 
@@ -604,7 +620,7 @@ def _flatten(e: _Ex, n: Node) -> None:
     if r >= 2 and start == 1 and end == r - 1:
         e.one("Flatten", n, [e.x(x)], {"axis": 1})
     else:
-        e.one("Reshape", n, [e.x(x), e.i64(n.output.shape, "shape")])
+        e.one("Reshape", n, [e.x(x), e.i64(e.shape_of(n.output), "shape")])
 
 
 @_exports("permute")
@@ -634,7 +650,9 @@ def _slice(e: _Ex, n: Node) -> None:
 
 @_exports("expand")
 def _expand(e: _Ex, n: Node) -> None:
-    e.one("Expand", n, [e.x(n.inputs[0]), e.i64(n.attrs["shape"], "shape")])
+    # the IR's -1 keeps the input's dim; ONNX's Expand broadcasts, so 1 does the same
+    e.one("Expand", n, [e.x(n.inputs[0]),
+                        e.i64([1 if d == -1 else d for d in n.attrs["shape"]], "shape")])
 
 
 # ---------------------------------------------------------------------------- quantization
@@ -891,12 +909,18 @@ def _sdpa(e: _Ex, n: Node) -> None:
             return e.x(t)
         lead, g = list(t.shape[:-3]), hq // hk
         five = lead + [hk, 1, S, t.shape[-1]]
+        rep = lead + [hk, g, S, t.shape[-1]]
+        full = lead + [hq, S, t.shape[-1]]
+        # a batch in dim 0: -1 in the reshapes, 1 (broadcast: kept) in the expand
+        batched = id(t) in e.batched
         a = e.tmp(f"{what}_5d", dt, five)
-        e.emit("Reshape", [e.x(t), e.i64(five, f"{what}_5d_shape")], [a])
-        b = e.tmp(f"{what}_rep", dt, lead + [hk, g, S, t.shape[-1]])
-        e.emit("Expand", [a, e.i64(lead + [hk, g, S, t.shape[-1]], f"{what}_rep_shape")], [b])
-        c = e.tmp(f"{what}_heads", dt, lead + [hq, S, t.shape[-1]])
-        e.emit("Reshape", [b, e.i64(lead + [hq, S, t.shape[-1]], f"{what}_heads_shape")], [c])
+        e.emit("Reshape", [e.x(t), e.i64([-1] + five[1:] if batched else five,
+                                         f"{what}_5d_shape")], [a])
+        b = e.tmp(f"{what}_rep", dt, rep)
+        e.emit("Expand", [a, e.i64([1] + rep[1:] if batched else rep, f"{what}_rep_shape")], [b])
+        c = e.tmp(f"{what}_heads", dt, full)
+        e.emit("Reshape", [b, e.i64([-1] + full[1:] if batched else full,
+                                    f"{what}_heads_shape")], [c])
         return c
 
     kt = e.tmp("k_t", dt)
@@ -939,8 +963,17 @@ def _upsample(e: _Ex, n: Node) -> None:
     else:
         attrs = {"mode": "linear", "coordinate_transformation_mode":
                  "align_corners" if a["align_corners"] else "pytorch_half_pixel"}
-    e.one("Resize", n, [e.x(x), None, None, e.i64(list(x.shape[:2]) + list(a["size"]), "sizes")],
-          attrs)
+    if id(x) not in e.batched:
+        sizes = e.i64(list(x.shape[:2]) + list(a["size"]), "sizes")
+    elif e.opset >= 18:  # a dynamic batch: resize the spatial axes only
+        sizes, attrs = e.i64(list(a["size"]), "sizes"), {**attrs, "axes": [2, 3]}
+    else:  # a dynamic batch below opset 18: N, C from the input's shape
+        shape, nc = e.tmp("shape", "i64", [4]), e.tmp("nc", "i64", [2])
+        e.emit("Shape", [e.x(x)], [shape])
+        e.emit("Slice", [shape, e.i64([0], "nc_start"), e.i64([2], "nc_end")], [nc])
+        sizes = e.tmp("sizes", "i64", [4])
+        e.emit("Concat", [nc, e.i64(list(a["size"]), "hw")], [sizes], {"axis": 0})
+    e.one("Resize", n, [e.x(x), None, None, sizes], attrs)
 
 
 @_exports("fake_quantize")
@@ -984,6 +1017,11 @@ def export_model(graph: Graph, opset: int = 17, *, propagate_nan: bool = False
     missing = sorted({n.op for n in graph.nodes} - set(EXPORTERS))
     if missing:
         raise OnnxExportError(f"to_onnx: no ONNX exporter for op(s) {missing}")
+    if ir_batch.is_polymorphic(graph):
+        reason = ir_batch.check(graph)
+        if reason:
+            raise OnnxExportError(f"to_onnx: graph {graph.name}: its batch marks do not hold: "
+                                  f"{reason}")
     e = _Ex(graph, int(opset), propagate_nan)
     inputs = [e.out(v) for v in graph.inputs]
     for node in graph.nodes:
@@ -1005,6 +1043,21 @@ def export_model(graph: Graph, opset: int = 17, *, propagate_nan: bool = False
             t = alias
         seen.add(id(v))
         outputs.append(t)
+    if ir_batch.is_polymorphic(graph):  # dynamic batch: the one size not fixed
+        io = {id(t) for t in inputs + outputs}
+        for t in e.tensors.values():
+            if id(t) not in io:
+                t.shape = None
+        for node in e.nodes:
+            for t in node.outputs:
+                if id(t) not in io:
+                    t.shape = None
+        for ts, vs in ((inputs, ir_batch.batch_inputs(graph)),
+                       (outputs, ir_batch.batch_outputs(graph))):
+            marked = {id(v) for v in vs}
+            for t, v in zip(ts, graph.inputs if ts is inputs else graph.outputs):
+                if id(v) in marked:
+                    t.shape = [BATCH_DIM] + list(v.shape[1:])
     gsg = gs.Graph(nodes=e.nodes, inputs=inputs, outputs=outputs, name=graph.name, opset=opset,
                    producer_name="shrinkc")
     # nodes whose results a pattern export did not need (the dequantizes of a dynamically
@@ -1023,6 +1076,8 @@ def export_model(graph: Graph, opset: int = 17, *, propagate_nan: bool = False
     model.graph.initializer.extend(inits)
     for node in model.graph.node:
         node.metadata_props.add(key=LOC_KEY, value=e.locs.get(node.name, ""))
+    if ir_batch.is_polymorphic(graph):
+        model.metadata_props.add(key=BATCH_KEY, value=str(ir_batch.nominal_batch(graph)))
     if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
         try:
             onnx.checker.check_model(model, full_check=True)

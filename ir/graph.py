@@ -413,6 +413,13 @@ class Graph:
         forward. Returns the nodes whose output types changed."""
         return edit.reinfer(self, *starts)
 
+    def with_batch(self, n: int) -> Graph:
+        """A copy at nominal batch ``n`` (``ir.batch.specialize``): the batch inputs at dim 0
+        = ``n``, types re-inferred. A static-batch graph raises ``BatchError`` saying why."""
+        from .batch import specialize
+
+        return specialize(self, n)
+
     def __str__(self) -> str:
         from .text import print_graph
 

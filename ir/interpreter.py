@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from . import ops
+from . import batch, ops
 from .graph import Graph, IRError
 from .types import to_torch_dtype
 
@@ -31,7 +31,11 @@ def constant_tensors(graph: Graph) -> dict[str, torch.Tensor]:
 
 
 def bind_inputs(graph: Graph, inputs) -> list[torch.Tensor]:
-    """Accepts a tensor, a sequence of tensors/arrays, or a mapping name -> tensor."""
+    """Accepts a tensor, a sequence of tensors/arrays, or a mapping name -> tensor.
+
+    A batch-polymorphic graph (``ir/batch.py``) takes any batch ``n >= 1`` on its batch
+    inputs (the same on all of them; the other dims as typed); a static-batch graph takes
+    its types' shapes, and a different dim 0 says why the graph is static."""
     if isinstance(inputs, Mapping):
         missing = [v.name for v in graph.inputs if v.name not in inputs]
         if missing:
@@ -43,13 +47,27 @@ def bind_inputs(graph: Graph, inputs) -> list[torch.Tensor]:
     if len(inputs) != len(graph.inputs):
         raise IRError(f"graph {graph.name} takes {len(graph.inputs)} inputs "
                       f"({', '.join('%' + v.name for v in graph.inputs)}), got {len(inputs)}")
-    out = []
-    for v, x in zip(graph.inputs, inputs):
-        t = as_tensor(x)
-        if tuple(t.shape) != v.type.shape:
-            raise IRError(f"input %{v.name} expects {v.type}, got shape {tuple(t.shape)}")
-        out.append(t.to(to_torch_dtype(v.dtype)))
-    return out
+    tensors = [as_tensor(x) for x in inputs]
+    batched = {id(v) for v in batch.batch_inputs(graph)}
+    n = None  # the batch of this call
+    for v, t in zip(graph.inputs, tensors):
+        shape = tuple(t.shape)
+        same_rest = len(shape) == v.type.rank > 0 and shape[1:] == v.shape[1:]
+        if id(v) in batched and same_rest and shape[0] >= 1:
+            n = shape[0] if n is None else n
+        elif shape == v.type.shape:
+            continue
+        elif same_rest and not batched:
+            raise batch.BatchError(f"input %{v.name} expects {v.type}, got shape {shape}: "
+                                   + batch.static_message(graph, shape[0]))
+        else:
+            kind = " (its dim 0 is the batch: any size)" if id(v) in batched else ""
+            raise IRError(f"input %{v.name} expects {v.type}, got shape {shape}{kind}")
+        if shape[0] != n:
+            raise IRError(f"graph {graph.name}: the batch inputs disagree on the batch: "
+                          + ", ".join(f"%{w.name} has {tuple(x.shape)[0]}"
+                                      for w, x in zip(graph.inputs, tensors) if id(w) in batched))
+    return [t.to(to_torch_dtype(v.dtype)) for v, t in zip(graph.inputs, tensors)]
 
 
 def run(graph: Graph, inputs, *, params: Mapping[str, torch.Tensor] | None = None,
@@ -101,15 +119,24 @@ def run_numpy(graph: Graph, inputs) -> list[np.ndarray]:
     return [t.detach().cpu().numpy() for t in run(graph, inputs)]
 
 
-def random_inputs(graph: Graph, seed: int = 0) -> list[torch.Tensor]:
-    """Random inputs matching the graph's input types (normal floats, small ints)."""
+def random_inputs(graph: Graph, seed: int = 0, batch_size: int | None = None
+                  ) -> list[torch.Tensor]:
+    """Random inputs matching the graph's input types (normal floats, small ints); with
+    ``batch_size``, batch inputs of a batch-polymorphic graph get that dim 0."""
     gen = torch.Generator().manual_seed(seed)
+    batched = {id(v) for v in batch.batch_inputs(graph)}
+    if batch_size is not None and not batched and any(
+            v.type.rank and v.shape[0] != batch_size for v in graph.inputs):
+        raise batch.BatchError(batch.static_message(graph, batch_size))
     out = []
     for v in graph.inputs:
+        shape = v.shape
+        if batch_size is not None and id(v) in batched:
+            shape = (int(batch_size),) + shape[1:]
         if v.type.is_float:
-            out.append(torch.randn(v.shape, generator=gen).to(to_torch_dtype(v.dtype)))
+            out.append(torch.randn(shape, generator=gen).to(to_torch_dtype(v.dtype)))
         else:
-            out.append(torch.randint(0, 8, v.shape, generator=gen).to(to_torch_dtype(v.dtype)))
+            out.append(torch.randint(0, 8, shape, generator=gen).to(to_torch_dtype(v.dtype)))
     return out
 
 

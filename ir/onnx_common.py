@@ -15,6 +15,13 @@ OPSET_MIN, OPSET_MAX = 13, 21
 #: NodeProto metadata written by the backend and read by the frontend: the IR loc ("" = none).
 LOC_KEY = "shrinkc.loc"
 
+#: ModelProto metadata written for a batch-polymorphic graph: its nominal batch (the batch
+#: ``load_onnx`` gives the graph's types when no input_shapes say otherwise).
+BATCH_KEY = "shrinkc.batch"
+
+#: The name of the dynamic first dim of batch inputs and outputs.
+BATCH_DIM = "batch"
+
 #: ONNX element type → IR dtype.
 ONNX_DTYPES: dict[int, str] = {
     TensorProto.FLOAT: "f32", TensorProto.DOUBLE: "f64", TensorProto.FLOAT16: "f16",
@@ -26,4 +33,5 @@ ONNX_DTYPES: dict[int, str] = {
 #: IR dtype → ONNX element type.
 IR_TO_ONNX: dict[str, int] = {v: k for k, v in ONNX_DTYPES.items()}
 
-__all__ = ["IR_TO_ONNX", "LOC_KEY", "ONNX_DTYPES", "OPSET_MAX", "OPSET_MIN"]
+__all__ = ["BATCH_DIM", "BATCH_KEY", "IR_TO_ONNX", "LOC_KEY", "ONNX_DTYPES", "OPSET_MAX",
+           "OPSET_MIN"]

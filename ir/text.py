@@ -10,6 +10,10 @@
       return %linear
     }
 
+An input or output written with ``batch`` after it (``%x: f32[1,1,28,28] batch``,
+``return %linear batch``) carries the batch at axis 0: the graph is batch-polymorphic
+(``ir/batch.py``), its types are at the nominal batch.
+
 One statement per line; names are kept from the source so two dumps diff cleanly. Small
 constants are written inline (exactly: floats in their shortest round-trip form);
 large ones as ``#digest`` of their bytes, the data coming from a weights mapping (the
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
+from .batch import marks, set_marks
 from .graph import Graph, IRError, Value, array_digest
 from .types import TensorType, to_numpy_dtype
 
@@ -98,7 +103,10 @@ def format_attr(value: Any) -> str:
 
 def print_graph(graph: Graph, inline_limit: int = INLINE_LIMIT) -> str:
     """The text form of ``graph``."""
-    params = ", ".join(f"{_name(v)}: {v.type}" for v in graph.inputs)
+    m = marks(graph)
+    bin_, bout = (set(m.inputs), set(m.outputs)) if m else (set(), set())
+    params = ", ".join(f"{_name(v)}: {v.type}" + (" batch" if i in bin_ else "")
+                       for i, v in enumerate(graph.inputs))
     lines = [f"graph {json.dumps(graph.name)} ({params}) {{"]
     for v in graph.constants.values():
         enc = f" as {format_encoding(v)}" if v.encoding is not None else ""
@@ -111,7 +119,8 @@ def print_graph(graph: Graph, inline_limit: int = INLINE_LIMIT) -> str:
         if n.loc:
             line += f" loc({json.dumps(n.loc)})"
         lines.append(line)
-    lines.append("  return " + ", ".join(_name(v) for v in graph.outputs))
+    lines.append("  return " + ", ".join(_name(v) + (" batch" if i in bout else "")
+                                         for i, v in enumerate(graph.outputs)))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -329,6 +338,8 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
             l.fail(f"%{n} is used before it is defined")
         return env[n]
 
+    batch_in: list[int] = []
+    batch_out: list[int] = []
     ln.take("(")
     while not ln.peek(")"):
         n = ln.name()
@@ -336,6 +347,9 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
         if n in env:
             ln.fail(f"%{n} is defined twice")
         env[n] = g.add_input(ln.type(), n)
+        if ln.peek("batch"):
+            ln.take("batch")
+            batch_in.append(len(g.inputs) - 1)
         if not ln.peek(")"):
             ln.take(",")
     ln.take(")")
@@ -347,6 +361,8 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
             ln.take("}")
             if not returned:
                 ln.fail("graph has no return")
+            if batch_in or batch_out:
+                set_marks(g, batch_in, batch_out)
             return g
         if returned:
             ln.fail("statement after return")
@@ -355,6 +371,9 @@ def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None, *,
             outs = []
             while not ln.done():
                 outs.append(lookup(ln, ln.name()))
+                if ln.peek("batch"):
+                    ln.take("batch")
+                    batch_out.append(len(outs) - 1)
                 if not ln.done():
                     ln.take(",")
             g.outputs = outs

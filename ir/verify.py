@@ -3,14 +3,16 @@
 SSA (every value defined once), use-lists consistent with operands (so ``Value.use_sites``,
 derived from them, is exact), nodes in topological
 order (a cycle is reported as such), every operand defined in this graph, ops known,
-attributes valid, and every output type equal to what the op table infers.
+attributes valid, and every output type equal to what the op table infers. A
+batch-polymorphic graph's marks are proven again (``ir/batch.py``: types re-inferred at two
+other batches).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from . import ops
+from . import batch, ops
 from .graph import Graph, IRError, Node
 
 
@@ -99,6 +101,9 @@ def verify(graph: Graph) -> None:
             _fail(graph, None, f"output %{v.name} is not defined in this graph")
     if not graph.outputs:
         _fail(graph, None, "graph has no outputs")
+    reason = batch.check(graph)  # marked graphs only: re-infers at two other batches
+    if reason:
+        _fail(graph, None, f"batch marks do not hold: {reason}")
 
 
 def _on_cycle(graph: Graph, node: Node) -> bool:

@@ -6,20 +6,34 @@ The exported program is an fx graph of ATen ops (no decompositions, so ``aten.co
 (``layer1.0.conv1.weight``); every node keeps the module path in ``meta["loc"]``. An op
 that does not map raises one ``TraceError`` naming the ATen op, the module path and the
 source line, and no graph is returned.
+
+Batch: by default the model is exported with a dynamic batch (``torch.export.Dim`` on dim 0
+of every input whose dim 0 is the first input's; an example of batch 1 is traced as a
+batch-2 copy, since torch.export specialises sizes 0 and 1). Every size is then an int or
+an expression in the batch, so the converter knows which dims follow the batch: reshapes
+and expands get -1 there, and the graph (types at the example's batch) is marked
+batch-polymorphic once ``ir/batch.py`` proves it. When torch.export cannot keep the batch
+dynamic (the model's code specialises it: a view with a literal batch, a branch on the batch
+size) or the proof fails (a reduction over the batch, a batch-free tensor expanded to the
+batch, …), the model is traced again with static shapes at the example's batch, and the
+graph records why (``graph.meta["batch_static"]``; running it at another batch says so).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import batch as ir_batch
 from ..graph import Graph, IRError, Value
 from ..types import TensorType, dtype_from_torch
 from . import torch_fold
@@ -32,14 +46,77 @@ class TraceError(IRError):
     """A model that cannot be brought into the IR."""
 
 
+class _NotBatch(Exception):
+    """The dynamic-batch conversion met something the IR cannot keep batch-relative."""
+
+
+class _Sym:
+    """A python int computed from sizes (``x.shape[0] * 4``): its value at the nominal batch
+    and whether it depends on the batch."""
+
+    def __init__(self, value: int, depends: bool):
+        self.value, self.depends = value, depends
+
+
 class _Ctx:
     """State while converting one exported program."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, nominal: int | None = None):
         self.g = graph
         self.env: dict[str, Any] = {}  # fx node name -> Value | tuple[Value] | python value
         self.node: torch.fx.Node | None = None
         self.loc: str | None = None
+        self.nominal = nominal  # the batch symbolic sizes are evaluated at
+        self.batch_syms: set = set()  # sympy symbols of the dynamic batch
+
+    # ------------------------------------------------------------------ sizes
+    def size(self, d) -> int:
+        """A size (int or SymInt) at the nominal batch."""
+        if isinstance(d, torch.SymInt):
+            expr = d.node.expr
+            free = getattr(expr, "free_symbols", set())
+            if free and free <= self.batch_syms:
+                return int(expr.xreplace({s: self.nominal for s in free}))
+            if not free:
+                return int(expr)
+            raise TraceError(f"{self.where()}: size {d} is not static")
+        return int(d)
+
+    def depends(self, d) -> bool:
+        """Whether a size (int or SymInt) depends on the batch."""
+        return isinstance(d, torch.SymInt) and bool(
+            getattr(d.node.expr, "free_symbols", set()) & self.batch_syms)
+
+    def sym_shape(self, val) -> tuple:
+        return tuple(d.node.expr if isinstance(d, torch.SymInt) else int(d) for d in val.shape)
+
+    def ir_type(self, val) -> TensorType:
+        return TensorType(dtype_from_torch(val.dtype), tuple(self.size(d) for d in val.shape))
+
+    def batch_dims(self, val) -> list[int]:
+        return [i for i, d in enumerate(val.shape) if self.depends(d)]
+
+    def same_shape(self, a, b) -> bool:
+        """Whether two fx values have the same shape at every batch."""
+        return self.sym_shape(a) == self.sym_shape(b)
+
+    def view_shape(self, val) -> tuple[int, ...]:
+        """The ``reshape`` attribute for a result of shape ``val.shape``: -1 where it
+        depends on the batch (one dim at most)."""
+        shape = [self.size(d) for d in val.shape]
+        dims = self.batch_dims(val)
+        if len(dims) > 1:
+            raise _NotBatch(f"{self.where()}: the result {tuple(val.shape)} has the batch in "
+                            f"dims {dims}; a reshape attribute can make one dim batch-relative")
+        for i in dims:
+            shape[i] = -1
+        return tuple(shape)
+
+    def no_batch(self, x: torch.fx.Node, dim: int, what: str) -> None:
+        """Refuse (for the dynamic batch) an op that takes a static size along ``dim``."""
+        val = x.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim() and self.depends(val.shape[dim]):
+            raise _NotBatch(f"{self.where()}: {what} along the batch dim")
 
     def v(self, arg) -> Value:
         if isinstance(arg, torch.fx.Node):
@@ -76,12 +153,16 @@ class _Ctx:
             seen.add(n)
         return tuple(self.g.add_node(op, inputs, attrs, names=names, loc=self.loc).outputs)
 
-    def out_shape(self) -> tuple[int, ...]:
+    def out_val(self) -> torch.Tensor:
         val = self.node.meta.get("val")
         if not isinstance(val, torch.Tensor):
             raise TraceError(f"{self.where()}: no static output shape recorded")
+        return val
+
+    def out_shape(self) -> tuple[int, ...]:
+        val = self.out_val()
         try:
-            return tuple(int(d) for d in val.shape)
+            return tuple(self.size(d) for d in val.shape)
         except (TypeError, ValueError):
             raise TraceError(f"{self.where()}: output shape {tuple(val.shape)} is not static") from None
 
@@ -372,6 +453,7 @@ def _split_out(c, x: Value, sizes: list[int], dim: int):
 def _split(c, a, k):
     x = c.v(a[0])
     size, dim = int(a[1]), int(_arg(a, k, 2, "dim", 0))
+    c.no_batch(a[0], dim, "split")
     n = x.shape[dim]
     sizes = [size] * (n // size) + ([n % size] if n % size else [])
     return _split_out(c, x, sizes, dim)
@@ -379,12 +461,14 @@ def _split(c, a, k):
 
 @_maps(aten.split_with_sizes.default)
 def _split_sizes(c, a, k):
+    c.no_batch(a[0], int(_arg(a, k, 2, "dim", 0)), "split")
     return _split_out(c, c.v(a[0]), [int(s) for s in a[1]], int(_arg(a, k, 2, "dim", 0)))
 
 
 @_maps(aten.chunk.default)
 def _chunk(c, a, k):
     x, chunks, dim = c.v(a[0]), int(a[1]), int(_arg(a, k, 2, "dim", 0))
+    c.no_batch(a[0], dim, "chunk")
     n = x.shape[dim]
     size = -(-n // chunks)
     sizes = [size] * (n // size) + ([n % size] if n % size else [])
@@ -394,9 +478,10 @@ def _chunk(c, a, k):
 @_maps(aten.unbind.int)
 def _unbind(c, a, k):
     x, dim = c.v(a[0]), int(_arg(a, k, 1, "dim", 0))
+    c.no_batch(a[0], dim, "unbind")
     parts = _split_out(c, x, [1] * x.shape[dim], dim)
-    shape = tuple(d for i, d in enumerate(x.shape) if i != dim % x.type.rank)
-    return tuple(c.emit("reshape", [p], {"shape": shape}) for p in parts)
+    vals = c.node.meta.get("val")
+    return tuple(c.emit("reshape", [p], {"shape": c.view_shape(v)}) for p, v in zip(parts, vals))
 
 
 @_maps(aten.slice.Tensor)
@@ -408,6 +493,11 @@ def _slice(c, a, k):
     start = 0 if start is None else int(start)
     end = n if end is None else min(int(end), n)
     step = int(_arg(a, k, 4, "step", 1))
+    val, out = a[0].meta.get("val"), c.out_val()
+    if c.depends(val.shape[dim]) or c.depends(out.shape[dim]):  # along the batch, or to it
+        if c.same_shape(val, out):
+            return x
+        raise _NotBatch(f"{c.where()}: slices along the batch dim, or to a batch-dependent size")
     if start == 0 and end >= n and step == 1:
         return x
     return c.emit("slice", [x], {"axis": dim, "start": start, "end": end, "step": step})
@@ -416,22 +506,22 @@ def _slice(c, a, k):
 @_maps(aten.select.int)
 def _select(c, a, k):
     x, dim, idx = c.v(a[0]), int(a[1]), int(a[2])
+    c.no_batch(a[0], dim, "select")
     n = x.shape[dim]
     idx = idx % n
     s = c.emit("slice", [x], {"axis": dim, "start": idx, "end": idx + 1, "step": 1},
                name=f"{c.node.name}_slice")
-    return c.emit("reshape", [s], {"shape": c.out_shape()})
+    return c.emit("reshape", [s], {"shape": c.view_shape(c.out_val())})
 
 
 @_maps(aten.view.default, aten.reshape.default, aten._unsafe_view.default,
        aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
        aten.view_copy.default)
 def _reshape(c, a, k):
-    x = c.v(a[0])
-    shape = c.out_shape()
-    if shape == x.shape:
+    x, val = c.v(a[0]), c.out_val()
+    if c.same_shape(a[0].meta["val"], val):
         return x
-    return c.emit("reshape", [x], {"shape": shape})
+    return c.emit("reshape", [x], {"shape": c.view_shape(val)})
 
 
 @_maps(aten.flatten.using_ints)
@@ -465,9 +555,17 @@ def _t(c, a, k):
 
 @_maps(aten.expand.default)
 def _expand(c, a, k):
-    x = c.v(a[0])
-    shape = c.out_shape()
-    return x if shape == x.shape else c.emit("expand", [x], {"shape": shape})
+    x, val, src = c.v(a[0]), c.out_val(), a[0].meta["val"]
+    if c.same_shape(src, val):
+        return x
+    shape = list(c.out_shape())
+    lead = val.dim() - src.dim()
+    for i in c.batch_dims(val):  # -1 keeps the input's dim: only a batch dim it already has
+        if i < lead or c.sym_shape(src)[i - lead] != c.sym_shape(val)[i]:
+            raise _NotBatch(f"{c.where()}: expands a tensor to the batch size (dim {i}); the "
+                            f"IR's expand can keep a batch dim, not make one")
+        shape[i] = -1
+    return c.emit("expand", [x], {"shape": tuple(shape)})
 
 
 @_maps(aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default,
@@ -561,14 +659,37 @@ def _getitem(c, a, k):
     return item
 
 
+# ============================================================================ sizes
+# fx nodes that compute python ints from sizes (``b, n, c = x.shape``; ``x.shape[0] * 4``)
+_SYM_OPS = {aten.sym_size.int, aten.sym_numel.default, operator.mul, operator.add,
+            operator.sub, operator.floordiv, operator.mod, operator.neg, torch.sym_int,
+            torch.sym_max, torch.sym_min}
+# ops whose size arguments may depend on the batch: their handlers read the symbolic result
+# shape instead (batch-relative attributes) or check that the result is the input
+_SIZE_ARGS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
+              aten.view_copy.default, aten.expand.default, aten.slice.Tensor}
+
+
+def _resolve(c: _Ctx, arg, used: list[bool]):
+    """``arg`` with every fx node that computes a size replaced by its nominal value."""
+    if isinstance(arg, torch.fx.Node) and isinstance(c.env.get(arg.name), _Sym):
+        sym = c.env[arg.name]
+        used[0] = used[0] or sym.depends
+        return sym.value
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_resolve(c, x, used) for x in arg)
+    return arg
+
+
 # ============================================================================ driver
-def _export(model, args: tuple, kwargs: dict):
+def _export(model, args: tuple, kwargs: dict, dynamic_shapes=None):
     # torch.export prints the FX graph of a failed export to stderr itself: library code
     # logs, so that text goes to the log (INFO) instead
     printed = io.StringIO()
     try:
         with contextlib.redirect_stderr(printed):
-            return torch.export.export(model, args, kwargs or None, strict=False)
+            return torch.export.export(model, args, kwargs or None,
+                                       dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:
         name = type(e).__name__
         text = str(e).strip().splitlines()
@@ -577,6 +698,13 @@ def _export(model, args: tuple, kwargs: dict):
             raise TraceError(f"trace: {type(model).__name__} has data-dependent control flow "
                              f"(a Python branch or loop on tensor values), which torch.export "
                              f"cannot capture: {first}") from None
+        if dynamic_shapes is not None and ("specialized it to be a constant" in str(e)
+                                           or "Constraints violated" in str(e)):
+            m = re.search(r"specialized it to be a constant \((\d+)\)", str(e))
+            raise _NotBatch(f"torch.export cannot keep the batch dynamic: the model's code "
+                            f"specialises it to {m.group(1) if m else 'a constant'} (a view or "
+                            f"reshape with a literal batch, or a branch on the batch size)"
+                            ) from None
         raise TraceError(f"trace: torch.export failed on {type(model).__name__}: {name}: {first}"
                          ) from None
     finally:
@@ -584,9 +712,100 @@ def _export(model, args: tuple, kwargs: dict):
             log.info("torch.export printed:\n%s", printed.getvalue().rstrip())
 
 
-def trace(model, example_inputs, *, kwargs: dict | None = None, name: str | None = None) -> Graph:
+@contextlib.contextmanager
+def _guards_added(out: list[str]):
+    """Collect torch's "[guard added]" log lines (expression and source line) meanwhile,
+    without printing them."""
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = re.match(r"eval (.+?) \[guard added\](?: \((.+?)\))?", record.getMessage())
+            if m:
+                expr = re.sub(r"\bs\d+\b", "batch", m.group(1))
+                out.append(expr + (f" at {m.group(2)}" if m.group(2) else ""))
+
+    # torch gives this logger a stderr handler of its own (torch._logging): set it aside
+    level, propagate, handlers = logger.level, logger.propagate, logger.handlers[:]
+    logger.handlers = [Collect()]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _user_guard(guards: list[str]) -> str:
+    """The first guard raised outside torch itself (the model's own line), if any."""
+    for gd in guards:
+        where = gd.rsplit(" at ", 1)[-1]
+        if " at " in gd and not re.match(r"^(_refs|_prims|_decomp|_subclasses|fx|_export|"
+                                         r"torch|_meta|_ops|nn/functional)", where):
+            return f" (guard {gd})"
+    return ""
+
+
+def _trace_dynamic(model, args: tuple, kwargs: dict, name: str) -> tuple[Graph | None, str]:
+    """The batch-polymorphic graph, or (None, why not)."""
+    flat = list(args) + list(kwargs.values())
+    if not flat or flat[0].dim() == 0 or flat[0].shape[0] < 1:
+        return None, "the first input has no batch dim"
+    n0 = int(flat[0].shape[0])
+    is_batch = [x.dim() > 0 and int(x.shape[0]) == n0 for x in flat]
+    # torch.export specialises sizes 0 and 1: trace an example of batch 1 as two copies
+    grown = [torch.cat([x, x]) if b and n0 == 1 else x for x, b in zip(flat, is_batch)]
+    targs, tkwargs = tuple(grown[:len(args)]), dict(zip(kwargs, grown[len(args):]))
+    dim = torch.export.Dim("batch")
+    specs = [{0: dim} if b else None for b in is_batch]
+    if kwargs:
+        try:
+            bound = inspect.signature(model.forward).bind(*targs, **tkwargs)
+        except (TypeError, ValueError) as e:
+            return None, f"cannot name the inputs for a dynamic batch: {e}"
+        names = list(bound.arguments)
+        dynamic: Any = {n: specs[i] for i, n in enumerate(names[:len(args)])}
+        dynamic.update({k: specs[len(args) + i] for i, k in enumerate(kwargs)})
+    else:
+        dynamic = tuple(specs)
+    guards: list[str] = []
+    try:
+        with _guards_added(guards):
+            ep = _export(model, targs, tkwargs, dynamic_shapes=dynamic)
+        g = from_exported(ep, name=name, batch=n0)
+    except _NotBatch as e:
+        return None, f"{e}{_user_guard(guards)}"
+    except TraceError as e:  # the static trace names the problem again, or gets past it
+        return None, f"the dynamic-batch trace failed: {e}"
+    if not ir_batch.is_polymorphic(g):
+        return None, "no input kept a dynamic batch"
+    reason = ir_batch.check(g)
+    if reason:
+        return None, reason
+    # the eager model at the example's own batch (torch.export assumed >= 2) has the shapes
+    # of the graph
+    leaves = [t for t in torch.utils._pytree.tree_leaves(model(*args, **kwargs))
+              if isinstance(t, torch.Tensor)]
+    if len(leaves) == len(g.outputs):
+        got = [tuple(t.shape) for t in leaves]
+        want = [v.shape for v in g.outputs]
+        if got != want:
+            return None, (f"at batch {n0} the model returns shapes {got}, its dynamic-batch "
+                          f"trace {want} (the model treats batch {n0} specially)")
+    return g, ""
+
+
+def trace(model, example_inputs, *, kwargs: dict | None = None, name: str | None = None,
+          batch: bool = True) -> Graph:
     """``torch.nn.Module`` → IR graph. ``example_inputs`` is a tensor or a tuple of tensors;
-    keyword inputs go in ``kwargs``. The model is put in eval mode (then restored)."""
+    keyword inputs go in ``kwargs``. The model is put in eval mode (then restored).
+
+    ``batch=True``: axis 0 of every input whose dim 0 is the first input's is the batch; the
+    graph (types at the examples' batch) is batch-polymorphic when that is provable (module
+    docstring), else static-batch with the reason in ``graph.meta["batch_static"]``.
+    ``batch=False``: every shape static, as in the examples."""
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"trace expects a torch.nn.Module, got {type(model).__name__}")
     args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
@@ -594,27 +813,38 @@ def trace(model, example_inputs, *, kwargs: dict | None = None, name: str | None
     for i, x in enumerate(list(args) + list(kwargs.values())):
         if not isinstance(x, torch.Tensor):
             raise TraceError(f"trace: example input {i} is a {type(x).__name__}, not a tensor")
+    name = name or type(model).__name__
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            ep = _export(model, args, kwargs)
+            g, reason = _trace_dynamic(model, args, kwargs, name) if batch else (None, "")
+            if g is None:
+                g = from_exported(_export(model, args, kwargs), name=name)
+                if batch:
+                    ir_batch.set_static(g, reason)
+                    log.info("trace %s: static batch: %s", name, reason)
     finally:
         model.train(was_training)
-    return from_exported(ep, name=name or type(model).__name__)
+    return g
 
 
-def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph:
-    """Convert an ``ExportedProgram`` (not decomposed) to the IR."""
+def from_exported(ep: torch.export.ExportedProgram, name: str = "main", *,
+                  batch: int | None = None) -> Graph:
+    """Convert an ``ExportedProgram`` (not decomposed) to the IR. A program exported with a
+    dynamic dim 0 needs ``batch``: the types are at that batch, sizes that depend on it
+    become batch-relative, and the inputs / outputs whose dim 0 is the dynamic dim are
+    marked (unchecked: ``ir.batch.check`` proves it)."""
     sig = ep.graph_signature
     g = Graph(name)
-    c = _Ctx(g)
+    c = _Ctx(g, batch)
     state = dict(ep.state_dict)
     consts = dict(getattr(ep, "constants", {}) or {})
     lifted = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
               **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
     user_inputs = list(sig.user_inputs)
     params: set[int] = set()  # ids of the constants that are parameters (never folded into)
+    batch_in: list[int] = []
     for node in ep.graph_module.graph.nodes:
         c.node, c.loc = node, _module_path(node)
         if node.op == "placeholder":
@@ -627,13 +857,23 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
                     params.add(id(c.env[node.name]))
             elif node.name in user_inputs:
                 val = node.meta["val"]
+                lead = val.shape[0] if val.dim() else None
+                if batch is not None and isinstance(lead, torch.SymInt) and getattr(
+                        lead.node.expr, "is_Symbol", False):
+                    c.batch_syms.add(lead.node.expr)
+                    batch_in.append(len(g.inputs))
                 try:
-                    t = TensorType(dtype_from_torch(val.dtype), tuple(int(d) for d in val.shape))
-                except (TypeError, ValueError):
+                    t = c.ir_type(val)
+                except (TypeError, ValueError, TraceError):
                     raise TraceError(f"trace: input {node.name} has a non-static shape") from None
                 c.env[node.name] = g.add_input(t, g.fresh_name(node.name))
             else:
                 raise TraceError(f"trace: placeholder {node.name} is neither an input nor a weight")
+        elif node.op == "call_function" and node.target in _SYM_OPS:
+            val = node.meta.get("val")
+            if not isinstance(val, (int, torch.SymInt)) or isinstance(val, bool):
+                raise TraceError(f"trace: {c.where()}: computes {val!r}, not a size")
+            c.env[node.name] = _Sym(c.size(val), c.depends(val))
         elif node.op == "call_function":
             if node.target in torch_fold.DROP:
                 c.env[node.name] = None
@@ -649,9 +889,15 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
                                  f"module {c.loc or '<top>'}"
                                  + (f" ({_source_line(node)})" if _source_line(node) else "")
                                  + ". Supported ops are listed in shrinkc.ir.frontends.torch.ATEN_MAP")
+            used = [False]
+            args = tuple(_resolve(c, a, used) for a in node.args)
+            kwargs = {k: _resolve(c, v, used) for k, v in node.kwargs.items()}
+            if used[0] and node.target not in _SIZE_ARGS:
+                raise _NotBatch(f"{c.where()}: takes a size computed from the batch "
+                                f"(x.shape[0]) as an argument, which the IR stores statically")
             try:
-                c.env[node.name] = handler(c, tuple(node.args), dict(node.kwargs))
-            except TraceError:
+                c.env[node.name] = handler(c, args, kwargs)
+            except (TraceError, _NotBatch):
                 raise
             except IRError as e:
                 raise TraceError(f"trace: {c.where()}: {e}") from None
@@ -660,12 +906,20 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Graph
             outs = node.args[0]
             outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
             vals = []
+            batch_out = []
             for o in outs:
                 v = c.env.get(o.name) if isinstance(o, torch.fx.Node) else None
                 if not isinstance(v, Value):
                     raise TraceError(f"trace: model output {o} is not a tensor")
+                val = o.meta.get("val")
+                if (c.batch_syms and isinstance(val, torch.Tensor) and val.dim()
+                        and isinstance(val.shape[0], torch.SymInt)
+                        and val.shape[0].node.expr in c.batch_syms):
+                    batch_out.append(len(vals))
                 vals.append(v)
             g.outputs = vals
+            if batch_in:
+                ir_batch.set_marks(g, batch_in, batch_out)
         else:
             raise TraceError(f"trace: unexpected fx node kind {node.op} ({node.name})")
     # user inputs that are aliased (identity outputs) are fine; unused constants go
@@ -686,7 +940,7 @@ def _as_constants(c: _Ctx, x: Any) -> Any:
 def _check_type(c: _Ctx, node: torch.fx.Node) -> None:
     val, got = node.meta.get("val"), c.env[node.name]
     if isinstance(val, torch.Tensor) and isinstance(got, Value):
-        want = TensorType(dtype_from_torch(val.dtype), tuple(int(d) for d in val.shape))
+        want = c.ir_type(val)
         if got.type != want:
             raise TraceError(f"trace: {c.where()}: IR type {got.type} differs from torch's {want}")
 

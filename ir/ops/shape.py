@@ -64,12 +64,26 @@ sum_.__name__ = "sum"
 
 def _reshape_check(ts, a):
     shape = a["shape"]
-    if any(d < 0 for d in shape):
-        return f"shape {list(shape)} must be fully static (no -1)"
-    n = 1
+    if any(d < -1 for d in shape) or list(shape).count(-1) > 1:
+        return f"shape {list(shape)} may hold one -1 (the dim that takes the rest) and no other " \
+               f"negative size"
+    known = 1
     for d in shape:
-        n *= d
-    return None if n == ts[0].numel else f"cannot reshape {ts[0]} to {list(shape)}"
+        known *= d if d != -1 else 1
+    n = ts[0].numel
+    if -1 in shape:
+        return None if known and n % known == 0 else f"cannot reshape {ts[0]} to {list(shape)}"
+    return None if known == n else f"cannot reshape {ts[0]} to {list(shape)}"
+
+
+def _expand_check(ts, a):
+    shape, r = a["shape"], ts[0].rank
+    if len(shape) < r:
+        return f"shape {list(shape)} has fewer dims than {ts[0]}"
+    lead = len(shape) - r
+    if any(d == -1 for d in shape[:lead]) or any(d < -1 for d in shape):
+        return f"shape {list(shape)}: -1 (keep the dim) is allowed only for dims of {ts[0]}"
+    return None
 
 
 def _split_check(ts, a):
@@ -92,7 +106,8 @@ def _concat_check(ts, a):
 
 
 register(OpDef("reshape", ("x",), reshape, kind="shape", attrs={"shape": Attr("ints")},
-               check_fn=_reshape_check, doc="reshape to a static shape."))
+               check_fn=_reshape_check,
+               doc="reshape; one dim may be -1 (the rest: batch-relative shapes)."))
 register(OpDef("flatten", ("x",), flatten, kind="shape",
                attrs={"start_dim": Attr("int", 1), "end_dim": Attr("int", -1)},
                doc="merge dims start_dim..end_dim."))
@@ -114,7 +129,8 @@ register(OpDef("slice", ("x",), slice_, kind="shape",
                                        "step must be positive and the input not a scalar"),
                doc="x[start:end:step] along one axis (python clamping)."))
 register(OpDef("expand", ("x",), expand, kind="shape", attrs={"shape": Attr("ints")},
-               doc="broadcast to a static shape (numpy rules)."))
+               check_fn=_expand_check,
+               doc="broadcast to shape (numpy rules); -1 keeps the input's dim."))
 register(OpDef("mean", ("x",), mean, kind="reduce",
                attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
                flops_fn=lambda i, o, a: i[0].numel, doc="mean over axes."))

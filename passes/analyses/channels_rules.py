@@ -314,8 +314,14 @@ def _embedding(c) -> None:
 
 
 # ---------------------------------------------------------------------------- shapes
+def _keep_relative(node: Node, shape) -> tuple[int, ...]:
+    """The new shape attribute, keeping the -1s of the old one (batch-relative sizes: a
+    reshape's rest, an expand's kept dim; ir/batch.py)."""
+    return tuple(-1 if old == -1 else int(d) for old, d in zip(node.attrs["shape"], shape))
+
+
 def _reshape_resize(node: Node, new) -> dict[str, Any]:
-    return {"shape": tuple(new.shape(node.outputs[0]))}
+    return {"shape": _keep_relative(node, new.shape(node.outputs[0]))}
 
 
 def _blocks(a: tuple[int, ...], b: tuple[int, ...]):
@@ -481,7 +487,7 @@ def _slice(c) -> None:
 
 
 def _expand_resize(node: Node, new) -> dict[str, Any]:
-    return {"shape": tuple(new.shape(node.outputs[0]))}
+    return {"shape": _keep_relative(node, new.shape(node.outputs[0]))}
 
 
 @_rule("expand", resize=_expand_resize)

@@ -22,6 +22,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from shrinkc.backends.onnx import export_model, run_onnxruntime
 from shrinkc.ir.frontends.onnx import OnnxImportError, load_onnx, supported_ops
+from shrinkc.ir import batch
 from shrinkc.ir.interpreter import random_inputs, run_numpy
 from shrinkc.ir.text import graph_diff
 from shrinkc.tools import zoo
@@ -472,8 +473,35 @@ def test_shape_chain_folds_once_the_batch_is_known():
              {"zero": np.array(0, np.int64), "ax0": np.array([0], np.int64),
               "m1": np.array([-1], np.int64)})
     g = check(m, input_shapes={"x": (2, 4, 3, 3)})
-    assert ops(g) == {"reshape": 1} and g.nodes[0].attrs["shape"] == (2, 36)
-    assert g.inputs[0].shape == (2, 4, 3, 3)
+    # folded at batch 2 and 3 and compared: the batch position becomes -1
+    assert ops(g) == {"reshape": 1} and g.nodes[0].attrs["shape"] == (-1, 36)
+    assert g.inputs[0].shape == (2, 4, 3, 3) and batch.is_polymorphic(g)
+    x = rand(5, 4, 3, 3)
+    assert_close(run_numpy(g, [x]), run_onnxruntime(m.SerializeToString(), [x], threads=1))
+    assert load_onnx(m).inputs[0].shape == (1, 4, 3, 3)  # nominal batch 1 by default
+
+
+def test_shape_chain_used_as_data_stays_static():
+    """x / x.shape[0]: the folded batch size is a constant operand, which cannot follow the
+    batch; the graph is static-batch and says which constant."""
+    nodes = [node("Shape", ["x"], ["s"]), node("Gather", ["s", "zero"], ["b"], axis=0),
+             node("Cast", ["b"], ["bf"], to=F), node("Div", ["x", "bf"], ["y"])]
+    m = make(nodes, {"x": ["N", 4]}, ["y"], {"zero": np.array(0, np.int64)})
+    g = load_onnx(m)
+    assert not batch.is_polymorphic(g) and g.inputs[0].shape == (1, 4)
+    assert "changes with the batch" in g.meta["batch_static"]
+    with pytest.raises(batch.BatchError, match="static-batch.*cannot run at batch 3.*changes "
+                                               "with the batch"):
+        run_numpy(g, [rand(3, 4)])
+    assert_close(run_numpy(g, [rand(1, 4)]), run_onnxruntime(m.SerializeToString(), [rand(1, 4)]))
+
+
+def test_reshape_that_moves_the_batch_stays_static():
+    m = make([node("Reshape", ["x", "shp"], ["y"], name="split_batch")], {"x": ["N", 6]}, ["y"],
+             {"shp": np.array([2, -1], np.int64)})
+    g = load_onnx(m)
+    assert not batch.is_polymorphic(g)
+    assert "node y (split_batch): reshape moves the batch out of dim 0" in g.meta["batch_static"]
 
 
 def test_old_opset_is_upgraded():
@@ -610,9 +638,15 @@ def test_onnx_ir_onnx_ir_round_trip(exported, tiny_name, tmp_path):
 
 
 def test_symbolic_batch_file(exported):
+    """torch.onnx.export with a dynamic batch: Shape chains everywhere in the attention."""
     path = exported["vit_dynamic"]
-    with pytest.raises(OnnxImportError, match=r"input 'x' dim 0 \('batch'\) is symbolic"):
-        load_onnx(path)
+    g = load_onnx(path)  # batch-polymorphic, nominal batch 1
+    assert g.inputs[0].shape == (1, 3, 32, 32) and batch.is_polymorphic(g)
+    assert batch.batch_outputs(g) == g.outputs
+    assert all(n.attrs["shape"][0] == -1 for n in g.nodes if n.op == "reshape")
+    for n in (1, 7):
+        x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+        assert_close(run_numpy(g, [x]), run_onnxruntime(path, [x]), depth=g)
     g = load_onnx(path, input_shapes={"*": (3, 3, 32, 32)})
     assert g.inputs[0].shape == (3, 3, 32, 32) and g.outputs[0].shape == (3, 10)
     assert not {"Shape", "Gather"} & set(ops(g))  # the shape chains folded away
@@ -630,9 +664,8 @@ def test_cli_loads_onnx(exported, capsys):
     assert g.inputs[0].shape == (2, 3, 32, 32)
     assert main(["inspect", str(exported["lenet5"])]) == 0
     assert "/conv1/Conv" in capsys.readouterr().out
-    assert main(["inspect", str(exported["vit_dynamic"])]) == 2
-    err = capsys.readouterr().err
-    assert "dim 0 ('batch') is symbolic" in err and "Traceback" not in err
+    assert main(["inspect", str(exported["vit_dynamic"])]) == 0  # at nominal batch 1
+    assert "f32[1,10]" in capsys.readouterr().out
 
 
 def test_bert_as_torch_onnx_exports_it():

@@ -279,3 +279,18 @@ def test_new_ops_refuse_invalid_invocations():
         ops.get("where").infer([T((2,)), T((2,)), T((2,))], {})
     with pytest.raises(IRError, match="indices must be i32 or i64"):
         ops.get("gather").infer([T((4, 2)), T((3,))], {"axis": 0})
+
+
+def test_batch_relative_reshape_and_expand():
+    """-1 in a reshape takes the rest (one at most); in an expand it keeps the input's dim."""
+    f = TensorType("f32", (3, 4, 5))
+    assert ops.get("reshape").infer([f], {"shape": (-1, 20)}) == [TensorType("f32", (3, 20))]
+    assert ops.get("reshape").infer([f], {"shape": (3, -1, 2)})[0].shape == (3, 10, 2)
+    for bad, msg in (((-1, -1), "one -1"), ((-1, 7), "cannot reshape"), ((-2, 30), "one -1")):
+        with pytest.raises(IRError, match=msg):
+            ops.get("reshape").infer([f], {"shape": bad})
+    col = TensorType("f32", (3, 1, 5))
+    assert ops.get("expand").infer([col], {"shape": (-1, 4, -1)})[0].shape == (3, 4, 5)
+    assert ops.get("expand").infer([col], {"shape": (2, -1, 4, 5)})[0].shape == (2, 3, 4, 5)
+    with pytest.raises(IRError, match="-1 .* is allowed only for dims of"):
+        ops.get("expand").infer([col], {"shape": (-1, 3, 4, 5)})

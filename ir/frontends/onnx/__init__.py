@@ -37,6 +37,7 @@ import onnx
 
 from ...graph import Graph
 from ...onnx_common import LOC_KEY, ONNX_DTYPES, OPSET_MAX, OPSET_MIN
+from .batch import load_batched
 from .context import ONNX_MAP, OnnxImportError, f32
 from .convert import from_graphsurgeon, supported_ops
 from .fuse import Fuser
@@ -57,8 +58,10 @@ def load_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
     """ONNX file (or ``ModelProto`` / serialized bytes) → IR graph.
 
     ``input_shapes`` resolves symbolic input dims: ``{"input_name": (1, 3, 224, 224)}``, or
-    ``{"*": shape}`` for every input that has symbolic dims. Raises ``OnnxImportError`` (an
-    ``IRError``) with one readable message on any problem.
+    ``{"*": shape}`` for every input that has symbolic dims. A symbolic dim 0 is the batch:
+    the graph is batch-polymorphic when that is provable (``batch.py``), at the nominal
+    batch ``input_shapes`` gives (default 1). Raises ``OnnxImportError`` (an ``IRError``)
+    with one readable message on any problem.
     """
     src, what = read_model(path_or_model)
     model = onnx.ModelProto()
@@ -66,15 +69,21 @@ def load_onnx(path_or_model: str | Path | bytes | onnx.ModelProto,
     model = check_model(model, what)
     opset = model_opset(model)
     locs = node_locs(model)
-    resolve_input_shapes(model, input_shapes, what)
-    gsg = to_graphsurgeon(model, what)
-    stats = Fuser(gsg, locs).run()
-    if stats:
-        log.info("%s: fused %s", what, dict(stats))
     name = model.graph.name or (Path(path_or_model).stem if isinstance(path_or_model, (str, Path))
                                 else "main")
-    g = from_graphsurgeon(gsg, locs, opset, name=name, what=what,
-                          initializer_order=[t.name for t in model.graph.initializer])
+
+    def import_at(shapes) -> Graph:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        resolve_input_shapes(m, shapes, what)
+        gsg = to_graphsurgeon(m, what)
+        stats = Fuser(gsg, locs).run()
+        if stats:
+            log.info("%s: fused %s", what, dict(stats))
+        return from_graphsurgeon(gsg, locs, opset, name=name, what=what,
+                                 initializer_order=[t.name for t in m.graph.initializer])
+
+    g = load_batched(model, input_shapes, what, import_at)
     g.meta.update({"source": "onnx", "opset": opset, "producer": model.producer_name})
     return g
 

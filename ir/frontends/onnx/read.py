@@ -73,7 +73,7 @@ def check_model(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
 
 
 # ============================================================================ 2. input shapes
-def _dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
+def input_dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
     """Static dims as ints, symbolic ones as their name ('?' when unnamed); None = no shape."""
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
@@ -105,7 +105,7 @@ def resolve_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequ
         if elem not in ONNX_DTYPES:
             raise OnnxImportError(f"{what}: input {vi.name!r} has element type "
                                   f"{TensorProto.DataType.Name(elem)}, which the IR does not have")
-        dims = _dims(vi)
+        dims = input_dims(vi)
         symbolic = dims is None or any(isinstance(d, str) for d in dims)
         given = shapes.get(vi.name, shapes.get("*") if symbolic else None)
         if not symbolic and vi.name not in shapes and "*" in shapes and tuple(
