@@ -20,6 +20,13 @@ implements the protocol of ``backends/runtime.py`` (run / save / load), which is
 
 The report (``cm.report()``) says which backend it picked and why.
 
+Batch: a batch-polymorphic graph (``ir/batch.py``: every traced reference model) is first
+specialised to the example inputs' batch, so passes, the cost and the error check are at
+that batch. The onnxruntime and torch backends keep it polymorphic: the compiled model
+takes any batch on its batch inputs (one ONNX file with a dynamic ``batch`` dim). TVM
+compiles static shapes, so a TVM model takes exactly the example's batch (tuning too: the
+database holds per-shape workloads).
+
 ``CompiledModel.save(dir)`` writes the artifact and ``manifest.json`` (backend, pipeline,
 target, input/output names and types, the report); ``load_compiled(dir)`` loads it in any
 process without running a pass: TVM loads ``model.so`` (+ ``params.safetensors`` when the
@@ -44,6 +51,7 @@ import numpy as np
 import torch
 
 from .backends.runtime import Runtime, host_threads
+from .ir import batch as ir_batch
 from .ir.cost import graph_cost
 from .ir.graph import Graph, IRError
 from .ir.types import (
@@ -97,6 +105,7 @@ class CompileReport:
     tune_trials: int = 0
     tuning: dict[str, Any] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    batch: str | None = None  # which batch sizes the compiled model takes, and why
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +136,8 @@ class CompileReport:
                          f"({', '.join(self.inputs)})")
         else:
             lines.append(f"error      not measured: {self.error_note}")
+        if self.batch:
+            lines.append(f"batch      {self.batch}")
         if self.threads:
             lines.append(f"threads    {self.threads}")
         if self.tune_trials or self.tuning:
@@ -227,12 +238,14 @@ class CompiledModel:
 
     def __init__(self, runner: Runtime, inputs: list[tuple[str, TensorType]],
                  outputs: list[tuple[str, TensorType]], report: CompileReport,
-                 graph: Graph | None = None):
+                 graph: Graph | None = None, batch_inputs: Iterable[str] = ()):
         self._runner = runner
         self.inputs = inputs
         self.outputs = outputs
         self._report = report
         self.graph = graph  # the compiled (optimised) IR, when compiled in this process
+        # inputs whose dim 0 is a batch of any size (onnxruntime / torch of a polymorphic graph)
+        self.batch_inputs = frozenset(batch_inputs)
 
     @property
     def backend(self) -> str:
@@ -257,11 +270,20 @@ class CompiledModel:
                                f"({', '.join(n for n, _ in self.inputs)}), got {len(args)}")
         as_torch = any(isinstance(a, torch.Tensor) for a in args)
         arrays = []
+        batch = None
         for (name, t), a in zip(self.inputs, args):
             arr = _input_array(name, a, t)
-            if arr.shape != t.shape:
+            if name in self.batch_inputs and arr.ndim == t.rank and arr.shape[1:] == t.shape[1:] \
+                    and arr.shape[0] >= 1:
+                if batch is not None and arr.shape[0] != batch:
+                    raise CompileError(f"input {name} has batch {arr.shape[0]}, an earlier "
+                                       f"input {batch}: the batch inputs must agree")
+                batch = arr.shape[0]
+            elif arr.shape != t.shape:
+                why = ("its dim 0 is the batch: any size" if name in self.batch_inputs else
+                       self._report.batch or "compiled with static shapes")
                 raise CompileError(f"input {name} expects {t}, got shape {list(arr.shape)} "
-                                   f"(compiled models have static shapes)")
+                                   f"({why})")
             arrays.append(arr)
         return arrays, as_torch
 
@@ -304,7 +326,7 @@ class CompiledModel:
                 "format": FORMAT, "version": FORMAT_VERSION, "backend": self.backend,
                 "model": self._report.model, "pipeline": self._report.pipeline,
                 "target": self._report.target, "threads": self._runner.threads,
-                "inputs": [_type_entry(n, t) for n, t in self.inputs],
+                "inputs": [_type_entry(n, t, n in self.batch_inputs) for n, t in self.inputs],
                 "outputs": [_type_entry(n, t) for n, t in self.outputs],
                 **entry, "files": records, "report": self._report.as_dict(),
             }
@@ -332,8 +354,9 @@ class CompiledModel:
         return f"<CompiledModel {self._report.model} [{self.backend}] ({ins})>"
 
 
-def _type_entry(name: str, t: TensorType) -> dict[str, Any]:
-    return {"name": name, "dtype": t.dtype, "shape": list(t.shape)}
+def _type_entry(name: str, t: TensorType, batch: bool = False) -> dict[str, Any]:
+    entry = {"name": name, "dtype": t.dtype, "shape": list(t.shape)}
+    return {**entry, "batch": True} if batch else entry
 
 
 def _types_from(entries: Iterable[Mapping[str, Any]]) -> list[tuple[str, TensorType]]:
@@ -376,9 +399,10 @@ def _check_manifest(m: Any, where: Path) -> None:
             if not (isinstance(e, dict) and isinstance(e.get("name"), str)
                     and e.get("dtype") in DTYPES and isinstance(e.get("shape"), list)
                     and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                            for d in e["shape"])):
+                            for d in e["shape"]) and isinstance(e.get("batch", False), bool)):
                 raise bad(f"{key}[{i}] must be {{name: str, dtype: one of "
-                          f"{'/'.join(DTYPES)}, shape: [int, ...]}}, got {json.dumps(e)[:80]}")
+                          f"{'/'.join(DTYPES)}, shape: [int, ...], batch: bool (optional)}}, "
+                          f"got {json.dumps(e)[:80]}")
     files = m.get("files")
     if not isinstance(files, dict) or not files:
         raise bad(f"'files' must be a non-empty object, got {_json_kind(files)}")
@@ -482,7 +506,8 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
         shutil.rmtree(private, ignore_errors=True)
     fields = CompileReport.__dataclass_fields__
     report = CompileReport(**{k: v for k, v in manifest.get("report", {}).items() if k in fields})
-    return CompiledModel(runner, inputs, outputs, report)
+    batch_inputs = [e["name"] for e in manifest["inputs"] if e.get("batch")]
+    return CompiledModel(runner, inputs, outputs, report, batch_inputs=batch_inputs)
 
 
 # ============================================================================ compile
@@ -497,7 +522,8 @@ def _example_list(example_inputs: Any) -> list[Any] | None:
 
 
 def _onnx_static_check(model: Any, name: str) -> None:
-    """Name the first symbolic input dim of an ONNX model (before the frontend runs)."""
+    """Name the first symbolic input dim of an ONNX model other than a batch (dim 0), before
+    the frontend runs."""
     import onnx
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model),
@@ -508,6 +534,8 @@ def _onnx_static_check(model: Any, name: str) -> None:
             continue
         dims = vi.type.tensor_type.shape.dim
         for i, dim in enumerate(dims):
+            if i == 0:  # a symbolic dim 0 is the batch (the frontend's nominal batch 1)
+                continue
             if not (dim.HasField("dim_value") and dim.dim_value > 0):
                 from .backends.tvm import StaticShapeError
 
@@ -696,6 +724,7 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
         inputs_t = bind_inputs(original, example_inputs if isinstance(example_inputs, Mapping)
                                else examples)
         input_note = "the example inputs"
+        original = _at_example_batch(original, inputs_t)
 
     graph = original
     pipeline = None
@@ -741,16 +770,27 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
         times["build_s"] = time.perf_counter() - t0
 
     orig_cost, cost = graph_cost(original), graph_cost(graph)
+    polymorphic = ir_batch.is_polymorphic(graph) and backend != "tvm"
+    n = ir_batch.nominal_batch(graph)
+    if polymorphic:
+        batch_note = (f"any (dim 0 of {', '.join(v.name for v in ir_batch.batch_inputs(graph))};"
+                      f" cost and error at batch {n})")
+    elif ir_batch.is_polymorphic(graph):
+        batch_note = f"{n} only (TVM compiles static shapes, at the example inputs' batch)"
+    else:
+        why = graph.meta.get(ir_batch.STATIC_KEY)
+        batch_note = "static (the graph is static-batch" + (f": {why})" if why else ")")
     report = CompileReport(
         model=model_name, backend=backend, reason=reason, pipeline=pipeline,
         target=resolved_target, inputs=[f"{v.name}: {v.type}" for v in graph.inputs],
         params=cost.params, macs=cost.total.macs, param_bytes=cost.param_bytes,
         original_params=orig_cost.params, original_macs=orig_cost.total.macs,
         original_param_bytes=orig_cost.param_bytes, threads=runner.threads,
-        tune_trials=tune_trials, tuning=tuning, times=times)
+        tune_trials=tune_trials, tuning=tuning, times=times, batch=batch_note)
     inputs = [(v.name, v.type) for v in graph.inputs]
     outputs = [(v.name, v.type) for v in graph.outputs]
-    cm = CompiledModel(runner, inputs, outputs, report, graph)
+    cm = CompiledModel(runner, inputs, outputs, report, graph,
+                       [v.name for v in ir_batch.batch_inputs(graph)] if polymorphic else ())
 
     if not check:
         report.error_note = "check=False"
@@ -770,6 +810,19 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
                  report.max_abs_error, report.rel_l2_error)
     times["total_s"] = time.perf_counter() - t_start
     return cm
+
+
+def _at_example_batch(graph: Graph, inputs: list[torch.Tensor]) -> Graph:
+    """``graph`` specialised to the batch of ``inputs`` (bound to it) when that differs."""
+    ins = ir_batch.batch_inputs(graph)
+    if not ins:
+        return graph
+    n = int(inputs[graph.inputs.index(ins[0])].shape[0])
+    if n == ir_batch.nominal_batch(graph):
+        return graph
+    log.info("%s: specialised from batch %d to the example inputs' batch %d", graph.name,
+             ir_batch.nominal_batch(graph), n)
+    return ir_batch.specialize(graph, n, share_data=True)
 
 
 def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,

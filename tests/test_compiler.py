@@ -142,22 +142,59 @@ def test_keep_params_saves_weights_beside_the_library(tmp_path, reference_graphs
 
 
 def test_onnx_model_with_symbolic_batch(tmp_path, reference_graphs):
+    """A file with a dynamic batch (what to_onnx writes for a traced model) compiles without
+    example inputs (nominal batch 1) and with them; a symbolic dim other than the batch
+    needs example inputs."""
     _, x, g = reference_graphs("lenet_300_100")
     path = shrinkc.to_onnx(g, tmp_path / "m.onnx")
     import onnx
 
     m = onnx.load(str(path))
-    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    onnx.save(m, str(path))
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     x4 = torch.randn(4, *x.shape[1:])
-    cm = shrinkc.compile(path, x4, backend="torch")
-    assert cm.inputs[0][1].shape == tuple(x4.shape)
     want = np.concatenate([_want(g, x4[i:i + 1]) for i in range(4)])
-    assert_close(cm(x4).numpy(), want, depth=g)
+    for examples in (x4, None):
+        cm = shrinkc.compile(path, examples, backend="torch")
+        assert cm.inputs[0][1].shape == (4 if examples is not None else 1, *x.shape[1:])
+        assert_close(cm(x4).numpy(), want, depth=g)
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(m, str(path))
     with pytest.raises(btvm.StaticShapeError) as e:
         shrinkc.compile(path, backend="torch")
-    assert "input 'x' dim 0 (batch) is not static" in str(e.value)
+    assert "input 'x' dim 2 (height) is not static" in str(e.value)
     assert "example_inputs" in str(e.value)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_compile_at_batch_4_runs_at_any_batch(backend, reference_graphs, tmp_path):
+    """A graph traced at batch 1, compiled with a batch-4 example: cost and error at batch 4,
+    and the compiled model (and the one loaded back) takes any batch."""
+    model, x, g = reference_graphs("vit")
+    x4 = torch.randn(4, *x.shape[1:], generator=torch.Generator().manual_seed(4))
+    cm = shrinkc.compile(g, x4, backend=backend)
+    r = cm.report()
+    assert cm.inputs[0][1].shape == tuple(x4.shape) and cm.batch_inputs == {"x"}
+    assert r.macs == 4 * shrinkc.ir.cost.graph_cost(g).total.macs  # at the example's batch
+    assert r.batch.startswith("any") and "batch      any" in str(r)
+    cm2 = shrinkc.load_compiled(cm.save(tmp_path / backend))
+    for n in (4, 3):
+        xb = torch.randn(n, *x.shape[1:], generator=torch.Generator().manual_seed(n))
+        with torch.no_grad():
+            want = model(xb)
+        assert_close(cm(xb), want, depth=g)
+        assert_close(cm2(xb), want, depth=g)
+    with pytest.raises(CompileError, match="dim 0 is the batch: any size"):
+        cm(torch.randn(4, 1, *x.shape[2:]))
+
+
+def test_tvm_compiles_at_the_example_batch(reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    x3 = torch.randn(3, *x.shape[1:])
+    cm = shrinkc.compile(g, x3, backend="tvm")
+    assert cm.inputs[0][1].shape == tuple(x3.shape) and not cm.batch_inputs
+    assert_close(cm(x3).numpy(), _want(g, x3), depth=g)
+    with pytest.raises(CompileError, match=r"expects f32\[3,1,28,28\].*TVM compiles static"):
+        cm(x)
 
 
 # ---------------------------------------------------------------------------- backend=None
