@@ -45,8 +45,8 @@ from .types import TensorType
 
 __all__ = ["KEY", "PROBES", "SAMPLE_DIMS", "STATIC_KEY", "BatchAxes", "BatchError", "analyze",
            "batch_inputs", "batch_outputs", "batch_values", "check", "is_polymorphic", "mark",
-           "marks",
-           "merge", "nominal_batch", "set_marks", "set_static", "specialize", "static_message"]
+           "marks", "merge", "nominal_batch", "set_marks", "set_static", "specialize",
+           "static_message"]
 
 KEY = "batch"  # graph.meta key: BatchAxes
 STATIC_KEY = "batch_static"  # graph.meta key: why the graph is static-batch
