@@ -29,8 +29,9 @@ against the batch can pass for it) and requires that
 ``specialize(graph, n)`` is the same graph at nominal batch ``n`` (types re-inferred):
 what a backend with static shapes (TVM) compiles. ``mark(graph)`` proves and marks a graph
 built by hand or parsed without marks. ``merge(ga, gb, …)`` makes one batch-polymorphic
-graph of two brought in at two batches (the ONNX frontend folds its shape chains at batches
-3 and 5): the attributes that differ become batch-relative where they can.
+graph of two brought in at two batches (``MERGE_PROBES``: the torch frontend converts its
+dynamic-batch program at both, the ONNX frontend folds its shape chains at both): the
+attributes that differ become batch-relative where they can.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import ops
 from .errors import IRError
 from .graph import Graph, Node, Value
 from .types import TensorType
 
-__all__ = ["KEY", "PROBES", "SAMPLE_DIMS", "STATIC_KEY", "BatchAxes", "BatchError", "analyze",
+__all__ = ["KEY", "MERGE_PROBES", "PROBES", "SAMPLE_DIMS", "STATIC_KEY", "BatchAxes", "BatchError", "analyze",
            "batch_inputs", "batch_outputs", "batch_values", "check", "is_polymorphic", "mark",
            "marks", "merge", "nominal_batch", "set_marks", "set_static", "specialize",
            "static_message"]
@@ -51,6 +54,9 @@ __all__ = ["KEY", "PROBES", "SAMPLE_DIMS", "STATIC_KEY", "BatchAxes", "BatchErro
 KEY = "batch"  # graph.meta key: BatchAxes
 STATIC_KEY = "batch_static"  # graph.meta key: why the graph is static-batch
 PROBES = (2, 3)  # the batches check() re-infers at
+# the batches the frontends bring a model in at, for merge(): not 1 or 2, which a model's own
+# literal sizes often are (a size that happens to equal the batch changes no decision)
+MERGE_PROBES = (3, 5)
 
 
 class BatchError(IRError):
@@ -416,8 +422,9 @@ def specialize(graph: Graph, n: int, *, share_data: bool = False) -> Graph:
 
 
 def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Graph:
-    """One batch-polymorphic graph (at nominal batch ``na``) from ``ga`` and ``gb``: the same
-    model brought into the IR with the ``inputs`` (names) at batch ``na`` and ``nb``.
+    """One batch-polymorphic graph (at nominal batch ``na``; its constants share ``ga``'s
+    arrays) from ``ga`` and ``gb``: the same model brought into the IR with the ``inputs``
+    (names) at batch ``na`` and ``nb``.
 
     They must have the same nodes, names and constants; a ``reshape`` / ``expand`` shape that
     differs becomes -1 where it can (one dim of a reshape; an expand's dim that the input
@@ -425,7 +432,7 @@ def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Grap
     the batch size, a different node — raises ``BatchError`` naming it, as does ``analyze``
     on the result."""
     def fail(msg: str) -> BatchError:
-        return BatchError(f"{msg} (imported at batch {na} and {nb})")
+        return BatchError(f"{msg} (brought in at batch {na} and {nb})")
 
     if [v.name for v in ga.inputs] != [v.name for v in gb.inputs] or len(ga.nodes) != len(
             gb.nodes) or set(ga.constants) != set(gb.constants):
@@ -435,7 +442,8 @@ def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Grap
         raise fail(f"the graph changes with the batch{where}")
     for name, v in ga.constants.items():
         w = gb.constants[name]
-        if v.type != w.type or v.data.tobytes() != w.data.tobytes():
+        if v.type != w.type or not np.array_equal(v.data, w.data,
+                                                  equal_nan=v.type.is_float):
             user = v.uses[0].describe() if v.uses else "no node"
             raise fail(f"constant %{name} (used by {user}) changes with the batch: it is "
                        f"computed from the batch size")
@@ -465,7 +473,7 @@ def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Grap
                         raise fail(f"{stored}: it expands to the batch size, which the IR's "
                                    f"expand cannot (it keeps a batch dim with -1)")
             new_attrs.append((i, k, tuple(-1 if j in pos else d for j, d in enumerate(a))))
-    g = ga.clone()
+    g = ga.clone(share_data=True)
     for i, k, value in new_attrs:
         g.nodes[i].attrs[k] = value
     values = [g.value(n) for n in inputs]

@@ -11,7 +11,9 @@ Batch: by default the model is exported with a dynamic batch (``torch.export.Dim
 of every input whose dim 0 is the first input's; an example of batch 1 is traced as a
 batch-2 copy, since torch.export specialises sizes 0 and 1). Every size is then an int or
 an expression in the batch, so the converter knows which dims follow the batch: reshapes
-and expands get -1 there, and the graph (types at the example's batch) is marked
+and expands get -1 there. The program is converted at two batches and the two graphs
+merged (``ir.batch.merge``: what a handler computed from the batch differs between them
+and becomes -1, or is refused), then given the example's batch; the graph is marked
 batch-polymorphic once ``ir/batch.py`` proves it. When torch.export cannot keep the batch
 dynamic (the model's code specialises it: a view with a literal batch, a branch on the batch
 size) or the proof fails (a reduction over the batch, a batch-free tensor expanded to the
@@ -771,19 +773,25 @@ def _trace_dynamic(model, args: tuple, kwargs: dict, name: str) -> tuple[Graph |
     else:
         dynamic = tuple(specs)
     guards: list[str] = []
+    probes = ir_batch.MERGE_PROBES
     try:
         with _guards_added(guards):
             ep = _export(model, targs, tkwargs, dynamic_shapes=dynamic)
-        g = from_exported(ep, name=name, batch=n0)
+        # converted at two batches: a size a handler computed from the batch (a reshape of
+        # x.shape) differs between them and is made batch-relative by merge(), or refused
+        ga, gb = (from_exported(ep, name=name, batch=n) for n in probes)
     except _NotBatch as e:
         return None, f"{e}{_user_guard(guards)}"
     except TraceError as e:  # the static trace names the problem again, or gets past it
         return None, f"the dynamic-batch trace failed: {e}"
-    if not ir_batch.is_polymorphic(g):
+    names = [v.name for v in ir_batch.batch_inputs(ga)]
+    if not names:
         return None, "no input kept a dynamic batch"
-    reason = ir_batch.check(g)
-    if reason:
-        return None, reason
+    try:
+        g = ir_batch.merge(ga, gb, names, *probes)
+        g = ir_batch.specialize(g, n0, share_data=True)
+    except ir_batch.BatchError as e:
+        return None, str(e)
     # the eager model at the example's own batch (torch.export assumed >= 2) has the shapes
     # of the graph
     leaves = [t for t in torch.utils._pytree.tree_leaves(model(*args, **kwargs))

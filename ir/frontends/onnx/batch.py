@@ -1,9 +1,8 @@
 """A symbolic first dim → a batch-polymorphic graph (``ir/batch.py``).
 
 An input whose dim 0 is symbolic (``batch``, ``N``, unnamed) is a batch input. The model is
-imported twice, with the batch inputs at batch 3 and 5 (``PROBES``; not 1 or 2, which a
-model's own literal sizes often are, so a shape that happens to equal the batch does not
-change the graph's structure between the two; every other dim as the file or
+imported twice, with the batch inputs at batch 3 and 5 (``ir.batch.MERGE_PROBES``; every
+other dim as the file or
 ``input_shapes`` gives it), so every ``Shape → Gather → Concat → Reshape`` chain folds to a
 constant at each; ``ir.batch.merge`` compares the two graphs, turns the reshape / expand
 shapes that differ into batch-relative ones (-1) and proves the result. The graph then gets
@@ -30,7 +29,6 @@ from .read import input_dims
 log = logging.getLogger(__name__)
 
 Shapes = dict[str, Sequence[int]]
-PROBES = (3, 5)  # the batches the model is imported at
 
 
 def batch_inputs(model: onnx.ModelProto) -> list[str]:
@@ -81,10 +79,10 @@ def load_batched(model: onnx.ModelProto, input_shapes, what: str,
     if not names:
         return import_at(input_shapes)
     n0 = nominal(model, input_shapes, names)
-    probes = PROBES
+    probes = ir_batch.MERGE_PROBES
     try:
         ga, gb = (import_at(_shapes_at(model, input_shapes, names, n)) for n in probes)
-        g = ir_batch.specialize(ir_batch.merge(ga, gb, names, *probes), n0)
+        g = ir_batch.specialize(ir_batch.merge(ga, gb, names, *probes), n0, share_data=True)
         return g
     except ir_batch.BatchError as e:
         reason = str(e)
