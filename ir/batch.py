@@ -217,8 +217,16 @@ SAMPLE_DIMS: dict[str, Rule] = {
     "max": _but_axes, "min": _but_axes, "cumsum": _but_axis,
     "gather": _gather, "gather_elements": _gather_elements, "pad": _unpadded,
     "tile": _untiled, "scaled_dot_product_attention": _attention,
+    "fake_quantize": _data_only,
+    # ONNX's DynamicQuantizeLinear: the scale and zero point (outputs 1, 2) are the range of
+    # the whole tensor, batch included, so its samples are not independent — the one op
+    # allowed to be so: the graph runs at any batch, and its results depend on the batch's
+    # range exactly as onnxruntime's do
+    "dynamic_quantize": _every,
 }
 _DIM0_OUT = frozenset({"reshape", "flatten"})
+# outputs that are statistics over the whole batch (exempt from "drops the batch")
+_BATCH_WIDE_OUTPUTS: dict[str, frozenset[int]] = {"dynamic_quantize": frozenset({1, 2})}
 
 
 def _rule(op: str) -> Rule | None:
@@ -311,7 +319,10 @@ def analyze(graph: Graph, inputs: Sequence[Value]) -> tuple[list[int], str | Non
                             f"the batch in {_dims(d - ok)}, which {node.op} does not treat as "
                             f"independent samples")
         most = max(len(d) for d in ins)
-        for o, d in zip(node.outputs, outs):
+        wide = _BATCH_WIDE_OUTPUTS.get(node.op, _NONE)
+        for k, (o, d) in enumerate(zip(node.outputs, outs)):
+            if not d and k in wide:
+                continue
             if not d:
                 return [], f"{where} drops the batch: %{o.name} has no batch-dependent dim"
             if len(d) > most:
@@ -351,7 +362,9 @@ def check(graph: Graph) -> str | None:
     if reason:
         return reason
     for i in sorted(set(outs) - set(m.outputs)):
-        return f"graph output %{graph.outputs[i].name} carries the batch but is not marked"
+        return (f"graph output %{graph.outputs[i].name} carries the batch but is not marked "
+                f"(after editing a graph's inputs or outputs, shrinkc.ir.batch.mark(graph) "
+                f"marks it again)")
     for i in sorted(set(m.outputs) - set(outs)):
         return (f"graph output %{graph.outputs[i].name} is marked as carrying the batch but "
                 f"does not depend on a batch input")

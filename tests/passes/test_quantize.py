@@ -12,6 +12,7 @@ import pytest
 import torch
 from shrinkc import optimize
 from shrinkc.ir import Graph, TensorType
+from shrinkc.ir import batch as ir_batch
 from shrinkc.ir.interpreter import run
 from shrinkc.passes import PassError, PipelineError
 from shrinkc.passes.analyses import calibration as cal
@@ -291,7 +292,7 @@ def cut_at_quantizes(q: Graph) -> Graph:
             cut = g.add_input(n.output.type, g.fresh_name(f"{n.output.name}.in"))
             g.replace_all_uses(n.output, cut)
             g.outputs.append(n.output)
-    return g
+    return ir_batch.mark(g)  # the new inputs and outputs carry the batch too
 
 
 def _agree(got: list[np.ndarray], want: list[np.ndarray], names: list[str], scales) -> None:
