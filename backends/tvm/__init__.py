@@ -4,12 +4,15 @@ optionally MetaSchedule-tuned.
 The package, one concept per module::
 
     errors.py     TVMBackendError, TargetError, LoweringError, StaticShapeError
+    imports.py    importing TVM lazily, and MetaSchedule / TVMScript quickly
     targets.py    the one target system: presets, host detection, resolve_target, the
                   thread-count rule (host_cores), CPU features (int8 path)
     lowering.py   the lowering core: Lowerer, LOWERINGS / @lowers, pattern hooks
                   (PATTERN_LOWERINGS / @lowers_pattern), lower_node, lower
     ops.py        the lowering table: one Relax lowering per IR op
     int8.py       the int8 pattern lowering (QDQ conv2d / linear / matmul → integer compute)
+    x86_int8.py   the integer convs / matmuls on VNNI / AVX2 dot-product kernels (packed
+                  weights, hand-written schedule, MetaSchedule custom rule)
     pipeline.py   the Relax pipeline (layout, legalize, fuse; prepare for tuning)
     driver.py     build / build_lowered: lower → pipeline → tvm.compile → TVMModule
     module.py     TVMModule: run here, save (model.so / model.tar), load
@@ -28,13 +31,15 @@ import importlib.util
 from typing import Any
 
 from .errors import LoweringError, StaticShapeError, TargetError, TVMBackendError
+from .imports import import_tvm
 from .targets import (
+    INT8_ISAS,
     TARGET_PRESETS,
     cpu_features,
     host_cores,
     host_cpu,
     host_target,
-    import_tvm,
+    int8_isa,
     resolve_target,
     target_presets,
     target_runs_here,
@@ -89,6 +94,7 @@ def database_coverage(lowered: Any, target: Any, db_dir: Any) -> tuple[int, int]
 
 
 __all__ = [
+    "INT8_ISAS", "int8_isa",
     "CONV_LAYOUTS",
     "DEFAULT_CONV_LAYOUT",
     "DTYPE_TO_TVM",

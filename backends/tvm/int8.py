@@ -11,7 +11,7 @@ it here. The pattern, matched on the IR before lowering::
 with ``xq`` u8 or i8 per tensor (``sx``, ``zx`` constants), ``wq`` a constant i8, symmetric
 (``zw`` all 0), per tensor or per output channel. It is lowered to
 
-    acc = conv2d / matmul(xq, wq, out_dtype=int32)          # LLVM emits VNNI (vpdpbusd)
+    acc = conv2d / matmul(xq, wq, out_dtype=int32)          # x86: x86_int8's kernels
     acc = acc + (b_i32 - zx * sum(wq))                       # one int32 constant per channel
     y   = f32(acc) * (sx*sw) [+ b_f32]                       # no output quantize: f32 out
     q   = clip(round(f32(acc) * (sx*sw/sy) [+ b_f32/sy]) + zy)   # with it: straight to dtype
@@ -297,7 +297,7 @@ def _lower_int8(lw: Any, m: Match) -> Any:
     if np.any(zy):
         r = relax.op.add(r, _chan(lw, zy.astype(np.float32), rank, caxis, "f32"))
     lo, hi = QRANGES[q.attrs["dtype"]]
-    return relax.op.astype(relax.op.clip(r, lo, hi), DTYPE_TO_TVM[q.attrs["dtype"]])
+    return relax.op.astype(lw.clamp(lw.emit(r), lo, hi, "f32"), DTYPE_TO_TVM[q.attrs["dtype"]])
 
 
 def compute_calls(mod: Any) -> list[tuple[str, tuple[str, ...], str]]:

@@ -82,6 +82,25 @@ class Lowerer:
             return self.const(c.astype(to_numpy_dtype(want)), want)
         return self.emit(relax.op.astype(x, DTYPE_TO_TVM[want]))
 
+    def clamp(self, x: Any, lo: float | None, hi: float | None, dtype: str) -> Any:
+        """``clip(x, lo, hi)`` (IR dtype ``dtype``) that keeps NaN, as PyTorch and onnxruntime
+        do, and that the NHWC layout conversion moves through.
+
+        TVM lowers ``maximum(a, b)`` to ``a > b ? a : b`` (and ``minimum`` to
+        ``a < b ? a : b``), so the operand order decides NaN: Relax's ``relu(x)`` / ``clip``
+        are ``max(x, 0)`` and give 0 for NaN, while ``max(0, x)`` gives NaN. Constant
+        first, then: the same single compare and select, and element-wise ops that
+        ConvertLayout has rules for (it has none for ``clip`` or ``where``: each would be
+        wrapped in transposes back to NCHW, and an int8 requantize split from its conv into a
+        task of its own). The NaN tests of ``tests/backends/test_nan_propagation.py`` guard
+        the order."""
+        y = x
+        if hi is not None:
+            y = self.emit(relax.op.minimum(self.const(hi, dtype), y))
+        if lo is not None:
+            y = relax.op.maximum(self.const(lo, dtype), y)
+        return y
+
     def out_type(self, i: int = 0) -> TensorType:
         return self.node.outputs[i].type
 

@@ -94,6 +94,15 @@ class TVMModule:
             self.executable = tvm.runtime.load_module(str(self.library_path))
         return self.executable
 
+    def assembly(self) -> str:
+        """The compiled kernels' assembly (which instructions they use), available until the
+        module is linked (its first run or save)."""
+        mod = getattr(self.executable, "mod", None)
+        if mod is None:
+            raise TVMBackendError("the assembly is available only before the module is linked "
+                                  "(its first run or save)")
+        return "\n".join(m.inspect_source("asm") for m in mod.imports if m.kind == "llvm")
+
     def to_device(self, arrays: Sequence[np.ndarray]) -> list[Any]:
         """Inputs as TVM tensors (checked against the input types)."""
         if len(arrays) != len(self.inputs):

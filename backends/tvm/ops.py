@@ -255,21 +255,8 @@ def _simple(fn_name: str) -> Lowering:
 
 
 def _clip(lw: _Lowerer, x: Any, lo: float | None, hi: float | None, dtype: str) -> Any:
-    """``clip(x, lo, hi)`` (``relu`` is lo=0) that keeps NaN, as PyTorch and onnxruntime do.
-
-    TVM lowers ``maximum(a, b)`` to ``a > b ? a : b`` (and ``minimum`` to ``a < b ? a : b``),
-    so the operand order decides NaN: Relax's ``relu(x)`` / ``clip`` are ``max(x, 0)`` and
-    give 0 for NaN, while ``max(0, x)`` gives NaN. Constant first, then: the same single
-    compare and select, and still element-wise for the NHWC layout conversion (a
-    ``where(isnan(x), …)`` would keep NaN too but ConvertLayout has no rule for
-    ``where``: every relu would be wrapped in transposes). The NaN tests of
-    ``tests/backends/test_nan_propagation.py`` guard the order."""
-    y = x
-    if hi is not None:
-        y = lw.emit(relax.op.minimum(lw.const(hi, dtype), y))
-    if lo is not None:
-        y = relax.op.maximum(lw.const(lo, dtype), y)
-    return y
+    """``clip(x, lo, hi)`` (``relu`` is lo=0) keeping NaN: ``Lowerer.clamp``."""
+    return lw.clamp(x, lo, hi, dtype)
 
 
 @lowers("relu")
@@ -417,7 +404,8 @@ def _quantize(lw: _Lowerer, node: Node, a: list) -> Any:
     if dtype == "i32":  # ints above 2**24 are not exact in f32: clamp in f64
         q = _astype(lw, q, ft, "f64")
     lo, hi = QRANGES[dtype]
-    return relax.op.astype(relax.op.clip(q, lo, hi), DTYPE_TO_TVM[dtype])
+    return relax.op.astype(lw.clamp(q, lo, hi, "f64" if dtype == "i32" else ft),
+                           DTYPE_TO_TVM[dtype])
 
 
 @lowers("dequantize")
@@ -442,7 +430,7 @@ def _fake_quantize(lw: _Lowerer, node: Node, a: list) -> Any:
     x = _astype(lw, a[0], x_t.dtype, ft)
     s = _astype(lw, _per_axis(lw, a[1], s_t, x_t, at["axis"]), s_t.dtype, ft)
     z = _astype(lw, _per_axis(lw, a[2], z_t, x_t, at["axis"]), z_t.dtype, ft)
-    q = relax.op.clip(relax.op.add(relax.op.round(relax.op.divide(x, s)), z), lo, hi)
+    q = lw.clamp(lw.emit(relax.op.add(relax.op.round(relax.op.divide(x, s)), z)), lo, hi, ft)
     return _astype(lw, lw.emit(relax.op.multiply(relax.op.subtract(q, z), s)), ft, x_t.dtype)
 
 

@@ -17,6 +17,7 @@ from tvm import relax
 
 from .errors import TVMBackendError
 from .targets import tvm_target
+from .x86_int8 import Int8Kernels, ScheduleInt8Kernels
 
 #: Data layouts ``conv2d`` can be converted to before legalization, with the kernel layout
 #: that goes with each. The IR (like PyTorch and ONNX) is NCHW/OIHW.
@@ -42,10 +43,13 @@ def layout_passes(layout: str | None = None) -> list[Any]:
 
 def inference_passes(layout: str | None = None) -> list[Any]:
     """Relax's own optimisation for inference: convolutions to ``layout``
-    (``layout_passes``), decompose, canonicalise, legalize, fold constants, fuse (the
-    ``zero`` pipeline)."""
+    (``layout_passes``), the integer convolutions and matmuls to the target's int8
+    dot-product kernels (``x86_int8.Int8Kernels``, weights packed), decompose,
+    canonicalise, legalize, fold constants, fuse (the ``zero`` pipeline)."""
     return [
         *layout_passes(layout),
+        Int8Kernels(),
+        relax.transform.DeadCodeElimination(),  # the weights' layout permutes it replaced
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.get_pipeline("zero"),
@@ -53,8 +57,9 @@ def inference_passes(layout: str | None = None) -> list[Any]:
 
 
 def optimize_relax(mod: Any, target: Mapping[str, Any] | Any, layout: str | None = None) -> Any:
-    """``inference_passes(layout)`` on ``mod`` under ``target`` (the untuned build)."""
-    seq = tvm.transform.Sequential(inference_passes(layout))
+    """``inference_passes(layout)`` on ``mod`` under ``target``, then the int8 kernels'
+    default schedule (the untuned build)."""
+    seq = tvm.transform.Sequential([*inference_passes(layout), ScheduleInt8Kernels()])
     with tvm_target(target):
         return seq(mod)
 

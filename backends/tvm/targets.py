@@ -22,36 +22,17 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..runtime import host_threads
 from .errors import TargetError
-
-_tvm: Any = None
-
-
-def import_tvm() -> float:
-    """Import tvm (once); returns the seconds it took (0 when already imported)."""
-    global _tvm
-    if _tvm is not None:
-        return 0.0
-    t0 = time.perf_counter()
-    import tvm
-
-    _tvm = tvm
-    return time.perf_counter() - t0
-
-
-def _tvm_mod() -> Any:
-    import_tvm()
-    return _tvm
+from .imports import tvm_module
 
 
 def host_cpu() -> str:
     """This CPU as LLVM names it (``znver5``, ``cascadelake``, ...)."""
-    return str(_tvm_mod().target.codegen.llvm_get_system_cpu())
+    return str(tvm_module().target.codegen.llvm_get_system_cpu())
 
 
 def host_triple() -> str:
@@ -62,7 +43,7 @@ def host_triple() -> str:
         return f"{arch}-linux-gnu"
     if sys.platform == "darwin":
         return f"{arch}-apple-darwin"
-    return str(_tvm_mod().target.codegen.llvm_get_system_triple())
+    return str(tvm_module().target.codegen.llvm_get_system_triple())
 
 
 def host_cores() -> int:
@@ -81,13 +62,15 @@ def host_target(num_cores: int | None = None) -> dict[str, Any]:
     return target
 
 
-#: Named targets (``host`` is detected when resolved). ``aarch64`` is cross-compilation for
+#: Named targets (``host`` is detected when resolved). ``x86-avx2`` is the x86-64-v3 level
+#: (AVX2, FMA, BMI2: Haswell, Zen 1-3 and later), which runs on every AVX2 CPU (``haswell``
+#: also claims Intel-only TSX). ``aarch64`` is cross-compilation for
 #: the ARMv8.0 baseline (Cortex-A72: Raspberry Pi 4, Graviton 1), so its code also runs on
 #: the newer cores (Neoverse N1 and later); give a dict with your core's ``mcpu`` for
 #: its extensions (dot product, SVE).
 TARGET_PRESETS: dict[str, dict[str, Any] | None] = {
     "host": None,
-    "x86-avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
+    "x86-avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v3"},
     "x86-avx512": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512"},
     "x86-znver4": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"},
     "aarch64": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72",
@@ -120,7 +103,7 @@ def resolve_target(target: Any = None, num_cores: int | None = None) -> dict[str
     ``tvm.target.Target`` or ``None`` (= ``host``); always with ``mtriple`` and
     ``num-cores`` (``num_cores`` overrides a preset's). Raises ``TargetError`` (a
     ``ValueError``) naming an unknown preset or what is wrong with a target."""
-    tvm = _tvm_mod()
+    tvm = tvm_module()
     if target is None:
         target = "host"
     if isinstance(target, str):
@@ -172,7 +155,7 @@ def resolve_target(target: Any = None, num_cores: int | None = None) -> dict[str
 
 def tvm_target(target: Any = None) -> Any:
     """``resolve_target(target)`` as a ``tvm.target.Target`` (a Target is returned as is)."""
-    tvm = _tvm_mod()
+    tvm = tvm_module()
     if isinstance(target, tvm.target.Target):
         return target
     return tvm.target.Target(resolve_target(target))
@@ -180,12 +163,31 @@ def tvm_target(target: Any = None) -> Any:
 
 def cpu_features(target: Any = None) -> frozenset[str]:
     """The CPU features LLVM enables for ``target``'s ``mcpu`` (``avx2``, ``avx512vnni``, ...)."""
-    tvm = _tvm_mod()
+    tvm = tvm_module()
     try:
         feats = tvm.target.codegen.llvm_get_cpu_features(tvm_target(target))
     except Exception:  # pragma: no cover - an LLVM without the feature query
         return frozenset()
     return frozenset(str(f) for f in feats)
+
+
+#: The int8 dot-product instruction paths, best first: (name, CPU features it needs).
+#: ``vnni``: ``vpdpbusd`` (AVX-512 VNNI: u8×i8 4-way dot products into int32, exact);
+#: ``avx2``: ``vpmaddubsw`` + ``vpmaddwd`` (u8×i8 pairs into int16, then int32: exact
+#: only while a pair sum fits int16, i.e. with 7-bit weights).
+INT8_ISAS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("vnni", frozenset({"avx512f", "avx512bw", "avx512vnni"})),
+    ("avx2", frozenset({"avx2"})),
+)
+
+
+def int8_isa(target: Any = None) -> str | None:
+    """The int8 instruction path of ``target`` (``INT8_ISAS``), or None (not x86, or no
+    AVX2)."""
+    if not str(resolve_target(target)["mtriple"]).startswith("x86_64"):
+        return None
+    feats = cpu_features(target)
+    return next((name for name, need in INT8_ISAS if need <= feats), None)
 
 
 def target_runs_here(target: Mapping[str, Any]) -> bool:
@@ -197,9 +199,19 @@ def target_runs_here(target: Mapping[str, Any]) -> bool:
     if not mcpu or mcpu == host_cpu():
         return True
     want, have = cpu_features(dict(target)), cpu_features(host_target())
-    return bool(have) and want <= have
+    missing = {f for f in want - have if not f.startswith(_TUNING_FLAGS)} - _PERF_ONLY
+    return bool(have) and not missing
 
 
-__all__ = ["TARGET_PRESETS", "cpu_features", "host_cores", "host_cpu", "host_target",
-           "host_triple", "import_tvm", "resolve_target", "target_presets",
-           "target_runs_here", "tvm_target"]
+#: LLVM "features" that only steer instruction selection and scheduling (code using them
+#: runs on any CPU): a target is runnable here without them (``x86-64-v3`` on a Zen 5 lacks
+#: ``false-deps-popcnt`` and ``slow-3ops-lea``).
+_TUNING_FLAGS = ("fast-", "slow-", "false-deps-", "no-bypass-delay", "prefer-", "tuning-",
+                 "idivl-to-divb", "idivq-to-divl", "lea-", "pad-short-functions", "use-slm-",
+                 "use-glm-", "allow-light-256-bit", "branch-hint")
+_PERF_ONLY = {"ermsb", "fsrm", "macrofusion", "branchfusion"}  # REP MOVSB is fast / fusion
+
+
+__all__ = ["INT8_ISAS", "TARGET_PRESETS", "cpu_features", "host_cores", "host_cpu", "host_target",
+           "host_triple", "int8_isa", "resolve_target", "target_presets", "target_runs_here",
+           "tvm_target"]

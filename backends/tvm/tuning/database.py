@@ -26,6 +26,7 @@ from tvm import relax
 
 from ..pipeline import default_prepack, prepare
 from ..targets import tvm_target
+from ..x86_int8 import ScheduleInt8Kernels
 from .workers import fast_tvm_imports
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def apply_database(
             passes.append(relax.transform.MetaScheduleApplyDatabase(str(db_dir)))
         else:
             logger.warning("no tuning database in %s: compiling untuned", db_dir)
+        passes.append(ScheduleInt8Kernels())  # int8 kernels the database does not cover
         if cpu_weight_prepack:
             passes += [
                 relax.transform.SplitLayoutRewritePreproc(),

@@ -22,6 +22,7 @@ import tvm
 
 from ..pipeline import default_prepack, prepare
 from ..targets import tvm_target
+from ..x86_int8 import schedule_rules
 from .database import (
     db_lock,
     db_stats,
@@ -36,6 +37,16 @@ from .rpc import RPCConfig, make_rpc_runner
 from .workers import fast_tvm_imports, ms_classes
 
 logger = logging.getLogger(__name__)
+
+
+def _error_tail(err: str, limit: int = 1500) -> str:
+    """A builder / runner error made readable: its first line and the end of the traceback
+    (where the error is), at most ``limit`` characters."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and set(ln.strip()) != {"^"}]
+    if len(lines) <= 2:
+        return "\n".join(lines)[-limit:]
+    tail = "\n".join(lines[-6:])
+    return (lines[0] + "\n...\n" + tail)[-limit:]
 
 
 @functools.cache
@@ -73,7 +84,7 @@ def progress_callback_class() -> type:
                     self.run_errors[task_id] += 1
                     err = str(r.error_msg)
                 if err is not None and len(self.error_samples) < 5:
-                    self.error_samples.append(f"[{self.names[task_id]}] {err[:2000]}")
+                    self.error_samples.append(f"[{self.names[task_id]}] {_error_tail(err)}")
             if self.bar is not None:
                 self.bar.update(n)
                 fails = sum(self.build_errors) + sum(self.run_errors)
@@ -176,18 +187,18 @@ def _make_runner(runner, evaluator_config, runner_timeout_sec, max_worker_uses,
 
 
 def _space(target: tvm.target.Target):
-    """The design-space generator. For CPU targets: MetaSchedule's generic LLVM rules, not the
-    ones it picks from an AVX-512 / VNNI ``mcpu`` — those add the ``dot_16x4_vnni`` /
-    ``dot_16x4_avx512`` tensorization for u8×i8→i32 blocks, and in TVM 0.27 every candidate
-    using it fails to build ("VectorizeLoop before LiftStorageAlloc"; measured: 7 of 11
-    int8 ResNet-18 candidates). The generic rules are the same for float workloads, and for
-    integer ones leave the vectorization to LLVM (measured: mostly ``vpmaddwd``, rarely
-    ``vpdpbusd``, so tuned int8 is about as fast as tuned fp32; see the README)."""
+    """The design-space generator. For CPU targets: MetaSchedule's generic LLVM rules
+    (``x86_int8.schedule_rules``: the int8 dot-product kernels get their own schedule,
+    ``schedule_dot``, with sampled tiles), not the ones MetaSchedule picks from an AVX-512 /
+    VNNI ``mcpu``: those tensorize u8×i8 blocks with TVM's ``dot_16x4_vnni``, which fails
+    on weights that are not packed (see ``x86_int8``) and in TVM 0.27 every such candidate
+    fails to build ("VectorizeLoop before LiftStorageAlloc"; measured: 7 of 11 int8
+    ResNet-18 candidates)."""
     if target.kind.name != "llvm":
         return "post-order-apply"
     from tvm.s_tir.meta_schedule.space_generator import PostOrderApply  # noqa: PLC0415
 
-    return PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
+    return PostOrderApply(sch_rules=schedule_rules(), postprocs="llvm", mutator_probs="llvm")
 
 
 def _strategy(population_size: int | None):

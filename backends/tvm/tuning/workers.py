@@ -24,70 +24,18 @@ leak the stock builder works around). The main process imports ``tvm.s_tir.tenso
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import inspect
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import Any
+
+from ..imports import fast_tvm_imports, memoised_getmodule
 
 logger = logging.getLogger(__name__)
-
-@contextlib.contextmanager
-def _memoised_getmodule() -> Iterator[None]:
-    """Memoise ``inspect.getmodule`` for frame/code objects by file name.
-
-    ``inspect.stack()`` (called by every TVMScript ``@T.prim_func``) looks up the module of
-    every frame; for frames of files that do not exist, like ``<frozen importlib._bootstrap>``,
-    each lookup scans all of ``sys.modules``. Results depend only on the file name, so caching
-    them for the duration of an import is safe.
-    """
-    orig = inspect.getmodule
-    cache: dict[str, Any] = {}
-
-    def getmodule(obj, _filename=None):
-        if _filename is not None and (inspect.isframe(obj) or inspect.iscode(obj)):
-            try:
-                return cache[_filename]
-            except KeyError:
-                res = cache[_filename] = orig(obj, _filename)
-                return res
-        return orig(obj, _filename)
-
-    inspect.getmodule = getmodule
-    try:
-        yield
-    finally:
-        inspect.getmodule = orig
-
-
-_imports_done = False
-_imports_lock = threading.Lock()
-
-
-def fast_tvm_imports() -> float:
-    """Import what MetaSchedule needs (incl. ``tvm.s_tir.tensor_intrin``) quickly, once.
-
-    Returns the seconds spent (0 when already imported).
-    """
-    global _imports_done  # pylint: disable=global-statement
-    with _imports_lock:
-        if _imports_done:
-            return 0.0
-        t0 = time.perf_counter()
-        with _memoised_getmodule():
-            import tvm.s_tir.meta_schedule  # noqa: F401  pylint: disable=import-outside-toplevel
-            import tvm.s_tir.tensor_intrin  # noqa: F401  pylint: disable=import-outside-toplevel
-        _imports_done = True
-        dt = time.perf_counter() - t0
-        logger.debug("imported tvm.s_tir.tensor_intrin in %.1f s", dt)
-        return dt
 
 
 # The program each build/run worker runs (`python -c _WORKER_BOOT <read_fd> <write_fd>`).
@@ -312,4 +260,5 @@ def ms_classes() -> dict[str, type]:
     return {"PersistentBuilder": PersistentBuilder, "FastLocalRunner": FastLocalRunner}
 
 
-__all__ = ["fast_pool_classes", "fast_tvm_imports", "measure_worker_start", "ms_classes"]
+__all__ = ["fast_pool_classes", "fast_tvm_imports", "measure_worker_start", "memoised_getmodule",
+           "ms_classes"]

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import tvm
-
 from shrinkc import IRError
 from shrinkc.backends import tvm as btvm
 
@@ -58,7 +57,7 @@ def test_host_target_detects_cpu_and_cores():
 @pytest.mark.parametrize(
     "name, triple, cpus",
     [
-        ("x86-avx2", "x86_64", {"haswell", "core-avx2"}),
+        ("x86-avx2", "x86_64", {"x86-64-v3", "haswell", "core-avx2"}),
         ("x86-avx512", "x86_64", {"skylake-avx512", "znver4"}),
         ("aarch64", "aarch64-linux-gnu", {"cortex-a72", "neoverse-n1"}),
     ],
@@ -92,7 +91,7 @@ def test_db_dir_keyed_by_target(monkeypatch, tmp_path):
     assert a.parent == tmp_path / "tuning" and a != b
     assert a == tt.default_db_dir(btvm.resolve_target("x86-avx2"))  # stable
     assert a == tt.default_db_dir(btvm.tvm_target("x86-avx2"))
-    assert "haswell" in a.name
+    assert "x86_64_v3" in a.name  # the preset's mcpu, x86-64-v3
     assert tt.default_db_dir(btvm.host_target(1)) != tt.default_db_dir(btvm.host_target(2))
     monkeypatch.delenv("SHRINKC_CACHE_DIR")
     assert "shrinkc" in str(tt.default_db_dir("host"))

@@ -6,7 +6,6 @@ handful of trials; one tuning run is shared by several tests (module-scoped fixt
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import threading

@@ -1,0 +1,500 @@
+"""x86 int8 kernels: u8 × i8 → int32 convolutions and matmuls on the CPU's dot-product
+instructions, for the integer ops the ``int8`` lowering makes.
+
+Why not MetaSchedule's own VNNI rule: it tensorizes a block with ``dot_16x4_vnni`` only
+when the 16 output channels × 4 reduction elements of the weight are contiguous, and an
+NHWC/OHWI (or NCHW/OIHW) convolution's are not. Its rewrite of the weight layout comes
+after the tensorization, so the tensorization fails, the candidate is left with a
+vectorized loop inside a vectorized loop, and the build stops in ``StorageRewrite``
+("VectorizeLoop before LiftStorageAlloc"; with ``tirx.disable_storage_rewrite`` it stops
+in LLVM's code generation instead: "cannot handle for type vectorized" — both measured).
+
+So the weights are packed here, in numpy at compile time, to the layout the instruction
+reads: ``[O/L, KH, KW, I/4, L, 4]`` for a convolution, ``[N/L, K/4, L, 4]`` for a matmul,
+with ``L`` output lanes per instruction:
+
+- ``vnni`` (AVX-512 VNNI: Cascade Lake, Zen 4, Zen 5): ``shrinkc_dot_16x4_vnni``, one
+  ``vpdpbusd`` per 16 lanes × 4 bytes. Exact.
+- ``avx2`` (Zen 3, Haswell and later without VNNI): ``shrinkc_dot_8x4_avx2``,
+  ``vpmaddubsw`` (u8 × i8 pairs summed into int16, saturating) then ``vpmaddwd`` with ones
+  (into int32). Exact when every pair sum fits int16, which holds for weights in
+  [-64, 64] (``quantize(reduce_range=true)``, the default on such CPUs): ``2·255·64 =
+  32640``. A layer with wider weights keeps the generic integer kernel (LLVM widens to
+  16 bits: ``vpmaddwd``).
+
+``Int8Kernels`` (a Relax pass, after the layout conversion and before legalization, in
+``pipeline.inference_passes``) replaces each eligible ``relax.nn.conv2d`` (NHWC, OHWI,
+groups 1) and ``relax.matmul`` (constant 2-D weight) with u8 × i8 → int32 operands by a
+call to a TE kernel reading the packed weight; the requantize epilogue fuses into it as
+before. Each kernel's block carries ``schedule_rule = shrinkc_int8_dot``: MetaSchedule's
+``ApplyCustomRule`` schedules it with ``schedule_dot`` (tile sizes sampled, so tuning
+searches them), and untuned builds get the same schedule with default tiles
+(``ScheduleInt8Kernels``). Everything else (depthwise / grouped convolutions, channel
+counts that are not multiples of ``L`` and 4, i8 activations, weights that are
+parameters) keeps the generic kernel, with a debug log line saying why.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+
+import tvm
+from tvm import relax, te, topi
+
+from .imports import memoised_getmodule
+from .targets import int8_isa
+
+log = logging.getLogger(__name__)
+
+#: The block annotation (and MetaSchedule custom-rule name) of the packed kernels, and the
+#: annotation naming the int8 path their weights were packed for.
+SCHEDULE_RULE = "shrinkc_int8_dot"
+PATH_KEY = "shrinkc_int8_path"
+#: Per int8 path: (tensor intrinsic, output lanes L, largest |weight| that is exact).
+PATHS: dict[str, tuple[str, int, int]] = {
+    "vnni": ("shrinkc_dot_16x4_vnni", 16, 128),
+    "avx2": ("shrinkc_dot_8x4_avx2", 8, 64),
+}
+_REDUCE = 4  # bytes per lane per instruction
+
+
+# ---------------------------------------------------------------------------- intrinsics
+@functools.cache
+def register_intrinsics() -> None:
+    """``shrinkc_dot_16x4_vnni`` and ``shrinkc_dot_8x4_avx2``: ``C[L] += A[4] · B[L, 4]``
+    (u8 × i8 → i32). TVM's own ``dot_16x4_vnni`` passes ``vpdpbusd`` int32 vectors, which
+    the LLVM TVM 0.27 ships (22) rejects ("Call parameter type does not match function
+    signature": since LLVM 21 the intrinsic takes i8 vectors)."""
+    from tvm.s_tir import TensorIntrin
+
+    if TensorIntrin.get("shrinkc_dot_8x4_avx2", allow_missing=True) is not None:
+        return
+    i8_operands = tvm.target.codegen.llvm_version_major() >= 21
+    with memoised_getmodule():  # TVMScript parsing calls inspect.stack()
+        from tvm.script import tirx as T
+
+        def desc_of(lanes: int) -> Any:
+            @T.prim_func(s_tir=True)
+            def desc(A: T.Buffer((4,), "uint8", offset_factor=1),
+                     B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+                     C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+                with T.sblock("root"):
+                    T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                    T.writes(C[0:lanes])
+                    for i in T.serial(0, lanes):
+                        for k in T.serial(0, 4):
+                            with T.sblock("update"):
+                                vi, vk = T.axis.remap("SR", [i, k])
+                                C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk],
+                                                                               "int32")
+
+            return desc
+
+        @T.prim_func(s_tir=True)
+        def vnni(A: T.Buffer((4,), "uint8", offset_factor=1),
+                 B: T.Buffer((16, 4), "int8", offset_factor=1),
+                 C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+                T.writes(C[0:16])
+                a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+                b_i8x64 = B.vload([0, 0], dtype="int8x64")
+                if i8_operands:
+                    C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                        C.vload([0], dtype="int32x16"),
+                        T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"), b_i8x64,
+                        dtype="int32x16")
+                else:
+                    C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                        C.vload([0], dtype="int32x16"), T.broadcast(a_i32, 16),
+                        T.reinterpret(b_i8x64, dtype="int32x16"), dtype="int32x16")
+
+        @T.prim_func(s_tir=True)
+        def avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
+                 B: T.Buffer((8, 4), "int8", offset_factor=1),
+                 C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+                T.writes(C[0:8])
+                a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+                pairs = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                    T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"),
+                    B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
+                C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                    T.int16x16(1), dtype="int32x8")
+
+        TensorIntrin.register("shrinkc_dot_16x4_vnni", desc_of(16), vnni)
+        TensorIntrin.register("shrinkc_dot_8x4_avx2", desc_of(8), avx2)
+
+
+# ---------------------------------------------------------------------------- weights and TE
+def pack_conv_weight(w_ohwi: np.ndarray, lanes: int) -> np.ndarray:
+    """OHWI int8 → ``[O/L, KH, KW, I/4, L, 4]``."""
+    o, kh, kw, i = w_ohwi.shape
+    w = w_ohwi.reshape(o // lanes, lanes, kh, kw, i // _REDUCE, _REDUCE)
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 4, 1, 5))
+
+
+def pack_matmul_weight(w_kn: np.ndarray, lanes: int) -> np.ndarray:
+    """``[K, N]`` int8 → ``[N/L, K/4, L, 4]``."""
+    k, n = w_kn.shape
+    w = w_kn.reshape(k // _REDUCE, _REDUCE, n // lanes, lanes)
+    return np.ascontiguousarray(w.transpose(2, 0, 3, 1))
+
+
+def _conv_te(x: te.Tensor, wp: te.Tensor, strides: Any, padding: Any, dilation: Any,
+             path: str) -> Any:
+    n, ih, iw, ic = (int(d) for d in x.shape)
+    ob, kh, kw, _, lanes, _ = (int(d) for d in wp.shape)
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    pt, pl, pb, pr = (int(p) for p in padding)
+    if pt or pl or pb or pr:
+        x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=0, name="pad")
+    oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    rc = te.reduce_axis((0, ic), "rc")
+    return te.compute(
+        (n, oh, ow, ob * lanes),
+        lambda b, y, xx, o: te.sum(
+            x[b, y * sh + rh * dh, xx * sw + rw * dw, rc].astype("int32")
+            * wp[o // lanes, rh, rw, rc // _REDUCE, o % lanes, rc % _REDUCE].astype("int32"),
+            axis=[rh, rw, rc]),
+        name="conv2d_nhwc_int8", attrs={"schedule_rule": SCHEDULE_RULE, PATH_KEY: path})
+
+
+def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
+    *batch, _, k = (int(d) for d in x.shape)
+    nb, _, lanes, _ = (int(d) for d in wp.shape)
+    rk = te.reduce_axis((0, k), "rk")
+    return te.compute(
+        (*batch, int(x.shape[-2]), nb * lanes),
+        lambda *i: te.sum(
+            x[(*i[:-1], rk)].astype("int32")
+            * wp[i[-1] // lanes, rk // _REDUCE, i[-1] % lanes, rk % _REDUCE].astype("int32"),
+            axis=[rk]),
+        name="matmul_int8", attrs={"schedule_rule": SCHEDULE_RULE, PATH_KEY: path})
+
+
+# ---------------------------------------------------------------------------- the Relax pass
+def _constant(mutator: Any, expr: Any) -> np.ndarray | None:
+    """The numpy value of ``expr``: a constant, or a ``permute_dims`` of one (what the layout
+    conversion makes of a weight); else None."""
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if bound is None:
+            return None
+        expr = bound
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
+    if (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims"):
+        inner = _constant(mutator, expr.args[0])
+        if inner is None:
+            return None
+        axes = expr.attrs.axes
+        return np.transpose(inner, [int(a) for a in axes] if axes is not None else None)
+    return None
+
+
+def _dtype(expr: Any) -> str:
+    return str(expr.ty.dtype)
+
+
+def _shape(expr: Any) -> list[int]:
+    return [int(d) for d in expr.ty.shape]
+
+
+@relax.expr_functor.mutator
+class _Int8KernelRewriter(relax.PyExprMutator):
+    def __init__(self, mod: Any, path: str):
+        super().__init__(mod)
+        self.path = path
+        self.intrin, self.lanes, self.wmax = PATHS[path]
+        self.rewritten = 0
+
+    def _skip(self, call: Any, why: str) -> None:
+        log.debug("int8 %s kernel not used for %s: %s", self.path, call.op.name, why)
+
+    def _weight(self, call: Any, w_arg: Any) -> np.ndarray | None:
+        w = _constant(self, w_arg)
+        if w is None:
+            self._skip(call, "the weight is not a constant (keep_params?)")
+            return None
+        if w.dtype != np.int8:
+            self._skip(call, f"weight dtype {w.dtype}")
+            return None
+        if np.abs(w.astype(np.int32)).max(initial=0) > self.wmax:
+            self._skip(call, f"weights beyond ±{self.wmax} would saturate vpmaddubsw's int16 "
+                             f"pair sums (quantize with reduce_range=true)")
+            return None
+        return w
+
+    def _int_operands(self, call: Any) -> bool:
+        if _dtype(call) != "int32" or _dtype(call.args[1]) != "int8":
+            return False
+        if _dtype(call.args[0]) != "uint8":
+            self._skip(call, f"activations are {_dtype(call.args[0])} (u8 needed)")
+            return False
+        return True
+
+    def visit_call_(self, op: Any) -> Any:
+        call = super().visit_call_(op)
+        if not isinstance(call, relax.Call) or not isinstance(call.ty, relax.TensorType):
+            return call
+        name = getattr(call.op, "name", "")
+        if name == "relax.nn.conv2d" and self._int_operands(call):
+            return self._conv(call)
+        if name == "relax.matmul" and self._int_operands(call):
+            return self._matmul(call)
+        return call
+
+    def _conv(self, call: Any) -> Any:
+        at = call.attrs
+        if (str(at.data_layout), str(at.kernel_layout), str(at.out_layout)) != (
+                "NHWC", "OHWI", "NHWC"):
+            self._skip(call, f"layout {at.data_layout}/{at.kernel_layout} (NHWC/OHWI needed)")
+            return call
+        if int(at.groups) != 1:
+            self._skip(call, f"groups={int(at.groups)}")
+            return call
+        o, _, _, i = _shape(call.args[1])
+        if o % self.lanes or i % _REDUCE:
+            self._skip(call, f"{o} output / {i} input channels (multiples of {self.lanes} / "
+                             f"{_REDUCE} needed)")
+            return call
+        w = self._weight(call, call.args[1])
+        if w is None:
+            return call
+        wp = relax.const(pack_conv_weight(w, self.lanes), "int8")
+        self.rewritten += 1
+        return self.builder_.call_te(_conv_te, call.args[0], wp, at.strides, at.padding,
+                                     at.dilation, path=self.path, primfunc_name_hint="conv2d_int8")
+
+    def _matmul(self, call: Any) -> Any:
+        w_shape = _shape(call.args[1])
+        if len(w_shape) != 2 or len(_shape(call.args[0])) < 2:
+            self._skip(call, "not a matmul with a 2-D weight")
+            return call
+        k, n = w_shape
+        if n % self.lanes or k % _REDUCE:
+            self._skip(call, f"K={k}, N={n} (multiples of {_REDUCE} / {self.lanes} needed)")
+            return call
+        w = self._weight(call, call.args[1])
+        if w is None:
+            return call
+        wp = relax.const(pack_matmul_weight(w, self.lanes), "int8")
+        self.rewritten += 1
+        return self.builder_.call_te(_matmul_te, call.args[0], wp, path=self.path,
+                                     primfunc_name_hint="matmul_int8")
+
+
+@tvm.transform.module_pass(opt_level=0, name="shrinkc.Int8Kernels")
+class Int8Kernels:
+    """Integer conv2d / matmul → the packed dot-product kernels of the current target's
+    int8 path (``targets.int8_isa``); a no-op on targets without one."""
+
+    def transform_module(self, mod: Any, ctx: Any) -> Any:
+        target = tvm.target.Target.current()
+        path = int8_isa(target) if target is not None else None
+        if path is None:
+            return mod
+        register_intrinsics()
+        rewriter = _Int8KernelRewriter(mod, path)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        if rewriter.rewritten:
+            log.debug("int8 %s kernels: %d conv2d / matmul", path, rewriter.rewritten)
+        return rewriter.builder_.get()
+
+
+# ---------------------------------------------------------------------------- the schedule
+def _kernel_blocks(sch: Any) -> list[Any]:
+    """The blocks of ``sch``'s ``main`` made by ``_conv_te`` / ``_matmul_te``."""
+    out = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        ann = sch.get(block).annotations.get("schedule_rule")
+        if ann is not None and str(ann) == SCHEDULE_RULE:
+            out.append(block)
+    return out
+
+
+def _path_of(sch: Any, block: Any) -> str:
+    """The int8 path a kernel block's weight was packed for (its annotation)."""
+    return str(sch.get(block).annotations[PATH_KEY])
+
+
+def schedule_dot(sch: Any, block: Any, tile: int | None = None) -> Any:
+    """Schedule one packed kernel block: output lanes by ``L``, the channel reduction by 4,
+    tensorized with the path's intrinsic; ``tile`` output pixels (conv: along W; matmul:
+    rows) share each weight load (``None``: sampled, for tuning); outer loops parallel;
+    the epilogue (requantize) computed per tile, vectorized. Returns ``sch``."""
+    register_intrinsics()
+    intrin, lanes, _ = PATHS[_path_of(sch, block)]
+    iters = sch.get(block).iter_vars
+    n_red = sum(1 for v in iters if int(v.iter_type) == 2)  # CommReduce
+    loops = sch.get_loops(block)
+    spatial, reduce = loops[:len(loops) - n_red], loops[len(loops) - n_red:]
+    *outer, rows, out_ch = spatial
+    *r_outer, r_ch = reduce
+    o_o, o_i = sch.split(out_ch, [None, lanes])
+    c_o, c_i = sch.split(r_ch, [None, _REDUCE])
+    extent = int(sch.get(rows).extent)
+    if tile is None:
+        factors = sch.sample_perfect_tile(rows, n=2, max_innermost_factor=8)
+    else:
+        tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
+        factors = [extent // tile, tile]
+    r_o, r_i = sch.split(rows, factors)
+    sch.reorder(*outer, r_o, o_o, *r_outer, c_o, r_i, o_i, c_i)
+    par = sch.fuse(*outer, r_o, o_o)
+    sch.parallel(par)  # before the tensorization, which makes the block opaque to the check
+    _schedule_epilogue(sch, block, par)
+    for producer in sch.get_producers(block):  # the zero padding: at the root, parallel
+        if sch.get(producer).name_hint.startswith("pad"):
+            _parallel_vectorize(sch, producer)
+    init = sch.decompose_reduction(block, r_outer[0] if r_outer else c_o)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(r_i)  # the tile's pixels reuse the weight vector in registers
+    sch.tensorize(o_i, intrin)
+    return sch
+
+
+def _schedule_epilogue(sch: Any, block: Any, loop: Any) -> None:
+    """The elementwise chain after the kernel, inlined into its last block, computed at
+    ``loop`` and vectorized; left at the root (parallel) where it cannot move."""
+    chain = []
+    cur = block
+    while True:
+        consumers = sch.get_consumers(cur)
+        if len(consumers) != 1:
+            break
+        cur = consumers[0]
+        chain.append(cur)
+    if not chain:
+        return
+    for b in chain[:-1]:
+        try:
+            sch.compute_inline(b)
+        except (RuntimeError, ValueError):
+            break
+    last = chain[-1]
+    try:
+        sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(last)[-1])
+    except (RuntimeError, ValueError):
+        _parallel_vectorize(sch, last)
+
+
+def _parallel_vectorize(sch: Any, block: Any) -> None:
+    loops = sch.get_loops(block)
+    try:
+        if len(loops) > 1:
+            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        sch.vectorize(loops[-1])
+    except (RuntimeError, ValueError):
+        pass
+
+
+@tvm.register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}")
+def _meta_schedule_rule(sch: Any, block: Any) -> list[Any]:
+    """MetaSchedule's ``ApplyCustomRule`` for the kernel blocks: ``schedule_dot`` with the
+    tile sampled."""
+    return [schedule_dot(sch, block)]
+
+
+@functools.cache
+def _rule_classes() -> type:
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.schedule_rule import PyScheduleRule
+
+    @derived_object
+    class SkipKernelFuncs(PyScheduleRule):
+        """``inner`` (MetaSchedule's ``ParallelizeVectorizeUnroll``) except in functions
+        with a packed kernel: ``schedule_dot`` parallelizes and vectorizes them itself, and
+        the root annotations would make ``RewriteParallelVectorizeUnroll`` reject every
+        candidate (it cannot rework loops that are parallel or hold a tensorized block)."""
+
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.inner = inner
+
+        def _initialize_with_tune_context(self, context: Any) -> None:
+            self.inner._initialize_with_tune_context(context)  # noqa: SLF001
+
+        def apply(self, sch: Any, block: Any) -> list[Any]:
+            if _kernel_blocks(sch):
+                return [sch]
+            return list(self.inner.apply(sch, block))
+
+        def clone(self) -> Any:
+            return SkipKernelFuncs(self.inner.clone())
+
+    return SkipKernelFuncs
+
+
+def schedule_rules() -> list[Any]:
+    """MetaSchedule's generic LLVM rules (``ApplyCustomRule`` first: the kernels get
+    ``schedule_dot``), with ``ParallelizeVectorizeUnroll`` left out of kernel functions."""
+    from tvm.s_tir import meta_schedule as ms
+
+    register_intrinsics()
+    rules = list(ms.ScheduleRule.create("llvm"))
+    skip = _rule_classes()
+    return [skip(r) if type(r).__name__ == "ParallelizeVectorizeUnroll" else r for r in rules]
+
+
+def schedule_func(func: Any, tile: int = 4) -> Any | None:
+    """``func`` (a PrimFunc with packed kernel blocks) scheduled with default tiles, or None
+    when it has none or its schedule fails (logged; the function stays generic)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    blocks = _kernel_blocks(sch)
+    if not blocks:
+        return None
+    try:
+        for b in blocks:
+            schedule_dot(sch, b, tile)
+    except (RuntimeError, ValueError) as e:
+        log.debug("int8 kernel schedule failed, generic kernel kept: %s",
+                  str(e).strip().splitlines()[-1])
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="shrinkc.ScheduleInt8Kernels")
+class ScheduleInt8Kernels:
+    """The default schedule (``schedule_func``) for every not yet scheduled PrimFunc with a
+    packed kernel block: what an untuned build, or a tuned one whose database lacks the
+    workload, runs."""
+
+    def transform_module(self, mod: Any, ctx: Any) -> Any:
+        updates = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+                continue
+            new = schedule_func(func)
+            if new is not None:
+                updates[gv] = new
+        if not updates:
+            return mod
+        mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(mod.functions)
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+
+__all__ = ["Int8Kernels", "PATHS", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
+           "pack_matmul_weight", "register_intrinsics", "schedule_dot", "schedule_func",
+           "schedule_rules"]

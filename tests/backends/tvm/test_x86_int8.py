@@ -1,0 +1,128 @@
+"""backends/tvm/x86_int8.py: the int8 dot-product kernels (VNNI ``vpdpbusd``, AVX2
+``vpmaddubsw``) build, are the ones the assembly uses, and are bit-exact against the IR
+interpreter on a small conv and matmul — on whichever paths this CPU has (detected).
+
+Exactness against the interpreter (which dequantizes and computes in float) is exact
+arithmetic here, not luck: every scale is a power of two and the accumulators stay below
+2**24, so the interpreter's float32 sums, products and requantization are exact too and
+any correct integer kernel must give the same u8 outputs, ties included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shrinkc.backends import tvm as btvm
+from shrinkc.backends.tvm import x86_int8
+from shrinkc.ir import Graph, TensorType
+from shrinkc.ir.interpreter import run
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+#: (path, target, what its assembly must contain), for the paths this CPU can run.
+PATHS = {
+    "vnni": ("host", "vpdpbusd"),
+    "avx2": ("x86-avx2", "vpmaddubsw"),
+}
+
+
+def _available(path: str) -> bool:
+    target, _ = PATHS[path]
+    t = btvm.resolve_target(target)
+    return btvm.target_runs_here(t) and btvm.int8_isa(t) == path
+
+
+def _qdq_graph(wmax: int, seed: int = 0) -> Graph:
+    """A padded 3×3 conv (32 → 32 channels, input zero point 3: the borders are the zero
+    point) and a linear (32 → 32), each QDQ with power-of-two scales, u8 outputs."""
+    rng = np.random.default_rng(seed)
+    g = Graph("qdq_pow2")
+
+    def c(a, dtype):
+        return g.add_constant(np.asarray(a, dtype=dtype))
+
+    def layer(op, x_shape, w, bias_q, sw, attrs, name):
+        x = g.add_input(TensorType("f32", x_shape), f"{name}.x")
+        sx = 2.0 ** -4
+        xq = g.add_node("quantize", [x, c(sx, np.float32), c(3, np.uint8)],
+                        {"dtype": "u8"}).output
+        xd = g.add_node("dequantize", [xq, c(sx, np.float32), c(3, np.uint8)]).output
+        wd = g.add_node("dequantize", [c(w, np.int8), c(sw, np.float32),
+                                       c(np.zeros(len(sw)), np.int8)], {"axis": 0}).output
+        bd = g.add_node("dequantize", [c(bias_q, np.int32), c(sx * sw, np.float32),
+                                       c(np.zeros(len(sw)), np.int32)], {"axis": 0}).output
+        y = g.add_node(op, [xd, wd, bd], attrs, loc=name).output
+        return g.add_node("quantize", [y, c(2.0 ** -2, np.float32), c(128, np.uint8)],
+                          {"dtype": "u8"}).output
+
+    sw = 2.0 ** -rng.integers(5, 8, 32)
+    wc = rng.integers(-wmax, wmax + 1, (32, 32, 3, 3))
+    wl = rng.integers(-wmax, wmax + 1, (32, 32))
+    g.outputs = [
+        layer("conv2d", (1, 32, 8, 8), wc, rng.integers(-500, 500, 32), sw,
+              {"padding": (1, 1)}, "conv"),
+        layer("linear", (4, 32), wl, rng.integers(-500, 500, 32), sw, {}, "linear"),
+    ]
+    return g
+
+
+def _inputs(g: Graph, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-0.2, 15.0, v.shape).astype(np.float32) for v in g.inputs]
+
+
+@pytest.fixture(scope="module")
+def built():
+    """``built(path, wmax)``: (graph, module built for the path's target), once each."""
+    cache: dict = {}
+
+    def get(path: str, wmax: int):
+        if (path, wmax) not in cache:
+            g = _qdq_graph(wmax)
+            cache[path, wmax] = g, btvm.build(g, PATHS[path][0])
+        return cache[path, wmax]
+
+    return get
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_kernel_builds_uses_the_instruction_and_is_bit_exact(path, built):
+    if not _available(path):
+        pytest.skip(f"this CPU has no {path} int8 path")
+    _, lanes, wmax = x86_int8.PATHS[path]
+    g, module = built(path, min(wmax, 127))
+    asm = module.assembly()
+    assert asm.count(PATHS[path][1]) > 0, f"no {PATHS[path][1]} in the {path} kernels"
+    x = _inputs(g)
+    got = module.run(x)
+    want = [t.numpy() for t in run(g, x)]
+    for y, w in zip(got, want):
+        assert y.dtype == np.uint8
+        np.testing.assert_array_equal(y, w)
+
+
+def test_avx2_path_keeps_the_generic_kernel_for_8_bit_weights(built):
+    """vpmaddubsw would saturate int16 pair sums: 8-bit weights get the generic kernel,
+    still exact."""
+    if not _available("avx2"):
+        pytest.skip("this CPU has no avx2 int8 path")
+    g, module = built("avx2", 127)
+    assert "vpmaddubsw" not in module.assembly()
+    x = _inputs(g)
+    for y, w in zip(module.run(x), [t.numpy() for t in run(g, x)]):
+        np.testing.assert_array_equal(y, w)
+
+
+def test_weights_are_packed_lane_major():
+    w = np.arange(32 * 3 * 3 * 8, dtype=np.int64).reshape(32, 3, 3, 8).astype(np.int8)
+    p = x86_int8.pack_conv_weight(w, 16)
+    assert p.shape == (2, 3, 3, 2, 16, 4)
+    o, kh, kw, i = 21, 2, 1, 6
+    assert p[o // 16, kh, kw, i // 4, o % 16, i % 4] == w[o, kh, kw, i]
+    m = np.arange(8 * 24, dtype=np.int64).reshape(8, 24).astype(np.int8)
+    pm = x86_int8.pack_matmul_weight(m, 8)
+    assert pm.shape == (3, 2, 8, 4) and pm[2, 1, 5, 3] == m[1 * 4 + 3, 2 * 8 + 5]
+
+
+def test_no_int8_path_off_x86():
+    assert btvm.int8_isa("aarch64") is None
