@@ -651,8 +651,25 @@ def _slice(e: _Ex, n: Node) -> None:
 @_exports("expand")
 def _expand(e: _Ex, n: Node) -> None:
     # the IR's -1 keeps the input's dim; ONNX's Expand broadcasts, so 1 does the same
-    e.one("Expand", n, [e.x(n.inputs[0]),
-                        e.i64([1 if d == -1 else d for d in n.attrs["shape"]], "shape")])
+    shape = [1 if d == -1 else d for d in n.attrs["shape"]]
+    if len(n.inputs) == 1:
+        e.one("Expand", n, [e.x(n.inputs[0]), e.i64(shape, "shape")])
+        return
+    like = n.inputs[1]  # a 0 takes like's size in that dim: Shape(like) sliced in
+    dims = e.tmp("like_shape", "i64", [like.type.rank])
+    e.emit("Shape", [e.x(like)], [dims])
+    parts = []
+    for i, d in enumerate(shape):
+        if d == 0:
+            part = e.tmp(f"like_dim{i}", "i64", [1])
+            e.emit("Slice", [dims, e.i64([i], f"dim{i}_start"), e.i64([i + 1], f"dim{i}_end")],
+                   [part])
+            parts.append(part)
+        else:
+            parts.append(e.i64([d], f"dim{i}"))
+    target = e.tmp("shape", "i64", [len(shape)])
+    e.emit("Concat", parts, [target], {"axis": 0})
+    e.one("Expand", n, [e.x(n.inputs[0]), target])
 
 
 # ---------------------------------------------------------------------------- quantization

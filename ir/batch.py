@@ -193,6 +193,12 @@ def _untiled(ts: list[TensorType], a: dict) -> list[frozenset[int] | None]:
     return [frozenset(d for d in range(ts[0].rank) if d < lead or reps[d - lead] == 1)]
 
 
+def _expand(ts: list[TensorType], a: dict) -> list[frozenset[int] | None]:
+    # like gives sizes only, in the dims where the shape says 0 (its batch, for instance)
+    return [None] + ([frozenset(i for i, d in enumerate(a["shape"]) if d == 0)]
+                     if len(ts) > 1 else [])
+
+
 def _attention(ts: list[TensorType], a: dict) -> list[frozenset[int] | None]:
     q, k, v = (t.rank for t in ts[:3])  # q [..., L, E], k [..., S, E], v [..., S, Ev]
     out = [frozenset(range(q - 1)), frozenset(range(k - 2)), frozenset(range(v)) - {v - 2}]
@@ -211,7 +217,7 @@ SAMPLE_DIMS: dict[str, Rule] = {
     # row-major reshapes keep each sample a contiguous block only while the batch is dim 0
     # (possibly merged with the dims after it), before and after: also checked on the output
     "reshape": _first(0), "flatten": _first(0),
-    "permute": _every, "expand": _every, "where": _every,
+    "permute": _every, "expand": _expand, "where": _every,
     "conv3d": _first(0), "max_pool3d": _first(0, 1), "avg_pool3d": _first(0, 1),
     "upsample": _first(0, 1), "lrn": _but_channels, "circulant_matmul": _linear,
     "max": _but_axes, "min": _but_axes, "cumsum": _but_axis,
@@ -434,6 +440,17 @@ def specialize(graph: Graph, n: int, *, share_data: bool = False) -> Graph:
     return g
 
 
+def _repeated_row(a: np.ndarray, b: np.ndarray, na: int, nb: int) -> np.ndarray | None:
+    """The one row that ``a`` (``na`` rows) and ``b`` (``nb`` rows) repeat, or None."""
+    if a.ndim == 0 or a.shape[1:] != b.shape[1:] or (a.shape[0], b.shape[0]) != (na, nb):
+        return None
+    nan = a.dtype.kind == "f"
+    row = a[:1]
+    if all(np.array_equal(x, np.broadcast_to(row, x.shape), equal_nan=nan) for x in (a, b)):
+        return np.ascontiguousarray(row)
+    return None
+
+
 def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Graph:
     """One batch-polymorphic graph (at nominal batch ``na``; its constants share ``ga``'s
     arrays) from ``ga`` and ``gb``: the same model brought into the IR with the ``inputs``
@@ -441,7 +458,9 @@ def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Grap
 
     They must have the same nodes, names and constants; a ``reshape`` / ``expand`` shape that
     differs becomes -1 where it can (one dim of a reshape; an expand's dim that the input
-    already has). Anything else that differs — another attribute, a constant computed from
+    already has), and an expand of a batch-free dim to the batch in dim 0 reads it from the
+    first batch input (``expand(x, like) {shape=[0, …]}``) — also when it was folded into a
+    constant that repeats one row batch times. Anything else that differs — another attribute, a constant computed from
     the batch size, a different node — raises ``BatchError`` naming it, as does ``analyze``
     on the result."""
     def fail(msg: str) -> BatchError:
@@ -453,14 +472,19 @@ def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Grap
             o.name for o in x.outputs] != [o.name for o in y.outputs]), None)
         where = f" from node {first.describe()} on" if first is not None else ""
         raise fail(f"the graph changes with the batch{where}")
+    rows: dict[str, np.ndarray] = {}  # constants that are one row repeated batch times
     for name, v in ga.constants.items():
         w = gb.constants[name]
-        if v.type != w.type or not np.array_equal(v.data, w.data,
-                                                  equal_nan=v.type.is_float):
+        if v.type == w.type and np.array_equal(v.data, w.data, equal_nan=v.type.is_float):
+            continue
+        row = _repeated_row(v.data, w.data, na, nb)
+        if row is None:
             user = v.uses[0].describe() if v.uses else "no node"
             raise fail(f"constant %{name} (used by {user}) changes with the batch: it is "
                        f"computed from the batch size")
+        rows[name] = row
     new_attrs: list[tuple[int, str, tuple]] = []
+    likes: list[int] = []  # expands that read the batch from the first batch input
     for i, (x, y) in enumerate(zip(ga.nodes, gb.nodes)):
         if (x.op != y.op or [v.name for v in x.inputs] != [v.name for v in y.inputs]
                 or [o.name for o in x.outputs] != [o.name for o in y.outputs]):
@@ -477,19 +501,37 @@ def merge(ga: Graph, gb: Graph, inputs: Sequence[str], na: int, nb: int) -> Grap
             pos = [j for j, (p, q) in enumerate(zip(a, b)) if p != q]
             if x.op == "reshape" and len(pos) > 1:
                 raise fail(f"{stored}: more than one dim depends on the batch")
+            shape = [-1 if j in pos else d for j, d in enumerate(a)]
             if x.op == "expand":
                 lead = len(a) - x.inputs[0].type.rank
                 for j in pos:
                     src = (x.inputs[0].shape[j - lead], y.inputs[0].shape[j - lead]) \
-                        if j >= lead else None
-                    if src != (a[j], b[j]):
-                        raise fail(f"{stored}: it expands to the batch size, which the IR's "
-                                   f"expand cannot (it keeps a batch dim with -1)")
-            new_attrs.append((i, k, tuple(-1 if j in pos else d for j, d in enumerate(a))))
+                        if j >= lead else (1, 1)
+                    if src == (a[j], b[j]):
+                        continue  # a batch dim the input has: -1 keeps it
+                    # expanded to the batch (cls_token.expand(B, -1, -1), ones(B, S)):
+                    # dim 0 of the first batch input gives it, as expand's like operand
+                    if src != (1, 1) or j != 0 or (a[j], b[j]) != (na, nb) or len(
+                            x.inputs) > 1:
+                        raise fail(f"{stored}: it expands to a size computed from the batch "
+                                   f"other than the batch itself in dim 0")
+                    shape[j] = 0
+                    likes.append(i)
+            new_attrs.append((i, k, tuple(shape)))
     g = ga.clone(share_data=True)
     for i, k, value in new_attrs:
         g.nodes[i].attrs[k] = value
     values = [g.value(n) for n in inputs]
+    for i in likes:
+        g.add_operand(g.nodes[i], values[0], reinfer=False)  # the types do not change
+    for name, row in rows.items():  # a folded expand to the batch: expand the row again
+        old = g.constants[name]
+        g.rename(old, g.fresh_name(f"{name}.folded"))
+        src = g.add_constant(row, g.fresh_name(f"{name}.row"))
+        node = g.add_node("expand", [src, values[0]], {"shape": (0,) + row.shape[1:]},
+                          names=[name], before=g.nodes[0] if g.nodes else None)
+        g.replace_all_uses(old, node.output)
+        g.remove_constant(old)
     outs, reason = analyze(g, values)
     if reason:
         raise BatchError(f"graph {g.name} is not batch-polymorphic: {reason}")

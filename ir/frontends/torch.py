@@ -562,12 +562,36 @@ def _expand(c, a, k):
         return x
     shape = list(c.out_shape())
     lead = val.dim() - src.dim()
-    for i in c.batch_dims(val):  # -1 keeps the input's dim: only a batch dim it already has
-        if i < lead or c.sym_shape(src)[i - lead] != c.sym_shape(val)[i]:
-            raise _NotBatch(f"{c.where()}: expands a tensor to the batch size (dim {i}); the "
-                            f"IR's expand can keep a batch dim, not make one")
-        shape[i] = -1
+    for i in c.batch_dims(val):  # -1 keeps a batch dim the input has; expanding to the
+        if i >= lead and c.sym_shape(src)[i - lead] == c.sym_shape(val)[i]:  # batch stays
+            shape[i] = -1  # a size here, made batch-relative by ir.batch.merge (or refused)
     return c.emit("expand", [x], {"shape": tuple(shape)})
+
+
+# tensors of a given size filled with one value, when the size depends on the batch (with
+# static sizes torch_fold folds them): a scalar expanded to the size, which ir.batch.merge
+# makes read the batch at run time (expand(x, like))
+_FILLED = {aten.ones.default: 1, aten.zeros.default: 0, aten.empty.memory_format: 0,
+           aten.new_ones.default: 1, aten.new_zeros.default: 0, aten.new_empty.default: 0,
+           aten.ones_like.default: 1, aten.zeros_like.default: 0, aten.empty_like.default: 0}
+
+
+@_maps(*_FILLED, aten.full.default, aten.new_full.default, aten.full_like.default)
+def _filled(c, a, k):
+    val = c.out_val()
+    if c.node.target in _FILLED:
+        fill = _FILLED[c.node.target]
+    else:
+        fill = a[1] if c.node.target == aten.full.default else a[2] if (
+            c.node.target == aten.new_full.default) else a[1]
+    if isinstance(fill, torch.fx.Node):
+        raise TraceError(f"{c.where()}: the fill value is computed, not a constant")
+    from ..types import to_numpy_dtype
+
+    dtype = dtype_from_torch(val.dtype)
+    scalar = c.g.add_constant(np.array(fill, dtype=to_numpy_dtype(dtype)),
+                              c.g.fresh_name(f"{c.node.name}_fill"))
+    return c.emit("expand", [scalar], {"shape": c.out_shape()})
 
 
 @_maps(aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default,
@@ -669,7 +693,10 @@ _SYM_OPS = {aten.sym_size.int, aten.sym_numel.default, operator.mul, operator.ad
 # ops whose size arguments may depend on the batch: their handlers read the symbolic result
 # shape instead (batch-relative attributes) or check that the result is the input
 _SIZE_ARGS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
-              aten.view_copy.default, aten.expand.default, aten.slice.Tensor}
+              aten.view_copy.default, aten.expand.default, aten.slice.Tensor,
+              aten.ones.default, aten.zeros.default, aten.empty.memory_format,
+              aten.full.default, aten.new_ones.default, aten.new_zeros.default,
+              aten.new_empty.default, aten.new_full.default}
 
 
 def _resolve(c: _Ctx, arg, used: list[bool]):

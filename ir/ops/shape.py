@@ -47,7 +47,9 @@ def slice_(x, *, axis, start, end, step):
 slice_.__name__ = "slice"
 
 
-def expand(x, *, shape):
+def expand(x, like=None, *, shape):
+    if like is not None:  # a 0 takes like's size in that dim: the batch, read at run time
+        shape = [like.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     return x.expand(shape)
 
 
@@ -83,6 +85,12 @@ def _expand_check(ts, a):
     lead = len(shape) - r
     if any(d == -1 for d in shape[:lead]) or any(d < -1 for d in shape):
         return f"shape {list(shape)}: -1 (keep the dim) is allowed only for dims of {ts[0]}"
+    if len(ts) > 1:
+        like = ts[1]
+        bad = [i for i, d in enumerate(shape) if d == 0 and i >= like.rank]
+        if bad:
+            return (f"shape {list(shape)}: the 0 in dim {bad[0]} takes that dim of like "
+                    f"{like}, which it does not have")
     return None
 
 
@@ -128,9 +136,10 @@ register(OpDef("slice", ("x",), slice_, kind="shape",
                check_fn=lambda ts, a: (None if a["step"] > 0 and ts[0].rank > 0 else
                                        "step must be positive and the input not a scalar"),
                doc="x[start:end:step] along one axis (python clamping)."))
-register(OpDef("expand", ("x",), expand, kind="shape", attrs={"shape": Attr("ints")},
+register(OpDef("expand", ("x", "like?"), expand, kind="shape", attrs={"shape": Attr("ints")},
                check_fn=_expand_check,
-               doc="broadcast to shape (numpy rules); -1 keeps the input's dim."))
+               doc="broadcast to shape (numpy rules); -1 keeps the input's dim; with like, "
+                   "0 takes like's size in that dim (expand to the batch)."))
 register(OpDef("mean", ("x",), mean, kind="reduce",
                attrs={"axes": Attr("ints"), "keepdim": Attr("bool", False)},
                flops_fn=lambda i, o, a: i[0].numel, doc="mean over axes."))

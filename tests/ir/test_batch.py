@@ -167,13 +167,9 @@ class BranchOnBatch(torch.nn.Module):
         return x * 2 if x.shape[0] > 2 else x
 
 
-class ExpandToBatch(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.token = torch.nn.Parameter(torch.randn(1, 1, 8))
-
+class RepeatBatch(torch.nn.Module):
     def forward(self, x):
-        return torch.cat([self.token.expand(x.shape[0], -1, -1), x.reshape(-1, 1, 8)], 1)
+        return x.repeat(2, 1)
 
 
 class BatchAsValue(torch.nn.Module):
@@ -199,7 +195,7 @@ REFUSED = {
                       r"specialises it to 2",
     BranchOnBatch: r"specialises it to 2 .*\(guard batch <= 2 at .*test_batch.py:\d+ in "
                    r"forward\)",
-    ExpandToBatch: r"aten.expand.default .*test_batch.py.*: expands a tensor to the batch size",
+    RepeatBatch: r"node repeat\S*: tile mixes the samples of a batch",
     BatchAsValue: r"takes a size computed from the batch",
     FirstSample: r"slices along the batch dim",
     SqueezeAll: r"at batch 1 the model returns shapes \[\(8,\)\], its dynamic-batch trace "
@@ -224,6 +220,56 @@ def test_model_that_mixes_the_batch_stays_static_and_says_why(cls):
     import re
 
     assert re.search(REFUSED[cls], msg), msg
+
+
+class ClassToken(torch.nn.Module):
+    """A class token expanded to the batch, a mask of ones at the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = torch.nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        tokens = torch.cat([self.token.expand(x.shape[0], -1, -1), x.reshape(-1, 1, 8)], 1)
+        return tokens * torch.ones(x.shape[0], 2, 1)
+
+
+def test_expanding_to_the_batch_reads_it_at_run_time(tmp_path):
+    model = ClassToken()
+    g = shrinkc.trace(model, (torch.randn(1, 8),))
+    assert batch.is_polymorphic(g), g.meta.get("batch_static")
+    expands = [n for n in g.nodes if n.op == "expand"]
+    assert [n.attrs["shape"][0] for n in expands] == [0, 0]  # 0: like's dim 0, the batch
+    assert all(n.inputs[1] is g.inputs[0] for n in expands)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        want = model(x)
+        assert_close(run(g, [x]), want)
+        assert_close(shrinkc.to_torch(g)(x), want)
+    path = to_onnx(g, tmp_path / "token.onnx")
+    assert_close(OnnxRuntimeSession(path, threads=1)([x]), want)
+    back = shrinkc.load_onnx(path)  # folded to a repeated constant on import, expanded again
+    assert batch.is_polymorphic(back)
+    assert_close(run(back, [x]), want)
+
+
+def test_hugging_face_class_token_model_is_batch_polymorphic():
+    """CLIP's vision tower: class embedding expanded to the batch, concatenated."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=4, intermediate_size=32)).eval()  # head dim 4: an exact scale
+    g = shrinkc.trace(model, (torch.randn(1, 3, 16, 16),))
+    assert batch.is_polymorphic(g), g.meta.get("batch_static")
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():  # float32: quick_gelu's 1.702 is a float32 constant in the graph
+        want = [w for w in model(x).to_tuple() if isinstance(w, torch.Tensor)]
+        assert_close(run(g, [x]), want, depth=g)
 
 
 # Graphs written as text: one per rule of the proof (module docstring of ir/batch.py).

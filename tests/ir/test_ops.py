@@ -294,3 +294,10 @@ def test_batch_relative_reshape_and_expand():
     assert ops.get("expand").infer([col], {"shape": (2, -1, 4, 5)})[0].shape == (2, 3, 4, 5)
     with pytest.raises(IRError, match="-1 .* is allowed only for dims of"):
         ops.get("expand").infer([col], {"shape": (-1, 3, 4, 5)})
+    # with like: a 0 takes like's size in that dim (expand to the batch)
+    row, like = TensorType("f32", (1, 1, 5)), TensorType("f32", (7, 2))
+    assert ops.get("expand").infer([row, like], {"shape": (0, 4, 5)})[0].shape == (7, 4, 5)
+    got = ops.get("expand").ref(torch.ones(1, 1, 5), torch.zeros(7, 2), shape=(0, 4, -1))
+    assert got.shape == (7, 4, 5)
+    with pytest.raises(IRError, match="the 0 in dim 2 takes that dim of like"):
+        ops.get("expand").infer([row, like], {"shape": (0, 4, 0)})
