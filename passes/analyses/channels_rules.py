@@ -315,9 +315,11 @@ def _embedding(c) -> None:
 
 # ---------------------------------------------------------------------------- shapes
 def _keep_relative(node: Node, shape) -> tuple[int, ...]:
-    """The new shape attribute, keeping the -1s of the old one (batch-relative sizes: a
-    reshape's rest, an expand's kept dim; ir/batch.py)."""
-    return tuple(-1 if old == -1 else int(d) for old, d in zip(node.attrs["shape"], shape))
+    """The new shape attribute, keeping the batch-relative sizes of the old one (ir/batch.py:
+    a reshape's -1 rest, an expand's -1 kept dim, and the 0 an expand with a second operand
+    reads from it)."""
+    keep = {-1, 0} if node.op == "expand" and len(node.inputs) > 1 else {-1}
+    return tuple(old if old in keep else int(d) for old, d in zip(node.attrs["shape"], shape))
 
 
 def _reshape_resize(node: Node, new) -> dict[str, Any]:

@@ -270,6 +270,8 @@ def test_hugging_face_class_token_model_is_batch_polymorphic():
     with torch.no_grad():  # float32: quick_gelu's 1.702 is a float32 constant in the graph
         want = [w for w in model(x).to_tuple() if isinstance(w, torch.Tensor)]
         assert_close(run(g, [x]), want, depth=g)
+    pruned = shrinkc.optimize(g, "prune-channels(ratio=0.5)")  # resizes keep the 0 and -1s
+    assert batch.is_polymorphic(pruned) and run(pruned, [x])[0].shape == want[0].shape
 
 
 # Graphs written as text: one per rule of the proof (module docstring of ir/batch.py).
