@@ -1,0 +1,300 @@
+"""``structured-fc``: fully connected layers → structured matrices (lossy).
+
+Matches ``linear(x, W [out, in][, b])`` and ``matmul(x, B [in, out])`` with a constant 2-D
+weight (any leading dims of ``x``: 2-D features and 3-D tokens), fits the nearest matrix of
+the chosen ``kind`` (``passes/analyses/structured.py``: an orthogonal projection or
+Eckart–Young, so a weight that already has the structure is reproduced exactly) and emits
+it as ops every backend runs:
+
+* ``lowrank`` — ``linear(linear(x, V [r, in]), U [out, r], b)``;
+* ``kronecker`` — ``x`` as ``[.., n1, n2]``: ``Σ_r A_r X B_rᵀ`` as ``reshape`` →
+  ``matmul`` (by ``Bᵀ [r, n2, m2]``) → ``matmul`` (``A [r, m1, n1]`` by it) → ``sum`` over
+  ``r`` → ``reshape`` (+ ``b``);
+* ``blockdiag`` — ``x`` as ``[.., b, 1, in/b]`` → ``matmul`` by ``[b, in/b, out/b]`` →
+  ``reshape`` (+ ``b``); ``permute=true`` first reorders the inputs and afterwards the
+  outputs (the permutations that keep most energy) — needs a gather op and is refused
+  until the IR has one;
+* ``monarch`` — ``[.., b, 1, p]`` → ``matmul`` by ``Rᵀ [b, p, q]`` → ``reshape`` →
+  ``permute`` (the Monarch transpose) → ``reshape [.., q, 1, b]`` → ``matmul`` by
+  ``Lᵀ [q, b, s]`` → ``reshape`` (+ ``b``);
+* ``circulant`` / ``block_circulant`` — one ``circulant_matmul`` (+ ``b``): an FFT in torch,
+  an exact convolution over the circularly extended input in ONNX and TVM, which keeps the
+  parameters and not the speed (``ir/ops/structured.py``);
+* ``toeplitz`` — a ``conv2d`` of ``x`` as ``[N, 1, 1, in]`` with the ``out + in - 1``
+  diagonal values (reversed) as kernel and ``out - 1`` zeros of padding each side: fewer
+  parameters, more multiply-accumulates than the dense layer (``out·(out + in - 1)``).
+
+Every reshape keeps dim 0 batch-relative (``-1``), so a batch-polymorphic graph stays one.
+The chain's last node keeps the layer's output name; all its nodes keep the layer's loc;
+new constants are ``<stem>.<kind>.<factor>``.
+
+Options:
+
+* ``kind`` — one of ``lowrank``, ``kronecker``, ``blockdiag``, ``monarch``, ``circulant``,
+  ``block_circulant``, ``toeplitz`` (default ``monarch``);
+* ``rank`` — terms of ``lowrank`` / ``kronecker``; 0 (default) = 1 Kronecker term, or the
+  ``lowrank`` rank that keeps a quarter of the parameters;
+* ``blocks`` — blocks of ``blockdiag`` (0 = 4) and ``monarch`` (0 = about √in);
+* ``block_size`` — circulant block size of ``block_circulant`` (0 = the largest common
+  divisor of in and out up to 256);
+* ``permute`` — ``blockdiag`` after the best permutations (needs a gather op; refused);
+* ``min_features`` — layers with fewer than this many inputs or outputs are left alone
+  (default 64);
+* ``include`` / ``exclude`` — glob patterns on the node's loc (or name).
+
+Not replaced (each counted): ``skipped_small`` (``min_features``), ``skipped_excluded``,
+``skipped_nonconstant`` (also a matmul of two activations), ``skipped_shared_weight``,
+``skipped_dtype``, ``skipped_encoded``, ``skipped_shape`` (the sizes admit no such
+structure, e.g. a prime dimension for Kronecker: the reason is logged), ``skipped_layout``
+(a constant first matmul operand), ``skipped_not_smaller`` (the structure would not have
+fewer parameters).
+
+Stats: ``replaced``, the reasons, ``params_before/after`` and ``macs_before/after`` of the
+replaced layers, ``max_error`` (relative Frobenius error of the worst layer). The per-layer
+report (loc, shape, kind, params, MACs, error) is ``ctx.artifacts["structured-fc"]``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..ir.graph import Graph, Node, Value
+from ..ir.types import to_numpy_dtype
+from .analyses import structured as S
+from .base import Pass, PassContext, PassResult, option
+from .registry import register_pass
+from .rewrite import remove_unused_constants
+
+Kind = Literal["lowrank", "kronecker", "blockdiag", "monarch", "circulant", "block_circulant",
+               "toeplitz"]
+REASONS = ("skipped_small", "skipped_excluded", "skipped_nonconstant", "skipped_shared_weight",
+           "skipped_dtype", "skipped_encoded", "skipped_shape", "skipped_layout",
+           "skipped_not_smaller")
+
+
+def _patterns(p: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return () if p is None else (p,) if isinstance(p, str) else tuple(p)
+
+
+@dataclass
+class _Layer:
+    node: Node
+    x: Value
+    weight: Value  # the constant operand
+    w: np.ndarray  # [out, in], float64
+    bias: Value | None
+
+
+class _Emitter:
+    """Builds the chain before the layer's node, keeping its loc."""
+
+    def __init__(self, graph: Graph, layer: _Layer, kind: str):
+        self.g, self.layer, self.kind = graph, layer, kind
+        self.node = layer.node
+        w = layer.weight.name
+        self.stem = w[: -len(".weight")] if w.endswith(".weight") else layer.node.name
+        self.dtype = to_numpy_dtype(layer.weight.dtype)
+        self.lead = list(layer.x.shape[:-1])
+
+    def const(self, name: str, array: np.ndarray) -> Value:
+        return self.g.add_constant(np.ascontiguousarray(array.astype(self.dtype)),
+                                   self.g.fresh_name(f"{self.stem}.{self.kind}.{name}"))
+
+    def op(self, op: str, inputs: list[Value], attrs: dict[str, Any] | None = None) -> Value:
+        base = f"{self.node.name}.{self.kind}"
+        return self.g.add_node(op, inputs, attrs, names=[self.g.fresh_name(base)],
+                               loc=self.node.loc, before=self.node).output
+
+    def reshape(self, v: Value, tail: tuple[int, ...]) -> Value:
+        """``v`` as ``lead + tail``, dim 0 batch-relative (-1) when there are leading dims."""
+        shape = self.lead + list(tail)
+        if self.lead:
+            shape[0] = -1
+        return self.op("reshape", [v], {"shape": tuple(shape)})
+
+    def flat(self, v: Value, tail: tuple[int, ...]) -> Value:
+        """``v`` as ``[-1] + tail`` (every leading dim merged into dim 0)."""
+        return self.op("reshape", [v], {"shape": (-1, *tail)})
+
+
+def _emit(graph: Graph, layer: _Layer, fit: S.Fit) -> None:
+    e = _Emitter(graph, layer, fit.kind)
+    x, f = layer.x, fit.factors
+    out, inp = fit.shape
+    lead = len(e.lead)
+    bias_done = False
+    if fit.kind == "lowrank":
+        h = e.op("linear", [x, e.const("in.weight", f["V"])])
+        ins = [h, e.const("out.weight", f["U"])]
+        if layer.bias is not None:
+            ins.append(layer.bias)
+            bias_done = True
+        y = e.op("linear", ins)
+    elif fit.kind == "kronecker":
+        a, b = f["A"], f["B"]
+        r = a.shape[0]
+        (m1, m2), (n1, n2) = fit.info["out_factors"], fit.info["in_factors"]
+        if r == 1:
+            xr = e.reshape(x, (n1, n2))
+            t = e.op("matmul", [xr, e.const("B_t", b[0].T)])  # [.., n1, m2]
+            s = e.op("matmul", [e.const("A", a[0]), t])  # [.., m1, m2]
+        else:
+            xr = e.reshape(x, (1, n1, n2))
+            t = e.op("matmul", [xr, e.const("B_t", b.transpose(0, 2, 1))])  # [.., r, n1, m2]
+            u = e.op("matmul", [e.const("A", a), t])  # [.., r, m1, m2]
+            s = e.op("sum", [u], {"axes": (-3,), "keepdim": False})
+        y = e.reshape(s, (m1 * m2,))
+    elif fit.kind == "blockdiag":
+        blk = f["blocks"]
+        nb, ob, ib = blk.shape
+        xr = e.reshape(x, (nb, 1, ib))
+        z = e.op("matmul", [xr, e.const("blocks", blk.transpose(0, 2, 1))])  # [.., b, 1, ob]
+        y = e.reshape(z, (out,))
+    elif fit.kind == "monarch":
+        b, p, q, s_ = fit.info["shape"]
+        rmat, lmat = f["R"], f["L"]
+        xr = e.reshape(x, (b, 1, p))
+        z = e.op("matmul", [xr, e.const("R_t", rmat.transpose(0, 2, 1))])  # [.., b, 1, q]
+        z = e.reshape(z, (b, q))
+        perm = tuple(range(lead)) + (lead + 1, lead)
+        zt = e.op("permute", [z], {"perm": perm})  # [.., q, b]
+        zt = e.reshape(zt, (q, 1, b))
+        yq = e.op("matmul", [zt, e.const("L_t", lmat.transpose(0, 2, 1))])  # [.., q, 1, s]
+        y = e.reshape(yq, (q * s_,))
+    elif fit.kind in ("circulant", "block_circulant"):
+        y = e.op("circulant_matmul", [x, e.const("c", f["c"])])
+    elif fit.kind == "toeplitz":
+        t = f["t"]
+        xr = e.flat(x, (1, 1, inp))
+        kernel = e.const("t", t[::-1].reshape(1, 1, 1, -1))
+        yc = e.op("conv2d", [xr, kernel], {"padding": (0, out - 1)})  # [N, 1, 1, out]
+        y = e.reshape(yc, (out,)) if lead else e.op("reshape", [yc], {"shape": (out,)})
+    else:  # pragma: no cover - the option's type admits only KINDS
+        raise AssertionError(fit.kind)
+    if layer.bias is not None and not bias_done:
+        y = e.op("add", [y, layer.bias])
+    node, old = layer.node, layer.node.output
+    name = old.name
+    graph.replace_all_uses(old, y)
+    graph.erase(node)
+    graph.rename(y, name)
+    remove_unused_constants(graph, [layer.weight])
+
+
+@register_pass("structured-fc")
+@dataclass
+class StructuredFc(Pass):
+    """Replace fully connected layers by structured matrices (Kronecker, Monarch, …)."""
+
+    exact = False
+    kind: Kind = option("monarch", help="the structure")
+    rank: int = option(0, ge=0, help="terms (lowrank / kronecker); 0 = default")
+    blocks: int = option(0, ge=0, help="blocks (blockdiag / monarch); 0 = default")
+    block_size: int = option(0, ge=0, help="circulant block size; 0 = default")
+    permute: bool = option(False, help="blockdiag after the best permutations")
+    min_features: int = option(64, ge=1, help="skip layers with fewer inputs or outputs")
+    include: str | tuple[str, ...] | None = option(
+        None, help="only layers whose loc (or name) matches one of these glob patterns")
+    exclude: str | tuple[str, ...] | None = option(
+        None, help="never layers whose loc (or name) matches one of these glob patterns")
+
+    def check(self) -> str | None:
+        if self.permute:
+            return ("permute=true needs a gather op to reorder features, which the IR does not "
+                    "have yet; use blockdiag without it")
+        return None
+
+    # ------------------------------------------------------------------ matching
+    def _layer(self, graph: Graph, node: Node) -> _Layer | str:
+        if node.op == "linear":
+            x, wv = node.inputs[0], node.inputs[1]
+            bias = node.inputs[2] if len(node.inputs) > 2 else None
+        else:  # matmul
+            x, wv = node.inputs
+            bias = None
+            if x.is_constant and not wv.is_constant:
+                return "skipped_layout"
+            if wv.type.rank != 2 or x.type.rank < 2:
+                return "skipped_layout"
+        if not wv.is_constant or (bias is not None and not bias.is_constant):
+            return "skipped_nonconstant"
+        if any(u is not node for u in wv.uses) or wv in graph.outputs:
+            return "skipped_shared_weight"
+        out_v = node.outputs[0]
+        if not wv.type.is_float or out_v.dtype != wv.dtype or x.dtype != wv.dtype or (
+                bias is not None and bias.dtype != wv.dtype):
+            return "skipped_dtype"
+        if wv.encoding is not None:
+            return "skipped_encoded"
+        w = wv.data.astype(np.float64)
+        w = w if node.op == "linear" else w.T
+        if min(w.shape) < self.min_features:
+            return "skipped_small"
+        return _Layer(node, x, wv, w, bias)
+
+    def _selected(self, node: Node) -> bool:
+        keys = [k for k in (node.loc, node.name) if k]
+        inc, exc = _patterns(self.include), _patterns(self.exclude)
+        if inc and not any(fnmatch.fnmatchcase(k, p) for k in keys for p in inc):
+            return False
+        return not any(fnmatch.fnmatchcase(k, p) for k in keys for p in exc)
+
+    def _fit(self, w: np.ndarray) -> S.Fit:
+        out, inp = w.shape
+        rank = self.rank
+        if self.kind == "lowrank" and rank == 0:
+            rank = max(1, (out * inp) // (4 * (out + inp)))
+        return S.fit(w, self.kind, rank=rank or 1, blocks=self.blocks or None,
+                     block_size=self.block_size or None)
+
+    # ------------------------------------------------------------------ run
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        stats: dict[str, int | float] = dict.fromkeys(("replaced", *REASONS), 0)
+        stats.update(params_before=0, params_after=0, macs_before=0, macs_after=0,
+                     max_error=0.0)
+        report: list[dict[str, Any]] = []
+        for node in [n for n in graph.nodes if n.op in ("linear", "matmul")]:
+            if not self._selected(node):
+                stats["skipped_excluded"] += 1
+                continue
+            layer = self._layer(graph, node)
+            if isinstance(layer, str):
+                stats[layer] += 1
+                ctx.logger.debug("structured-fc: %s: %s", node.describe(), layer)
+                continue
+            try:
+                fit = self._fit(layer.w)
+            except S.StructureError as e:
+                stats["skipped_shape"] += 1
+                ctx.logger.info("structured-fc: %s %s: %s", node.describe(),
+                                list(layer.w.shape), e)
+                continue
+            out, inp = layer.w.shape
+            dense_params = out * inp
+            if fit.params >= dense_params:
+                stats["skipped_not_smaller"] += 1
+                ctx.logger.info("structured-fc: %s: %s has %d parameters, the dense layer %d",
+                                node.describe(), self.kind, fit.params, dense_params)
+                continue
+            rows = layer.x.type.numel // inp
+            err = fit.error(layer.w)
+            entry = {"layer": node.loc or node.name, "shape": [out, inp], "kind": fit.kind,
+                     "params_before": dense_params, "params_after": fit.params,
+                     "macs_before": rows * dense_params, "macs_after": rows * fit.macs,
+                     "error": err, **{k: v for k, v in fit.info.items()
+                                      if k in ("rank", "blocks", "block", "out_factors",
+                                               "in_factors", "shape")}}
+            _emit(graph, layer, fit)
+            report.append(entry)
+            stats["replaced"] += 1
+            for k in ("params_before", "params_after", "macs_before", "macs_after"):
+                stats[k] += entry[k]
+            stats["max_error"] = max(stats["max_error"], err)
+            ctx.logger.info("structured-fc: %s %dx%d -> %s: params %d -> %d, error %.3g",
+                            entry["layer"], out, inp, fit.kind, dense_params, fit.params, err)
+        ctx.artifacts["structured-fc"] = report
+        return PassResult(stats["replaced"] > 0, stats)
