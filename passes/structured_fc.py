@@ -50,8 +50,11 @@ structure, e.g. a prime dimension for Kronecker: the reason is logged), ``skippe
 fewer parameters).
 
 Stats: ``replaced``, the reasons, ``params_before/after`` and ``macs_before/after`` of the
-replaced layers, ``max_error`` (relative Frobenius error of the worst layer). The per-layer
-report (loc, shape, kind, params, MACs, error) is ``ctx.artifacts["structured-fc"]``.
+replaced layers, ``max_error`` (relative Frobenius error of the worst layer). Per-layer rows
+(``PassResult.layers``: status, kind, error, params and MACs before → after, shown by
+``shrinkc opt --stats``) for every layer replaced or refused for a reason other than its
+size or the patterns; the replaced layers' report (loc, shape, kind, params, MACs, error,
+the structure's sizes) is ``ctx.artifacts["structured-fc"]``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from ..ir.graph import Graph, Node, Value
 from ..ir.types import to_numpy_dtype
 from .analyses import structured as S
 from .base import Pass, PassContext, PassResult, option
+from .lowrank import refuse_weight
 from .registry import register_pass
 from .rewrite import remove_unused_constants
 
@@ -220,16 +224,11 @@ class StructuredFc(Pass):
                 return "skipped_layout"
             if wv.type.rank != 2 or x.type.rank < 2:
                 return "skipped_layout"
-        if not wv.is_constant or (bias is not None and not bias.is_constant):
-            return "skipped_nonconstant"
-        if any(u is not node for u in wv.uses) or wv in graph.outputs:
-            return "skipped_shared_weight"
-        out_v = node.outputs[0]
-        if not wv.type.is_float or out_v.dtype != wv.dtype or x.dtype != wv.dtype or (
-                bias is not None and bias.dtype != wv.dtype):
+        reason = refuse_weight(graph, node, wv, [bias] if bias is not None else [])
+        if reason:
+            return reason
+        if x.dtype != wv.dtype:
             return "skipped_dtype"
-        if wv.encoding is not None:
-            return "skipped_encoded"
         w = wv.data.astype(np.float64)
         w = w if node.op == "linear" else w.T
         if min(w.shape) < self.min_features:
@@ -257,28 +256,34 @@ class StructuredFc(Pass):
         stats.update(params_before=0, params_after=0, macs_before=0, macs_after=0,
                      max_error=0.0)
         report: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+
+        def skip(node: Node, reason: str, note: str = "") -> None:
+            stats[reason] += 1
+            ctx.logger.debug("structured-fc: %s: %s %s", node.describe(), reason, note)
+            if reason not in ("skipped_excluded", "skipped_small"):
+                rows.append({"node": node.name, "loc": node.loc, "status": reason,
+                             "kind": self.kind, "error": None, "params": None, "macs": None,
+                             "note": note})
+
         for node in [n for n in graph.nodes if n.op in ("linear", "matmul")]:
             if not self._selected(node):
-                stats["skipped_excluded"] += 1
+                skip(node, "skipped_excluded")
                 continue
             layer = self._layer(graph, node)
             if isinstance(layer, str):
-                stats[layer] += 1
-                ctx.logger.debug("structured-fc: %s: %s", node.describe(), layer)
+                skip(node, layer)
                 continue
             try:
                 fit = self._fit(layer.w)
             except S.StructureError as e:
-                stats["skipped_shape"] += 1
-                ctx.logger.info("structured-fc: %s %s: %s", node.describe(),
-                                list(layer.w.shape), e)
+                skip(node, "skipped_shape", f"{list(layer.w.shape)}: {e}")
                 continue
             out, inp = layer.w.shape
             dense_params = out * inp
             if fit.params >= dense_params:
-                stats["skipped_not_smaller"] += 1
-                ctx.logger.info("structured-fc: %s: %s has %d parameters, the dense layer %d",
-                                node.describe(), self.kind, fit.params, dense_params)
+                skip(node, "skipped_not_smaller",
+                     f"{fit.params} parameters, the dense layer {dense_params}")
                 continue
             rows = layer.x.type.numel // inp
             err = fit.error(layer.w)
@@ -290,6 +295,10 @@ class StructuredFc(Pass):
                                                "in_factors", "shape")}}
             _emit(graph, layer, fit)
             report.append(entry)
+            rows.append({"node": node.name, "loc": node.loc, "status": "replaced",
+                         "kind": fit.kind, "error": err,
+                         "params": (entry["params_before"], entry["params_after"]),
+                         "macs": (entry["macs_before"], entry["macs_after"]), "note": ""})
             stats["replaced"] += 1
             for k in ("params_before", "params_after", "macs_before", "macs_after"):
                 stats[k] += entry[k]
@@ -297,4 +306,4 @@ class StructuredFc(Pass):
             ctx.logger.info("structured-fc: %s %dx%d -> %s: params %d -> %d, error %.3g",
                             entry["layer"], out, inp, fit.kind, dense_params, fit.params, err)
         ctx.artifacts["structured-fc"] = report
-        return PassResult(stats["replaced"] > 0, stats)
+        return PassResult(stats["replaced"] > 0, stats, rows)

@@ -64,9 +64,10 @@ class Fit:
     info: dict[str, object] = field(default_factory=dict)
 
     def error(self, w: np.ndarray) -> float:
-        """Relative Frobenius error ``||W - fit|| / ||W||``."""
-        w = np.asarray(w, np.float64)
-        return float(np.linalg.norm(w - self.dense) / max(np.linalg.norm(w), 1e-300))
+        """Relative Frobenius error ``||W - fit|| / ||W||`` (0 for a zero ``W``)."""
+        from .rank import relative_error
+
+        return relative_error(w, self.dense)
 
 
 # ------------------------------------------------------------------------------ shapes
@@ -89,16 +90,18 @@ def _check_w(w: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ low rank
 def fit_lowrank(w: np.ndarray, rank: int) -> Fit:
-    """Truncated SVD: ``U = u_r √σ``, ``V = √σ v_r``."""
+    """Truncated SVD, ``U = u_r √σ``, ``V = √σ v_r`` — the low-rank passes' own
+    (``analyses/rank.factor_pair``), so ``structured-fc(kind=lowrank)`` and ``svd-linear``
+    agree."""
+    from .rank import factor_pair as svd_pair, singular_values
+
     w = _check_w(w)
     out, inp = w.shape
     if not 1 <= rank <= min(out, inp):
         raise StructureError(f"rank {rank} must be in 1..{min(out, inp)}")
-    u, s, vt = np.linalg.svd(w, full_matrices=False)
-    r = np.sqrt(s[:rank])
-    U, V = u[:, :rank] * r, r[:, None] * vt[:rank]
+    U, V = svd_pair(w, rank)
     return Fit("lowrank", w.shape, {"U": U, "V": V}, U @ V, rank * (out + inp),
-               rank * (out + inp), {"rank": rank, "singular_values": s})
+               rank * (out + inp), {"rank": rank, "singular_values": singular_values(w)})
 
 
 # ------------------------------------------------------------------------------ kronecker
