@@ -43,10 +43,11 @@ Options:
 * ``include`` / ``exclude`` — glob patterns on the node's loc (or name).
 
 Not replaced (each counted): ``skipped_small`` (``min_features``), ``skipped_excluded``,
-``skipped_nonconstant`` (also a matmul of two activations), ``skipped_shared_weight``,
+``skipped_nonconstant``, ``skipped_activations`` (a matmul of two activations),
+``skipped_shared_weight``,
 ``skipped_dtype``, ``skipped_encoded``, ``skipped_shape`` (the sizes admit no such
 structure, e.g. a prime dimension for Kronecker: the reason is logged), ``skipped_layout``
-(a constant first matmul operand), ``skipped_not_smaller`` (the structure would not have
+(a matmul whose constant is its first operand), ``skipped_not_smaller`` (the structure would not have
 fewer parameters).
 
 Stats: ``replaced``, the reasons, ``params_before/after`` and ``macs_before/after`` of the
@@ -68,14 +69,15 @@ import numpy as np
 from ..ir.graph import Graph, Node, Value
 from ..ir.types import to_numpy_dtype
 from .analyses import structured as S
+from .analyses.layers import dense_layer
 from .base import Pass, PassContext, PassResult, option
-from .lowrank import refuse_weight
 from .registry import register_pass
 from .rewrite import remove_unused_constants
 
 Kind = Literal["lowrank", "kronecker", "blockdiag", "monarch", "circulant", "block_circulant",
                "toeplitz"]
-REASONS = ("skipped_small", "skipped_excluded", "skipped_nonconstant", "skipped_shared_weight",
+REASONS = ("skipped_small", "skipped_excluded", "skipped_nonconstant", "skipped_activations",
+           "skipped_shared_weight",
            "skipped_dtype", "skipped_encoded", "skipped_shape", "skipped_layout",
            "skipped_not_smaller")
 
@@ -214,26 +216,16 @@ class StructuredFc(Pass):
 
     # ------------------------------------------------------------------ matching
     def _layer(self, graph: Graph, node: Node) -> _Layer | str:
-        if node.op == "linear":
-            x, wv = node.inputs[0], node.inputs[1]
-            bias = node.inputs[2] if len(node.inputs) > 2 else None
-        else:  # matmul
-            x, wv = node.inputs
-            bias = None
-            if x.is_constant and not wv.is_constant:
-                return "skipped_layout"
-            if wv.type.rank != 2 or x.type.rank < 2:
-                return "skipped_layout"
-        reason = refuse_weight(graph, node, wv, [bias] if bias is not None else [])
-        if reason:
-            return reason
-        if x.dtype != wv.dtype:
+        layer = dense_layer(graph, node)  # shared with the low-rank passes
+        if isinstance(layer, str):
+            return layer
+        if layer.info["kind"] == "matmul_left":
+            return "skipped_layout"  # A @ x: the features are not the last axis of x
+        if layer.x.dtype != layer.weight.dtype:
             return "skipped_dtype"
-        w = wv.data.astype(np.float64)
-        w = w if node.op == "linear" else w.T
-        if min(w.shape) < self.min_features:
+        if min(layer.w.shape) < self.min_features:
             return "skipped_small"
-        return _Layer(node, x, wv, w, bias)
+        return _Layer(node, layer.x, layer.weight, layer.w, layer.bias)
 
     def _selected(self, node: Node) -> bool:
         keys = [k for k in (node.loc, node.name) if k]
