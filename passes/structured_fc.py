@@ -277,11 +277,11 @@ class StructuredFc(Pass):
                 skip(node, "skipped_not_smaller",
                      f"{fit.params} parameters, the dense layer {dense_params}")
                 continue
-            rows = layer.x.type.numel // inp
+            n_rows = layer.x.type.numel // inp
             err = fit.error(layer.w)
             entry = {"layer": node.loc or node.name, "shape": [out, inp], "kind": fit.kind,
                      "params_before": dense_params, "params_after": fit.params,
-                     "macs_before": rows * dense_params, "macs_after": rows * fit.macs,
+                     "macs_before": n_rows * dense_params, "macs_after": n_rows * fit.macs,
                      "error": err, **{k: v for k, v in fit.info.items()
                                       if k in ("rank", "blocks", "block", "out_factors",
                                                "in_factors", "shape")}}

@@ -265,3 +265,28 @@ def test_vit_mlp_layers(reference_graphs, assert_close):
         y = run(after, [x])[0]
     assert y.shape == model(x).shape and torch.isfinite(y).all()
     assert zoo  # the reference models come from tools/zoo.py
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "kronecker", "blockdiag", "monarch",
+                                  "block_circulant", "toeplitz"])
+def test_traced_models_stay_batch_polymorphic(kind, assert_close):
+    """A model traced at batch 1 runs at batch 7 after the pass (every reshape it writes is
+    batch-relative; ir/batch.check proves it), equal to running each sample alone."""
+    from shrinkc import trace
+    from shrinkc.ir import batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, 64)).eval()
+    g = trace(model, (torch.randn(1, 96),))
+    assert batch.is_polymorphic(g)
+    opts = "blocks=4" if kind == "blockdiag" else "block_size=32" if kind == "block_circulant" \
+        else "rank=4" if kind in ("lowrank", "kronecker") else ""
+    after, stats, _ = apply(g, f"structured-fc(kind={kind}{',' + opts if opts else ''})")
+    assert stats["replaced"] == 2
+    assert batch.is_polymorphic(after) and batch.check(after) is None
+    x = torch.randn(7, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        together = run(after, [x])[0]
+        alone = torch.cat([run(after, [x[i:i + 1]])[0] for i in range(7)])
+    assert_close(together, alone, depth=after)
