@@ -16,13 +16,14 @@ Activations (``collect`` + ``choose_range`` + ``qparams``):
   - ``percentile``: the ``p``-th percentile of the histogram, linear inside a bin (exact
     for data spread evenly within bins); one-sided data (min >= 0) clips only the top,
     signed data ``(100 - p) / 2`` percent at each end;
-  - ``entropy``: TensorRT's KL-divergence search over the one-sided histogram (``x``
-    after a ReLU, else ``|x|``): for every candidate threshold ``i`` bins wide (from
-    ``levels`` to all bins), P is the histogram clipped at ``i`` with the outliers added
-    to its last bin, Q is P's first ``i`` bins merged into ``levels`` buckets and spread
-    back over the non-empty bins; the threshold with the smallest KL(P‖Q) wins. ``levels``
-    is 256 after a ReLU (all of u8 / i8 covers ``[0, T]``) and 128 for ``|x|`` (half of
-    them cover each sign);
+  - ``entropy``: TensorRT's KL-divergence search over a one-sided histogram: for every
+    candidate threshold ``i`` bins wide (from ``levels`` to all bins), P is the histogram
+    clipped at ``i`` with the outliers added to its last bin, Q is P's first ``i`` bins
+    merged into ``levels`` buckets and spread back over the non-empty bins; the threshold
+    with the smallest KL(P‖Q) wins. After a ReLU it searches ``x`` with 256 levels (all of
+    u8 / i8 covers ``[0, T]``); signed data gets a threshold per sign, each side's
+    histogram searched with 128 levels (activations are asymmetric, so the sides need not
+    match);
   - ``mse``: the range with the smallest expected squared error — rounding
     (``Δ² / 12`` for every value inside) plus clipping (the distance to the range for
     every value outside) — over all bin edges (one-sided) or a grid of 256 × 256
@@ -190,15 +191,6 @@ def _percentile(ob: Observer, p: float) -> tuple[float, float]:
             _inverse_cdf(ob.hist, ob.edges, total * (1.0 - tail)))
 
 
-def _folded(ob: Observer) -> tuple[np.ndarray, float]:
-    """The histogram of x (one-sided) or |x| over [0, top], and its bin width."""
-    if ob.one_sided:
-        return ob.hist, (ob.hist_hi - ob.hist_lo) / len(ob.hist)
-    half = len(ob.hist) // 2
-    folded = ob.hist[half:] + ob.hist[:half][::-1]
-    return folded, ob.hist_hi / half
-
-
 def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     """TensorRT's entropy calibration on a one-sided histogram: how many bins to keep.
 
@@ -250,12 +242,17 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
 
 
 def _entropy(ob: Observer, levels_total: int) -> tuple[float, float]:
-    hist, width = _folded(ob)
-    levels = levels_total if ob.one_sided else levels_total // 2
-    t = kl_threshold_bins(hist, levels) * width
     if ob.one_sided:
-        return ob.lo, min(t, ob.hi)
-    return max(-t, ob.lo), min(t, ob.hi)
+        width = (ob.hist_hi - ob.hist_lo) / len(ob.hist)
+        return ob.lo, min(kl_threshold_bins(ob.hist, levels_total) * width, ob.hi)
+    # each sign on its own, with half the levels: the threshold of |x| over both would let
+    # one side's mass decide the other's (MNIST's input: every background pixel at -0.42
+    # and the strokes up to 2.8 — one |x| threshold at 0.42 clips every stroke)
+    half = len(ob.hist) // 2
+    width = ob.hist_hi / half
+    pos = kl_threshold_bins(ob.hist[half:], levels_total // 2) * width
+    neg = kl_threshold_bins(ob.hist[:half][::-1], levels_total // 2) * width
+    return max(-neg, ob.lo), min(pos, ob.hi)
 
 
 def _mse(ob: Observer, levels_total: int, grid: int = 256) -> tuple[float, float]:
