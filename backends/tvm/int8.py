@@ -25,6 +25,11 @@ The input zero point is exact at the borders too: a padded conv pads ``xq`` with
 everywhere. The weight (and int32 bias) dequantize nodes are not lowered at all when every
 use is an integer op. The activation dequantize is lowered only if something else uses it.
 
+A ``dequantize(dynamic_quantize(x))`` input (``quantize(activations=dynamic)``) is lowered
+the same way with the scale and zero point the ``dynamic_quantize`` computes at run time:
+``acc - zx * sum(wq)`` in int32, then ``f32(acc) * (sx*sw) [+ b_f32]`` (linear / matmul;
+no output quantize).
+
 A candidate whose conditions fail (asymmetric weights, per-channel activations, non-constant
 scales, …) stays float for that op only, with a debug log line saying why; so does one whose
 integer lowering Relax rejects. Everything else is lowered as before. Results equal the IR
@@ -68,6 +73,9 @@ class Match:
     bias_f: np.ndarray | None  # f64 per output channel (any other bias), added after scaling
     out_q: Node | None         # the fused output quantize
     deq: tuple[Node, ...]      # the dequantize nodes feeding the op
+    # dynamic_quantize's run-time (scale, zero point) of the activation; then ``scale`` is
+    # sw alone and ``zx`` 0 (the zero point is corrected at run time)
+    dynamic: tuple[Value, Value] | None = None
 
 
 def _const(v: Value) -> np.ndarray | None:
@@ -110,8 +118,14 @@ def match(node: Node, graph: Graph) -> tuple[Match | None, str | None]:
     if xq.dtype not in _ACT_DTYPES:
         return None, f"activation {xq.type} is not u8/i8"
     sx, zx = _const(sx_v), _const(zx_v)
+    dynamic = None
     if sx is None or zx is None:
-        return None, "activation scale / zero point are not constants"
+        p = xq.producer
+        if p is None or p.op != "dynamic_quantize" or list(xd.inputs) != p.outputs:
+            return None, "activation scale / zero point are not constants"
+        if node.op == "conv2d":
+            return None, "a dynamically quantized conv2d (only linear / matmul)"
+        dynamic, sx, zx = (sx_v, zx_v), np.float64(1.0), np.int64(0)
     if sx.ndim != 0:
         return None, "activation is quantized per channel (per tensor needed)"
     w = _const(wq)
@@ -136,6 +150,8 @@ def match(node: Node, graph: Graph) -> tuple[Match | None, str | None]:
     if len(node.inputs) > 2:
         b = node.inputs[2]
         bd = _producer(b, "dequantize")
+        if bd is not None and dynamic is not None:
+            return None, "a dynamically quantized layer with an int32 bias"
         if bd is not None:  # int32 bias: dequantize(b_i32, sb, zb)
             bq, sb, zb = (_const(v) for v in bd.inputs)
             if bq is None or sb is None or zb is None:
@@ -158,7 +174,8 @@ def match(node: Node, graph: Graph) -> tuple[Match | None, str | None]:
                 return None, "int32 bias out of range"
     out_q = None
     y = node.outputs[0]
-    if len(y.uses) == 1 and y not in graph.outputs and y.uses[0].op == "quantize":
+    if dynamic is None and len(y.uses) == 1 and y not in graph.outputs and \
+            y.uses[0].op == "quantize":
         q = y.uses[0]
         sy, zy = _const(q.inputs[1]), _const(q.inputs[2])
         oaxis = y.type.rank - 1 if node.op != "conv2d" else 1
@@ -171,7 +188,7 @@ def match(node: Node, graph: Graph) -> tuple[Match | None, str | None]:
         else:
             log.debug("int8: %s: output quantize %s not fused (per-channel on another axis, "
                       "non-constant or wide dtype); output f32", node.describe(), q.describe())
-    return Match(node, xq, int(zx), wq, scale, bias_q, bias_f, out_q, tuple(deq)), None
+    return Match(node, xq, int(zx), wq, scale, bias_q, bias_f, out_q, tuple(deq), dynamic), None
 
 
 class Plan:
@@ -280,9 +297,21 @@ def _lower_int8(lw: Any, m: Match) -> Any:
         else:
             corr_c = _chan(lw, np.broadcast_to(corr, (n,)), rank, caxis, "i32")
         acc = lw.emit(relax.op.add(acc, corr_c))
+    if m.dynamic is not None:  # acc - zx * sum(w), zx known at run time only
+        if np.abs(wsum).max(initial=0) * 255 > _I32[1]:
+            raise OverflowError("zero-point correction does not fit in int32")
+        zx = relax.op.astype(lw.env[id(m.dynamic[1])], "int32")
+        if node.op == "matmul" and wsum.ndim > 1:
+            ws = lw.const(np.expand_dims(wsum, -2).astype(np.int32), "i32")
+        else:
+            ws = _chan(lw, np.broadcast_to(wsum, (n,)).astype(np.int32), rank, caxis, "i32")
+        acc = lw.emit(relax.op.subtract(acc, relax.op.multiply(zx, ws)))
     accf = relax.op.astype(acc, "float32")
     if m.out_q is None:
-        y = relax.op.multiply(accf, _chan(lw, m.scale.astype(np.float32), rank, caxis, "f32"))
+        scale = _chan(lw, m.scale.astype(np.float32), rank, caxis, "f32")
+        if m.dynamic is not None:  # sx (run time) * sw
+            scale = relax.op.multiply(lw.env[id(m.dynamic[0])], scale)
+        y = relax.op.multiply(accf, scale)
         if m.bias_f is not None:
             y = relax.op.add(y, _chan(lw, m.bias_f.astype(np.float32), rank, caxis, "f32"))
         return y

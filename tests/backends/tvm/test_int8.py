@@ -235,3 +235,18 @@ def test_chained_convs_share_one_quantization():
     out = btvm.build_lowered(lowered, name=q.name).run(calib[0])[0]
     ref = run(q, calib[0])[0].numpy()
     assert np.abs(out.astype(np.float64) - ref).max() <= _tol(q.outputs[0])
+
+
+def test_dynamic_quantization_lowers_to_integer_matmuls(reference_graphs):
+    """quantize(activations=dynamic): the scale and zero point of each input are computed at
+    run time (dynamic_quantize) and go into the integer matmul's epilogue."""
+    _, x, g = reference_graphs("vit")
+    q = optimize(g, "quantize(activations=dynamic)")
+    lowered = btvm.lower(q)
+    ints = tvm_int8.integer_ops(lowered.mod)
+    assert len(ints) == sum(n.op == "linear" for n in q.nodes)
+    assert {c[1] for c in ints} == {INT8}
+    out = btvm.build_lowered(lowered, name="vit_dyn").run([x.numpy()])[0]
+    ref = run(q, [x])[0].numpy()
+    # integer accumulation vs the interpreter's float matmul of the same dequantized values
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
