@@ -16,10 +16,13 @@ and measure top-1 accuracy on the 1,000 MNIST-5k test images (every row run by
 onnxruntime), the ONNX file size, and onnxruntime latency at batch 1 (warmed up, then timed
 round-robin over all rows, so load on a shared machine hits every row alike).
 
-**Transformer** (``--transformers vit``: the zoo ViT, trained and cached): shrinkc
-``quantize(activations=dynamic)`` against ``quantize_dynamic`` (S8 weights; per tensor, its
-default, and per channel): cosine of the logits with fp32 (mean over the test images),
-accuracy and onnxruntime latency.
+**Transformers** (``--transformers vit,bert``: the zoo ViT, trained and cached, and a
+``transformers.BertModel`` from ``BERT_CONFIG`` with random weights and 100 random padded
+sequences): shrinkc ``quantize(activations=dynamic)`` (and with ``quantize-weights`` after
+it, which makes the embedding tables int8 too, as ``quantize_dynamic`` does) against
+``quantize_dynamic`` (S8 weights; per tensor, its default, and per channel): cosine with fp32 (mean over the
+samples, of the logits / of all of BERT's outputs), accuracy (ViT) and onnxruntime
+latency.
 
 Accuracy numbers need no quiet machine. Latency does::
 
@@ -93,10 +96,18 @@ def _session(model: bytes | str, threads: int):
     return OnnxRuntimeSession(model, threads)
 
 
-def _logits(sess, X: np.ndarray) -> np.ndarray:
-    name = sess.inputs[0]
-    return np.concatenate([sess.session.run(None, {name: X[i:i + 1]})[0]
-                           for i in range(len(X))])
+def _image_feeds(sess_inputs: list[str], X: np.ndarray) -> list[dict[str, np.ndarray]]:
+    return [{sess_inputs[0]: X[i:i + 1]} for i in range(len(X))]
+
+
+def _logits(sess, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Every output of every sample, flattened: one row per sample (the logits for a
+    classifier)."""
+    rows = []
+    for f in feeds:
+        outs = sess.session.run(None, f)
+        rows.append(np.concatenate([np.asarray(o, np.float64).ravel() for o in outs]))
+    return np.stack(rows)
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -126,16 +137,18 @@ def _trained_graph(name: str, X: torch.Tensor, trained: bool = True):
     return optimize(graph, "fold-bn")
 
 
-def _add(rows: list[QuantRow], sessions: list, row: QuantRow, sess, X, y, ref=None) -> None:
-    logits = _logits(sess, X)
-    row.accuracy = _accuracy(logits, y)
+def _add(rows: list[QuantRow], sessions: list, row: QuantRow, sess, feeds, y, ref=None
+         ) -> np.ndarray:
+    logits = _logits(sess, feeds)
+    row.accuracy = _accuracy(logits, y) if y is not None else float("nan")
     if ref is not None:
         row.cosine = _cosine(logits, ref)
     rows.append(row)
-    sessions.append((row, sess))
+    sessions.append((row, sess, feeds[0]))
     log.info("%-14s %-26s acc %.2f%%%s  %s  %.1fs", row.model, row.variant,
              100 * row.accuracy, "" if row.cosine is None else f"  cos {row.cosine:.6f}",
              f"{row.size_bytes / 1024:.0f} KiB", row.seconds)
+    return logits
 
 
 def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
@@ -167,8 +180,9 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
     for name in models:
         g = _trained_graph(name, X, trained)
         fp32 = export_model(g).SerializeToString()
+        feeds = _image_feeds([g.inputs[0].name], Xn)
         _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0),
-             _session(fp32, threads), Xn, yn)
+             _session(fp32, threads), feeds, yn)
         pipelines = [(f"shrinkc {c}", f"quantize(calibration={c})") for c in calibrators]
         if name in equalize_models:
             pipelines += [(f"shrinkc equalize+{c}", f"equalize,quantize(calibration={c})")
@@ -182,7 +196,7 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
             model = export_model(q).SerializeToString()
             _add(rows, sessions, QuantRow(name, label, 0.0, len(model),
                                           time.perf_counter() - t0), _session(model, threads),
-                 Xn, yn)
+                 feeds, yn)
         src = tmp / f"{name}.onnx"
         src.write_bytes(fp32)
         for method in ort_methods:
@@ -194,13 +208,45 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
                             calibrate_method=getattr(CalibrationMethod, method))
             _add(rows, sessions, QuantRow(name, f"ORT {method}", 0.0, out.stat().st_size,
                                           time.perf_counter() - t0),
-                 _session(str(out), threads), Xn, yn)
+                 _session(str(out), threads), feeds, yn)
     return rows, sessions
 
 
-def bench_transformers(names=("vit",), *, test_images: int | None = None, threads: int = 1,
-                       trained: bool = True) -> tuple[list[QuantRow], list]:
-    """fp32, shrinkc dynamic and ``quantize_dynamic`` (per tensor, per channel) per model."""
+#: The BERT of the transformer rows: ``transformers.BertModel`` from this config, random
+#: weights (seeded), sequences of ``BERT_SEQ`` random token ids with a padding mask.
+BERT_CONFIG = dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                   intermediate_size=1024, max_position_embeddings=128)
+BERT_SEQ = 64
+
+
+def _bert(samples: int):
+    """(graph, feeds by input name) for the BERT rows."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    from .. import trace
+
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**BERT_CONFIG)).eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, BERT_CONFIG["vocab_size"], (samples, BERT_SEQ), generator=gen)
+    lengths = torch.randint(BERT_SEQ // 2, BERT_SEQ + 1, (samples,), generator=gen)
+    mask = (torch.arange(BERT_SEQ)[None, :] < lengths[:, None]).long()
+    g = trace(model, (ids[:1],), kwargs={"attention_mask": mask[:1]}, name="bert")
+    names = [v.name for v in g.inputs]
+    feeds = [dict(zip(names, (ids[i:i + 1].numpy(), mask[i:i + 1].numpy())))
+             for i in range(samples)]
+    return g, feeds
+
+
+def bench_transformers(names=("vit", "bert"), *, test_images: int | None = None,
+                       threads: int = 1, trained: bool = True
+                       ) -> tuple[list[QuantRow], list]:
+    """fp32, shrinkc dynamic and ``quantize_dynamic`` (per tensor, per channel) per model:
+    the zoo ViT (MNIST, trained: accuracy and logit cosine) and a BERT from a config (random
+    weights: cosine of all its outputs)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .. import optimize
@@ -210,22 +256,31 @@ def bench_transformers(names=("vit",), *, test_images: int | None = None, thread
     X, y = data.load("mnist", "test")
     if test_images:
         X, y = X[:test_images], y[:test_images]
-    Xn, yn = X.numpy(), y.numpy()
     rows: list[QuantRow] = []
     sessions: list = []
     tmp = Path(tempfile.mkdtemp(prefix="shrinkc-bench-quant-"))
     for name in names:
-        g = _trained_graph(name, X, trained)
+        if name == "bert":
+            g, feeds = _bert(min(len(X), 100))
+            labels = None
+        else:
+            g = _trained_graph(name, X, trained)
+            feeds, labels = _image_feeds([g.inputs[0].name], X.numpy()), y.numpy()
         fp32 = export_model(g).SerializeToString()
         ref_sess = _session(fp32, threads)
-        ref = _logits(ref_sess, Xn)
-        _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0), ref_sess, Xn, yn, ref)
-        t0 = time.perf_counter()
-        q = optimize(g, "quantize(activations=dynamic)")
-        model = export_model(q).SerializeToString()
-        _add(rows, sessions, QuantRow(name, "shrinkc dynamic", 0.0, len(model),
-                                      time.perf_counter() - t0), _session(model, threads),
-             Xn, yn, ref)
+        ref = _logits(ref_sess, feeds)
+        _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0), ref_sess, feeds,
+             labels, ref)
+        for label, pipeline in (
+                ("shrinkc dynamic", "quantize(activations=dynamic)"),
+                # what quantize_dynamic also does: int8 embedding tables (and other weights)
+                ("shrinkc dynamic+weights", "quantize(activations=dynamic),quantize-weights")):
+            t0 = time.perf_counter()
+            q = optimize(g, pipeline)
+            model = export_model(q).SerializeToString()
+            _add(rows, sessions, QuantRow(name, label, 0.0, len(model),
+                                          time.perf_counter() - t0), _session(model, threads),
+                 feeds, labels, ref)
         src = tmp / f"{name}.onnx"
         src.write_bytes(fp32)
         for per_channel in (False, True):
@@ -236,15 +291,15 @@ def bench_transformers(names=("vit",), *, test_images: int | None = None, thread
             label = "ORT quantize_dynamic" + (" per-channel" if per_channel else "")
             _add(rows, sessions, QuantRow(name, label, 0.0, out.stat().st_size,
                                           time.perf_counter() - t0),
-                 _session(str(out), threads), Xn, yn, ref)
+                 _session(str(out), threads), feeds, labels, ref)
     return rows, sessions
 
 
-def time_rows(sessions: list, x: dict[str, np.ndarray], warmup: int, repeat: int) -> None:
-    """onnxruntime latency at batch 1, round-robin over every row."""
+def time_rows(sessions: list, warmup: int, repeat: int) -> None:
+    """onnxruntime latency at batch 1 (each row's first sample), round-robin over every row."""
     feeds = []
-    for row, sess in sessions:
-        f = {sess.inputs[0]: x[row.model]}
+    for row, sess, first in sessions:
+        f = first
         for _ in range(max(warmup, 1)):
             sess.session.run(None, f)
         feeds.append((row, sess, f))
@@ -267,8 +322,9 @@ def markdown(rows: list[QuantRow], *, threads: int, repeat: int, calib_images: i
         speed = (f"{b.timing.median / r.timing.median:.2f}×" if r.timing.runs_ms
                  and b.timing.runs_ms else "-")
         cos = "-" if r.cosine is None else f"{r.cosine:.6f}"
-        lines.append(f"| {r.model} | {r.variant} | {100 * r.accuracy:.2f}% | "
-                     f"{100 * (r.accuracy - b.accuracy):+.2f} pt | {cos} | "
+        acc = "-" if np.isnan(r.accuracy) else f"{100 * r.accuracy:.2f}%"
+        dacc = "-" if np.isnan(r.accuracy) else f"{100 * (r.accuracy - b.accuracy):+.2f} pt"
+        lines.append(f"| {r.model} | {r.variant} | {acc} | {dacc} | {cos} | "
                      f"{r.size_bytes / 1024:.0f} KiB | {t} | {speed} |")
     return "\n".join(lines)
 
@@ -283,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--equalize-models", default="mobilenet_v2",
                    help="models that also get equalize,quantize rows")
     p.add_argument("--bias-correct", action="store_true", help="add quantize,bias-correct rows")
-    p.add_argument("--transformers", default="vit", help="dynamic-quantization models")
+    p.add_argument("--transformers", default="vit,bert",
+                   help="dynamic-quantization models: vit (the zoo's, trained), bert (from a "
+                        "config)")
     p.add_argument("--calib-images", type=int, metavar="N",
                    help="calibration images (default 256; 32 with --smoke)")
     p.add_argument("--test-images", type=int, metavar="N", help="default: all 1,000")
@@ -317,11 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                                   trained=not a.untrained)
     trows, tsessions = bench_transformers(split(a.transformers), test_images=test_images,
                                           threads=a.threads, trained=not a.untrained)
-    from . import data
-
-    X, _ = data.load("mnist", "test")
-    x = {r.model: X[:1].numpy() for r in rows + trows}
-    time_rows(sessions + tsessions, x, warmup, repeat)
+    time_rows(sessions + tsessions, warmup, repeat)
     print(markdown(rows + trows, threads=a.threads, repeat=repeat, calib_images=calib_images))
     if a.json:
         with open(a.json, "w") as f:
