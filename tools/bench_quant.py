@@ -35,6 +35,7 @@ ORT method) checks that it works.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -202,10 +203,11 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
         for method in ort_methods:
             out = tmp / f"{name}-{method}.onnx"
             t0 = time.perf_counter()
-            quantize_static(str(src), str(out), _Reader(g.inputs[0].name, calib_np),
-                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, per_channel=True,
-                            calibrate_method=getattr(CalibrationMethod, method))
+            with contextlib.redirect_stdout(sys.stderr):  # its calibrators print progress
+                quantize_static(str(src), str(out), _Reader(g.inputs[0].name, calib_np),
+                                quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, per_channel=True,
+                                calibrate_method=getattr(CalibrationMethod, method))
             _add(rows, sessions, QuantRow(name, f"ORT {method}", 0.0, out.stat().st_size,
                                           time.perf_counter() - t0),
                  _session(str(out), threads), feeds, yn)

@@ -23,7 +23,8 @@ Activations (``collect`` + ``choose_range`` + ``qparams``):
     with the smallest KL(P‖Q) wins. After a ReLU it searches ``x`` with 256 levels (all of
     u8 / i8 covers ``[0, T]``); signed data gets a threshold per sign, each side's
     histogram searched with 128 levels (activations are asymmetric, so the sides need not
-    match);
+    match). A threshold never clips more than ``ENTROPY_MAX_CLIPPED`` (0.1 %) of a side's
+    values: KL is blind to clipping on spiky histograms (see the constant);
   - ``mse``: the range with the smallest expected squared error — rounding
     (``Δ² / 12`` for every value inside) plus clipping (the distance to the range for
     every value outside) — over all bin edges (one-sided) or a grid of 256 × 256
@@ -241,17 +242,35 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     return best_i
 
 
+#: The entropy threshold of a side never clips more than this fraction of its values. KL
+#: divergence cannot see what clipping costs when a histogram is a few tall spikes (after
+#: MNIST's constant background, every channel of the first conv is one value at most
+#: pixels): keeping each spike in its own bucket wins, and the threshold drops below the
+#: strokes — measured on VGG-11's first ReLU: 0.73 of a 5.47 range, every stroke clipped,
+#: 10 % accuracy. On ordinary data the KL threshold clips less than this and it changes
+#: nothing (the heavy-tailed and Gaussian known answers in the tests).
+ENTROPY_MAX_CLIPPED = 1e-3
+
+
+def _kl_side(hist: np.ndarray, width: float, levels: int) -> float:
+    """The KL threshold of a one-sided histogram, at least its (1 - ENTROPY_MAX_CLIPPED)
+    quantile."""
+    t = kl_threshold_bins(hist, levels) * width
+    edges = np.arange(len(hist) + 1) * width
+    return max(t, _inverse_cdf(hist, edges, hist.sum() * (1.0 - ENTROPY_MAX_CLIPPED)))
+
+
 def _entropy(ob: Observer, levels_total: int) -> tuple[float, float]:
     if ob.one_sided:
         width = (ob.hist_hi - ob.hist_lo) / len(ob.hist)
-        return ob.lo, min(kl_threshold_bins(ob.hist, levels_total) * width, ob.hi)
+        return ob.lo, min(_kl_side(ob.hist, width, levels_total), ob.hi)
     # each sign on its own, with half the levels: the threshold of |x| over both would let
     # one side's mass decide the other's (MNIST's input: every background pixel at -0.42
     # and the strokes up to 2.8 — one |x| threshold at 0.42 clips every stroke)
     half = len(ob.hist) // 2
     width = ob.hist_hi / half
-    pos = kl_threshold_bins(ob.hist[half:], levels_total // 2) * width
-    neg = kl_threshold_bins(ob.hist[:half][::-1], levels_total // 2) * width
+    pos = _kl_side(ob.hist[half:], width, levels_total // 2)
+    neg = _kl_side(ob.hist[:half][::-1], width, levels_total // 2)
     return max(-neg, ob.lo), min(pos, ob.hi)
 
 

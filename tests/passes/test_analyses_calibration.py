@@ -109,6 +109,13 @@ def test_entropy_clips_a_heavy_tail_where_minmax_does_not():
     lop = np.concatenate([np.full(90_000, -0.42), rng.uniform(0, 2.8, 10_000)]).astype(np.float32)
     lo, hi = cal.choose_range(observed(lop), "entropy")
     assert lo == pytest.approx(-0.42, abs=0.01) and hi > 2.5
+    # tall spikes (a conv's output over a constant background, one value per channel) and
+    # the signal spread above them: KL alone would keep the spikes and clip the signal;
+    # at most 0.1 % of the values are clipped
+    spikes = np.repeat(rng.uniform(0, 0.7, 16), 5_000)
+    spiky = np.concatenate([spikes, rng.uniform(0, 5.5, 15_000)]).astype(np.float32)
+    lo, hi = cal.choose_range(observed(spiky), "entropy")
+    assert hi >= np.quantile(spiky, 1 - cal.ENTROPY_MAX_CLIPPED) - 0.01
     # nothing to clip: a uniform distribution keeps (almost) its whole range
     u = rng.uniform(-1, 1, 100_000).astype(np.float32)
     lo, hi = cal.choose_range(observed(u), "entropy")
