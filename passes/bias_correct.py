@@ -232,7 +232,7 @@ class BiasCorrect(Pass):
         b = layer.inputs[2]
         d = b.producer
         if d is not None and d.op == "dequantize" and d.inputs[0].is_constant:
-            bq, sb, zb = d.inputs
+            bq, sb, _ = d.inputs  # (q - zp)·s: whole steps added to q keep the zero point
             if len(bq.uses) != 1 or len(b.uses) != 1:
                 return "skipped_shared"
             step = np.broadcast_to(np.asarray(sb.data, np.float64), delta.shape)

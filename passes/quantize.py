@@ -45,8 +45,8 @@ storage encoding (``skipped_encoded``), an already quantized operand
 (``skipped_quantized``), in dynamic mode ``skipped_dynamic_conv2d`` /
 ``skipped_dynamic_activations``; other ops with weights (``conv_transpose2d``,
 ``embedding``) as ``float_<op>``. The names are in ``ctx.artifacts["quantize"]``, a
-``QuantizePlan`` that also holds each activation's range, the float weights and the float
-graph (what ``bias-correct`` compares against).
+``QuantizePlan`` that also holds each activation's range and the float graph (what
+``bias-correct`` compares against).
 
 Options: ``weights`` (int8), ``activations`` (uint8 | int8 | dynamic), ``calibration``
 (minmax | percentile | entropy | mse), ``per_channel``, ``symmetric_weights``, ``bins``
@@ -80,16 +80,15 @@ ACT_DTYPES = {"uint8": "u8", "int8": "i8"}
 
 @dataclass
 class QuantizePlan:
-    """What ``quantize`` did: activation ranges, float layers, the float weights, and the
-    graph as it was before (sharing its arrays): what ``bias-correct`` compares against."""
+    """What ``quantize`` did: activation ranges (lo, hi, scale, zero point), the nodes left
+    float and why, the quantized layers, and the graph as it was before (sharing its
+    arrays): what ``bias-correct`` compares against."""
 
     activations: str
     calibration: str
     reduce_range: bool
     ranges: dict[str, tuple[float, float, float, int]] = field(default_factory=dict)
     float_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stayed float
-    # quantized weight constant name -> the float weight it came from
-    float_weights: dict[str, np.ndarray] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)  # quantized nodes (output names)
     float_graph: Graph | None = None
 
@@ -168,7 +167,7 @@ class Quantize(Pass):
         return None
 
     # ------------------------------------------------------------------ selection
-    def _refuse(self, graph: Graph, node: Node) -> str | None:
+    def _refuse(self, node: Node) -> str | None:
         """Why ``node`` (a conv2d / linear / matmul) stays float, or None."""
         names = [node.name] + ([node.loc] if node.loc else [])
         if any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in names):
@@ -213,7 +212,7 @@ class Quantize(Pass):
         targets: list[Node] = []
         for node in graph.nodes:
             if node.op in TARGETS:
-                why = self._refuse(graph, node)
+                why = self._refuse(node)
                 if why is None:
                     targets.append(node)
                     continue
@@ -377,7 +376,6 @@ class Quantize(Pass):
             z_c = graph.add_constant(wq.zero_point, graph.fresh_name(f"{w.name}.zero_point"))
             d = graph.add_node("dequantize", [q_c, s_c, z_c], {"axis": wq.axis},
                                names=graph.fresh_name(f"{w.name}.dq"), before=node)
-            plan.float_weights[q_c.name] = np.asarray(w.data)
             cache[id(w)] = (d.output, wq)
         dq, wq = cache[id(w)]
         graph.set_input(node, 1, dq)

@@ -216,8 +216,9 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
 
 #: The BERT of the transformer rows: ``transformers.BertModel`` from this config, random
 #: weights (seeded), sequences of ``BERT_SEQ`` random token ids with a padding mask.
-BERT_CONFIG = dict(vocab_size=8000, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                   intermediate_size=1024, max_position_embeddings=128)
+BERT_CONFIG = {"vocab_size": 8000, "hidden_size": 256, "num_hidden_layers": 4,
+               "num_attention_heads": 4, "intermediate_size": 1024,
+               "max_position_embeddings": 128}
 BERT_SEQ = 64
 
 
@@ -314,10 +315,10 @@ def time_rows(sessions: list, warmup: int, repeat: int) -> None:
 
 def markdown(rows: list[QuantRow], *, threads: int, repeat: int, calib_images: int) -> str:
     base = {r.model: r for r in rows if r.variant == "fp32"}
-    lines = [f"int8 in onnxruntime, batch 1, {threads} thread(s), {repeat} timed runs per row "
-             f"(round-robin); {calib_images} calibration images; {machine_info(threads)}", "",
-             "| model | variant | test acc | Δ vs fp32 | cosine vs fp32 | ONNX size | "
-             "ORT ms | vs fp32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [(f"int8 in onnxruntime, batch 1, {threads} thread(s), {repeat} timed runs per row "
+              f"(round-robin); {calib_images} calibration images; {machine_info(threads)}"), "",
+             ("| model | variant | test acc | Δ vs fp32 | cosine vs fp32 | ONNX size | "
+              "ORT ms | vs fp32 |"), "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = base[r.model]
         t = r.timing.fmt() if r.timing.runs_ms else "-"
@@ -329,6 +330,10 @@ def markdown(rows: list[QuantRow], *, threads: int, repeat: int, calib_images: i
         lines.append(f"| {r.model} | {r.variant} | {acc} | {dacc} | {cos} | "
                      f"{r.size_bytes / 1024:.0f} KiB | {t} | {speed} |")
     return "\n".join(lines)
+
+
+def _split(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
     logging.getLogger("shrinkc.tools.train").setLevel(logging.INFO)
-    split = lambda s: [t for t in s.split(",") if t]  # noqa: E731
-    calibrators, ort_methods = split(a.calibrators), split(a.ort_methods)
+    calibrators, ort_methods = _split(a.calibrators), _split(a.ort_methods)
     warmup, repeat, calib_images, test_images = a.warmup, a.repeat, a.calib_images, a.test_images
     if a.smoke:
         warmup, repeat = 1, 2
@@ -369,13 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         calibrators, ort_methods = calibrators[:1], ort_methods[:1]
     calib_images = calib_images or 256
     set_threads(a.threads)
-    rows, sessions = bench_vision(split(a.models), calibrators=calibrators,
+    rows, sessions = bench_vision(_split(a.models), calibrators=calibrators,
                                   ort_methods=ort_methods,
-                                  equalize_models=split(a.equalize_models),
+                                  equalize_models=_split(a.equalize_models),
                                   bias_correct=a.bias_correct, calib_images=calib_images,
                                   test_images=test_images, threads=a.threads,
                                   trained=not a.untrained)
-    trows, tsessions = bench_transformers(split(a.transformers), test_images=test_images,
+    trows, tsessions = bench_transformers(_split(a.transformers), test_images=test_images,
                                           threads=a.threads, trained=not a.untrained)
     time_rows(sessions + tsessions, warmup, repeat)
     print(markdown(rows + trows, threads=a.threads, repeat=repeat, calib_images=calib_images))

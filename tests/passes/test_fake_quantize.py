@@ -9,7 +9,6 @@ import pytest
 import torch
 from shrinkc import optimize, to_torch, write_back
 from shrinkc.ir.interpreter import run
-from suite import assert_close
 
 
 def _calib(g, n=3, seed=0):
@@ -25,7 +24,7 @@ def qdq(reference_graphs):
 
 
 def test_fake_quantize_is_exact_and_leaves_float_weights(qdq):
-    g, q, x = qdq
+    _, q, x = qdq
     from shrinkc.passes import PassContext, PassManager
 
     pm = PassManager("fake-quantize", PassContext())
@@ -50,7 +49,7 @@ def params_of(m, name: str) -> torch.nn.Parameter:
 
 
 def test_straight_through_gradients_train_the_float_weights(qdq):
-    g, q, x = qdq
+    _, q, x = qdq
     f = optimize(q, "fake-quantize")
     m = to_torch(f).train()
     params = dict(m.named_parameters())
