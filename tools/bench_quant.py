@@ -167,14 +167,15 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
 
     from .. import optimize
     from ..backends.onnx import export_model
+    from ..passes.analyses.calibration import load_calibration
     from . import data
 
     X, y = data.load("mnist", "test")
     if test_images:
         X, y = X[:test_images], y[:test_images]
     Xn, yn = X.numpy(), y.numpy()
-    calib = data.calibration_batches("mnist", n=calib_images, batch_size=1)
-    calib_np = np.concatenate([c.numpy() for c in calib])
+    calib_np = data.calibration_batches("mnist", n=calib_images, batch_size=calib_images)[0]
+    calib_np = calib_np.numpy()
     rows: list[QuantRow] = []
     sessions: list = []
     tmp = Path(tempfile.mkdtemp(prefix="shrinkc-bench-quant-"))
@@ -191,9 +192,10 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
         if bias_correct:
             pipelines += [(f"shrinkc {c}+bias-correct",
                            f"quantize(calibration={c}),bias-correct") for c in calibrators]
+        calib = load_calibration({g.inputs[0].name: calib_np}, g)  # batches of 32
         for label, pipeline in pipelines:
             t0 = time.perf_counter()
-            q = optimize(g, pipeline, calibration=[[c] for c in calib])
+            q = optimize(g, pipeline, calibration=calib)
             model = export_model(q).SerializeToString()
             _add(rows, sessions, QuantRow(name, label, 0.0, len(model),
                                           time.perf_counter() - t0), _session(model, threads),

@@ -48,7 +48,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration-samples", type=int, default=256, metavar="N",
                    help="how many zoo-data images to calibrate with (default 256)")
     p.add_argument("--calibration-batch-size", type=int, metavar="N",
-                   help="calibration batch size (default: the model's input batch)")
+                   help="calibration batch size (default: 32 for a model that runs at "
+                        "any batch, else its input batch)")
     p.add_argument("--seed", type=int, default=0, help="seed for passes and the check input")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)

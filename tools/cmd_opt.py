@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration-samples", type=int, default=256, metavar="N",
                    help="how many zoo-data images to calibrate with (default 256)")
     p.add_argument("--calibration-batch-size", type=int, metavar="N",
-                   help="calibration batch size (default: the model's input batch)")
+                   help="calibration batch size (default: 32 for a model that runs at "
+                        "any batch, else its input batch)")
     p.add_argument("--training", metavar="zoo-data:NAME|FILE.npz", help=TRAINING_HELP)
     p.add_argument("--training-samples", type=int, metavar="N",
                    help="train on a seeded sample of N (default: all)")

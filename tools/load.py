@@ -101,7 +101,7 @@ CALIBRATION_HELP = ("calibration data for passes that need it (quantize, bias-co
 def load_calibration(spec: str, graph: Graph, samples: int = 256,
                      batch_size: int | None = None) -> list:
     """The calibration batches named by ``spec`` for ``graph`` (see ``CALIBRATION_HELP``);
-    batches of ``batch_size`` samples (default: the batch the graph was traced at)."""
+    batches of ``batch_size`` samples (default: ``load_calibration``'s)."""
     from ..passes.analyses.calibration import load_calibration as load_npz
 
     if spec.startswith("zoo-data:"):

@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...ir import batch as ir_batch
 from ...ir.graph import Graph, IRError, Value
 from ...ir.interpreter import bind_inputs, run
 from ...ir.ops.quant import QRANGES
@@ -67,7 +68,7 @@ from ...ir.ops.quant import QRANGES
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CALIBRATORS", "Observer", "WeightQuant", "choose_range", "collect", "cpu_flags",
+    "CALIBRATION_BATCH", "CALIBRATORS", "Observer", "WeightQuant", "choose_range", "collect", "cpu_flags",
     "load_calibration", "needs_reduce_range", "qparams", "quantize_weight",
     "save_calibration",
 ]
@@ -450,15 +451,20 @@ def needs_reduce_range(flags: set[str] | None = None, machine: str | None = None
 
 
 # ============================================================================ data files
+#: Calibration batch size for graphs that run at any batch: big enough that the interpreter's
+#: per-op overhead does not dominate, small enough for any model's activations.
+CALIBRATION_BATCH = 32
+
+
 def load_calibration(source: str | Path | dict[str, np.ndarray], graph: Graph,
                      batch_size: int | None = None) -> list[list[np.ndarray]]:
     """Calibration batches for ``graph`` from an ``.npz`` file (or a dict of arrays).
 
     The file holds one array per graph input, named like the input (a file with a single
     array feeds a graph with a single input whatever its name), with the samples along
-    dim 0. They are cut into batches of ``batch_size`` (default: the batch the graph was
-    traced at, its inputs' dim 0), in order; at the traced batch size a short last batch is dropped (the graph
-    runs at that batch).
+    dim 0. They are cut into batches of ``batch_size``, in order: by default
+    ``CALIBRATION_BATCH`` for a graph that runs at any batch (``ir/batch.py``), else the batch
+    it was traced at (its inputs' dim 0), where a short last batch is dropped.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -487,6 +493,7 @@ def load_calibration(source: str | Path | dict[str, np.ndarray], graph: Graph,
                       f"{', '.join(sorted(arrays)) or 'none'})")
     first = graph.inputs[0]
     traced = first.shape[0] if first.shape else 1
+    polymorphic = {id(v) for v in ir_batch.batch_inputs(graph)} >= {id(v) for v in graph.inputs}
     n = len(arrays[names[0]])
     for v in graph.inputs:
         a = arrays[v.name]
@@ -495,13 +502,13 @@ def load_calibration(source: str | Path | dict[str, np.ndarray], graph: Graph,
                           f"{v.type} (samples along dim 0, the rest as the input)")
         if len(a) != n:
             raise IRError(f"{where}: arrays have different sample counts")
-    bs = int(batch_size or traced)
+    bs = int(batch_size or (CALIBRATION_BATCH if polymorphic else traced))
     if bs < 1:
         raise IRError(f"{where}: batch size must be >= 1")
     batches = []
     for start in range(0, n, bs):
         stop = min(start + bs, n)
-        if stop - start < bs and bs == traced and batches:
+        if stop - start < bs and not polymorphic and batches:
             break  # the graph runs at its traced batch
         batch = [np.ascontiguousarray(arrays[v.name][start:stop]).astype(
             _np_dtype(v), copy=False) for v in graph.inputs]
