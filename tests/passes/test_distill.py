@@ -192,6 +192,26 @@ def test_static_batch_graph_runs_any_batch_in_chunks():
     assert_close(got, each, tol=0.0)
 
 
+def test_any_batch_graph_and_static_chunks_train_alike():
+    """A batch-polymorphic graph trains at the batch given; the same model traced with static
+    shapes trains one sample at a time: the same gradients, so the same weights (to float
+    sums)."""
+    from shrinkc.passes.distill import runs_any_batch
+
+    model, g = _trained("cnn")
+    X, y = _subset(48)
+    static = shrinkc.trace(model, (X[:1],), name="cnn", batch=False)
+    assert runs_any_batch(g) and not runs_any_batch(static)
+    lossy = [shrinkc.optimize(x, "prune-channels(ratio=0.5)") for x in (g, static)]
+    runs = [distill(lg, teacher, (X, y), batch_size=16, **_defaults({"epochs": 1, "lr": 1e-2,
+                                                                   "bn_samples": 48}))
+            for lg, teacher in zip(lossy, (g, static))]
+    assert runs_any_batch(runs[0].graph)
+    for name, v in runs[0].graph.constants.items():
+        assert_close(torch.from_numpy(runs[1].graph.constants[name].data),
+                     torch.from_numpy(v.data), tol=1e-4)
+
+
 def test_bn_statistics_reestimated_layer_by_layer():
     """Each BN gets the mean / variance of its input over the sample, with the BNs before
     it already re-estimated (checked in float64, recomputed with torch.nn.functional)."""
