@@ -34,7 +34,7 @@ speed-up over onnxruntime int8, accuracy vs bytes on disk; one point per recipe)
 
 Timings on a shared machine mean little: run the full command on a quiet one::
 
-    shrinkc bench --recipes all --models resnet18 --threads 1 --repeat 100 -o bench-report
+    shrinkc bench zoo:resnet18 --recipes all --threads 1 --repeat 100 -o bench-report
 
 ``--quick`` (one recovery epoch on 1,000 images, 200 test images, 5 timed rounds, no TVM)
 checks that everything runs.
