@@ -96,3 +96,16 @@ def test_cli_lists_recipes_and_refuses_unknown_ones(capsys):
     assert "structured-fc(" in out and "not available" not in out
     assert main(["bench", "--recipes", "nope", "zoo:lenet5", "--quick"]) == 2
     assert "unknown recipe(s) ['nope']" in capsys.readouterr().err
+
+
+def test_goal_holds_at_exactly_the_allowed_drop():
+    ref = bk.Entry("original", accuracy=0.976, params=703_578, macs=28_573_184,
+                   latency={"torch": bk.Timing([1.0])})
+    ort8 = bk.Entry("ort int8", accuracy=0.976, params=703_578, macs=28_573_184,
+                    latency={"onnxruntime": bk.Timing([0.85])})
+    e = bk.Entry("prune-70", accuracy=0.966, params=66_582, macs=2_777_542,
+                 latency={"onnxruntime": bk.Timing([0.333])})
+    got = br.goal_met(e, ref, ort8)
+    assert got["accuracy_delta"] == -1.0 and got["all"], got
+    e.accuracy = 0.965
+    assert not br.goal_met(e, ref, ort8)["accuracy"]
