@@ -10,19 +10,22 @@ it as ops every backend runs:
 * ``kronecker`` — ``x`` as ``[.., n1, n2]``: ``Σ_r A_r X B_rᵀ`` as ``reshape`` →
   ``matmul`` (by ``Bᵀ [r, n2, m2]``) → ``matmul`` (``A [r, m1, n1]`` by it) → ``sum`` over
   ``r`` → ``reshape`` (+ ``b``);
-* ``blockdiag`` — ``x`` as ``[.., b, 1, in/b]`` → ``matmul`` by ``[b, in/b, out/b]`` →
-  ``reshape`` (+ ``b``); ``permute=true`` first reorders the inputs and afterwards the
-  outputs (the permutations that keep most energy) — needs a gather op and is refused
-  until the IR has one;
-* ``monarch`` — ``[.., b, 1, p]`` → ``matmul`` by ``Rᵀ [b, p, q]`` → ``reshape`` →
-  ``permute`` (the Monarch transpose) → ``reshape [.., q, 1, b]`` → ``matmul`` by
-  ``Lᵀ [q, b, s]`` → ``reshape`` (+ ``b``);
+* ``blockdiag`` — ``x`` as ``[M, b, in/b]`` (M: the leading dims) → ``permute`` → batched
+  ``matmul`` by ``[b, in/b, out/b]`` → ``permute`` → ``reshape`` (+ ``b``); ``permute=true``
+  first reorders the inputs and afterwards the outputs (the permutations that keep most
+  energy) — needs a gather op and is refused until the IR has one;
+* ``monarch`` — ``[M, b, p]`` → ``permute`` → batched ``matmul`` by ``Rᵀ [b, p, q]`` →
+  ``permute`` (the Monarch transpose: ``[q, M, b]``) → batched ``matmul`` by
+  ``Lᵀ [q, b, s]`` → ``permute`` → ``reshape`` (+ ``b``). Blocks are the batch of each
+  matmul: ``[M, b, 1, p]`` against ``[b, p, q]`` would broadcast them over the rows, which
+  PyTorch runs as M·b matrix-vector products;
 * ``circulant`` / ``block_circulant`` — one ``circulant_matmul`` (+ ``b``): an FFT in torch,
   an exact convolution over the circularly extended input in ONNX and TVM, which keeps the
   parameters and not the speed (``ir/ops/structured.py``);
-* ``toeplitz`` — a ``conv2d`` of ``x`` as ``[N, 1, 1, in]`` with the ``out + in - 1``
-  diagonal values (reversed) as kernel and ``out - 1`` zeros of padding each side: fewer
-  parameters, more multiply-accumulates than the dense layer (``out·(out + in - 1)``).
+* ``toeplitz`` — ``pad`` (``out - 1`` zeros after ``x``) → ``circulant_matmul`` of size
+  ``n = out + in - 1`` (the Toeplitz matrix is the corner of that circulant) → ``slice``
+  (the first ``out``): an FFT in torch; in ONNX and TVM the circulant's convolution, with
+  more multiply-accumulates than the dense layer (``n²``).
 
 Every reshape keeps dim 0 batch-relative (``-1``), so a batch-polymorphic graph stays one.
 The chain's last node keeps the layer's output name; all its nodes keep the layer's loc;
@@ -155,30 +158,42 @@ def _emit(graph: Graph, layer: _Layer, fit: S.Fit) -> None:
             s = e.op("sum", [u], {"axes": (-3,), "keepdim": False})
         y = e.reshape(s, (m1 * m2,))
     elif fit.kind == "blockdiag":
+        # the blocks as the batch of one batched matmul: [b, M, in/b] @ [b, in/b, out/b]
+        # (x as [M, b, 1, in/b] against [b, in/b, out/b] would broadcast the blocks over
+        # every row — M·b matrix-vector products in PyTorch, 20x slower than dense at M=64)
         blk = f["blocks"]
         nb, ob, ib = blk.shape
-        xr = e.reshape(x, (nb, 1, ib))
-        z = e.op("matmul", [xr, e.const("blocks", blk.transpose(0, 2, 1))])  # [.., b, 1, ob]
-        y = e.reshape(z, (out,))
+        xr = e.op("permute", [e.flat(x, (nb, ib))], {"perm": (1, 0, 2)})  # [b, M, ib]
+        z = e.op("matmul", [xr, e.const("blocks", blk.transpose(0, 2, 1))])  # [b, M, ob]
+        z = e.op("permute", [z], {"perm": (1, 0, 2)})  # [M, b, ob]
+        y = e.reshape(z, (out,)) if lead else e.op("reshape", [z], {"shape": (out,)})
     elif fit.kind == "monarch":
+        # R's blocks, the Monarch transpose and L's blocks as two batched matmuls:
+        # [b, M, p] @ R_t [b, p, q] -> [b, M, q] -> (transpose b and q) [q, M, b]
+        # @ L_t [q, b, s] -> [q, M, s] -> [M, q, s]
         b, p, q, s_ = fit.info["shape"]
         rmat, lmat = f["R"], f["L"]
-        xr = e.reshape(x, (b, 1, p))
-        z = e.op("matmul", [xr, e.const("R_t", rmat.transpose(0, 2, 1))])  # [.., b, 1, q]
-        z = e.reshape(z, (b, q))
-        perm = tuple(range(lead)) + (lead + 1, lead)
-        zt = e.op("permute", [z], {"perm": perm})  # [.., q, b]
-        zt = e.reshape(zt, (q, 1, b))
-        yq = e.op("matmul", [zt, e.const("L_t", lmat.transpose(0, 2, 1))])  # [.., q, 1, s]
-        y = e.reshape(yq, (q * s_,))
+        xr = e.op("permute", [e.flat(x, (b, p))], {"perm": (1, 0, 2)})  # [b, M, p]
+        z = e.op("matmul", [xr, e.const("R_t", rmat.transpose(0, 2, 1))])  # [b, M, q]
+        zt = e.op("permute", [z], {"perm": (2, 1, 0)})  # [q, M, b]
+        yq = e.op("matmul", [zt, e.const("L_t", lmat.transpose(0, 2, 1))])  # [q, M, s]
+        yq = e.op("permute", [yq], {"perm": (1, 0, 2)})  # [M, q, s]
+        y = e.reshape(yq, (q * s_,)) if lead else e.op("reshape", [yq], {"shape": (q * s_,)})
     elif fit.kind in ("circulant", "block_circulant"):
         y = e.op("circulant_matmul", [x, e.const("c", f["c"])])
     elif fit.kind == "toeplitz":
+        # T [out, in] is the top-left corner of one n x n circulant, n = out + in - 1 (its
+        # wrapped diagonals never meet inside the corner): y = (C · [x, 0 … 0])[:out], with
+        # c = t rotated so that c[(i - j) mod n] = t[i - j + in - 1] — an FFT of size n in
+        # PyTorch (a 1-D convolution with a kernel of n taps, the obvious lowering, was
+        # 30-300x slower than dense there and in onnxruntime)
         t = f["t"]
-        xr = e.flat(x, (1, 1, inp))
-        kernel = e.const("t", t[::-1].reshape(1, 1, 1, -1))
-        yc = e.op("conv2d", [xr, kernel], {"padding": (0, out - 1)})  # [N, 1, 1, out]
-        y = e.reshape(yc, (out,)) if lead else e.op("reshape", [yc], {"shape": (out,)})
+        n = out + inp - 1
+        r = len(e.lead) + 1
+        xp = e.op("pad", [x], {"pads": (0,) * (2 * r - 1) + (out - 1,), "mode": "constant",
+                               "value": 0.0})
+        yc = e.op("circulant_matmul", [xp, e.const("c", np.roll(t, -(inp - 1)).reshape(1, 1, n))])
+        y = e.op("slice", [yc], {"axis": r - 1, "start": 0, "end": out, "step": 1})
     else:  # pragma: no cover - the option's type admits only KINDS
         raise AssertionError(fit.kind)
     if layer.bias is not None and not bias_done:

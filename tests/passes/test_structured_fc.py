@@ -133,11 +133,12 @@ def test_chain_structure():
                                               "relu"]
     assert ops(pipe("kronecker", rank=2)) == ["reshape", "matmul", "matmul", "sum", "reshape",
                                               "add", "relu"]
-    assert ops(pipe("blockdiag", blocks=4)) == ["reshape", "matmul", "reshape", "add", "relu"]
-    assert ops(pipe("monarch")) == ["reshape", "matmul", "reshape", "permute", "reshape",
-                                    "matmul", "reshape", "add", "relu"]
+    assert ops(pipe("blockdiag", blocks=4)) == ["reshape", "permute", "matmul", "permute",
+                                                "reshape", "add", "relu"]
+    assert ops(pipe("monarch")) == ["reshape", "permute", "matmul", "permute", "matmul",
+                                    "permute", "reshape", "add", "relu"]
     assert ops(pipe("block_circulant", block_size=32)) == ["circulant_matmul", "add", "relu"]
-    assert ops(pipe("toeplitz")) == ["reshape", "conv2d", "reshape", "add", "relu"]
+    assert ops(pipe("toeplitz")) == ["pad", "circulant_matmul", "slice", "add", "relu"]
     g = pipe("monarch", blocks=8)
     # reshapes keep dim 0 batch-relative; every new node keeps the layer's loc
     assert all(n.attrs["shape"][0] == -1 for n in g.nodes if n.op == "reshape")
