@@ -12,7 +12,9 @@ so a pass can call it.
   temperature ``T`` (the ``T²`` keeps the gradient scale independent of ``T``) plus the hard
   labels ``y`` when the data has them. Label-free data (e.g. a pass context's calibration
   batches) trains on the soft targets alone. Without a teacher it is plain cross-entropy.
-  The logits are output ``output`` of the graph, classes along its last axis.
+  The logits are output ``output`` of the graph, classes along its last axis. With
+  ``loss="mse"`` the distillation term is instead the mean squared difference between
+  the student's and the teacher's output (feature matching: hidden states, embeddings).
 * **What trains.** The weights (``ir.ops`` roles) that the graph uses; statistics, scales,
   zero points and indices never do. Pruned (``sparse``) weights keep their zeros and shared
   (``codebook``) weights train their centroids (gradients summed per cluster), so the
@@ -91,6 +93,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
+LOSSES = ("kl", "mse")
 
 
 class RecoverError(IRError):
@@ -339,6 +342,7 @@ class _Config:
     output: int
     threads: int | None
     shift: int = 0
+    loss: str = "kl"
 
     def check(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.bn_samples < 1:
@@ -349,6 +353,8 @@ class _Config:
                                f"{self.lr}, {self.temperature}, {self.alpha}")
         if self.shift < 0:
             raise RecoverError(f"need shift >= 0, got {self.shift}")
+        if self.loss not in LOSSES:
+            raise RecoverError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
         if self.optimizer not in OPTIMIZERS:
             raise RecoverError(f"unknown optimizer {self.optimizer!r}; known: "
                                f"{', '.join(OPTIMIZERS)}")
@@ -359,7 +365,7 @@ def recover(graph: Graph, teacher: Any, data: Any, *, epochs: int = 2, lr: float
             temperature: float = 4.0, alpha: float = 0.9, batch_size: int = 64,
             optimizer: str = "adamw", weight_decay: float = 0.0, bn_stats: bool = True,
             bn_samples: int = 512, shift: int = 0, seed: int = 0, output: int = 0,
-            world_size: int | None = None, threads: int | None = 1,
+            loss: str = "kl", world_size: int | None = None, threads: int | None = 1,
             eval_data: Any = None, progress: bool | None = None,
             history: list[dict[str, Any]] | None = None) -> Graph:
     """Fine-tune ``graph`` by distillation from ``teacher``; returns a new graph with the
@@ -378,13 +384,18 @@ def recover(graph: Graph, teacher: Any, data: Any, *, epochs: int = 2, lr: float
       the current count). 1 by default, as ``tools/train.py``: the result does not depend on
       the core count, and on a loaded machine two OpenMP threads per process ran a small
       convolution 200× slower than one (measured: 22 ms against 0.12 ms).
+    - ``loss``: the distillation term — ``"kl"`` (Hinton: the softened class distributions;
+      for logits) or ``"mse"`` (feature matching: the mean squared difference between the
+      student's and the teacher's output, per sample; for hidden states, embeddings or
+      regression outputs, where classes along the last axis mean nothing).
     - ``eval_data``: ``(X, y)`` whose accuracy is measured before training and after each
       epoch (records in ``history``, a list the per-epoch dicts are appended to).
     """
     result = distill(graph, teacher, data, epochs=epochs, lr=lr, temperature=temperature,
                      alpha=alpha, batch_size=batch_size, optimizer=optimizer,
                      weight_decay=weight_decay, bn_stats=bn_stats, bn_samples=bn_samples,
-                     shift=shift, seed=seed, output=output, world_size=world_size, threads=threads,
+                     shift=shift, seed=seed, output=output, loss=loss, world_size=world_size,
+                     threads=threads,
                      eval_data=eval_data, progress=progress)
     if history is not None:
         history.extend(result.history)
@@ -552,11 +563,14 @@ def _loss_sum(s: torch.Tensor, part: TrainingData, cfg: _Config) -> torch.Tensor
     if part.teacher is None:
         alpha = 0.0
     if alpha > 0:
-        T = cfg.temperature
         t2 = part.teacher.reshape(s2.shape)
-        kd = F.kl_div(F.log_softmax(s2 / T, -1), F.log_softmax(t2 / T, -1), log_target=True,
-                      reduction="none").sum(-1).mean(-1)
-        total = total + alpha * T * T * kd.sum()
+        if cfg.loss == "mse":
+            total = total + alpha * (s2 - t2).pow(2).reshape(n, -1).mean(-1).sum()
+        else:
+            T = cfg.temperature
+            kd = F.kl_div(F.log_softmax(s2 / T, -1), F.log_softmax(t2 / T, -1),
+                          log_target=True, reduction="none").sum(-1).mean(-1)
+            total = total + alpha * T * T * kd.sum()
     if alpha < 1:
         labels = part.labels.reshape(n, -1)
         ce = F.cross_entropy(s2.reshape(-1, s2.shape[-1]), labels.reshape(-1),

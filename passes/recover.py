@@ -68,6 +68,8 @@ class Recover(Pass):
     world_size: int | None = option(None, ge=1, help="data-parallel processes (gloo on "
                                                      "loopback); none: 1, or torchrun's")
     threads: int | None = option(1, ge=1, help="torch threads while training (none: as set)")
+    loss: Literal["kl", "mse"] = option("kl", help="distillation term: kl (softened logits) "
+                                        "or mse (outputs matched as features)")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         data = ctx.training if ctx.training is not None else ctx.calibration
@@ -87,7 +89,7 @@ class Recover(Pass):
                              weight_decay=self.weight_decay, bn_stats=self.bn_stats,
                              bn_samples=self.bn_samples, shift=self.shift,
                              seed=int(ctx.rng.integers(2 ** 31)),
-                             output=0,
+                             output=0, loss=self.loss,
                              world_size=self.world_size, threads=self.threads)
         except RecoverError as e:
             raise PassError(str(e)) from None

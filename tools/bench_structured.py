@@ -13,6 +13,14 @@ cached) with every MLP layer replaced by each kind: parameters, test accuracy ri
 the replacement, and after recovery (fine-tuning the replaced graph through ``to_torch``
 with cross-entropy and distillation from the original; ``--recover-epochs``).
 
+Part 3 — a ``transformers.BertModel`` from a config (4 layers × 256, MLP 256 ↔ 1024,
+random weights: ``bench_quant.BERT_CONFIG``) with its MLP layers (``intermediate.dense``,
+``output.dense``) replaced by each kind: parameters, and the error of the last hidden state
+against the original (relative Frobenius error; mean cosine over the tokens) on held-out
+random sequences, right after the replacement and after recovery by feature distillation
+(``shrinkc.recover(..., loss="mse", lr=3e-4)`` on 512 unlabelled random sequences;
+``--bert-epochs``, default 3).
+
 Run on a quiet machine for numbers that mean something::
 
     python -m shrinkc.tools.bench_structured --threads 2 --repeat 50
@@ -38,7 +46,7 @@ from .bench import Timing, set_threads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LayerRow", "ModelRow", "bench_layers", "bench_vit", "main"]
+__all__ = ["BertRow", "LayerRow", "ModelRow", "bench_bert", "bench_layers", "bench_vit", "main"]
 
 #: Each kind with the options the benchmark uses (the pass defaults, ranks made explicit).
 KINDS: dict[str, str] = {
@@ -236,6 +244,99 @@ def bench_vit(kinds=tuple(KINDS), *, recover_epochs: int = 2, test_images: int |
     return rows
 
 
+@dataclass
+class BertRow:
+    kind: str  # "original" for the model as it is
+    params: int
+    mlp_params: int
+    fit_error: float  # the worst layer's relative fit error
+    rel_error: float  # ||h - h0|| / ||h0|| of the last hidden state, held-out sequences
+    cosine: float  # mean cosine of h and h0 over the (unpadded) tokens
+    rel_error_recovered: float | None = None
+    cosine_recovered: float | None = None
+    recover_s: float | None = None
+
+
+def _bert_data(n: int, seed: int):
+    from .bench_quant import BERT_CONFIG, BERT_SEQ
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, BERT_CONFIG["vocab_size"], (n, BERT_SEQ), generator=gen)
+    lengths = torch.randint(BERT_SEQ // 2, BERT_SEQ + 1, (n,), generator=gen)
+    mask = (torch.arange(BERT_SEQ)[None, :] < lengths[:, None]).long()
+    return ids, mask
+
+
+def _hidden(graph, ids: torch.Tensor, mask: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    from .. import to_torch
+
+    module = to_torch(graph).eval()
+    with torch.inference_mode():
+        return torch.cat([module(ids[i:i + batch], mask[i:i + batch])[0]
+                          for i in range(0, len(ids), batch)])
+
+
+def _errors(h: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    keep = mask.bool()
+    a, b = h[keep].double(), h0[keep].double()
+    rel = float((a - b).norm() / b.norm())
+    cos = float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+    return rel, cos
+
+
+def bench_bert(kinds=tuple(KINDS), *, recover_epochs: int = 2, train_sequences: int = 512,
+               test_sequences: int = 64, lr: float = 3e-4, seed: int = 0) -> list[BertRow]:
+    """Part 3 (see the module docstring)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    from .. import optimize, recover, trace
+    from ..passes.analyses.cost import summarize
+    from .bench_quant import BERT_CONFIG
+
+    torch.manual_seed(seed)
+    model = transformers.BertModel(transformers.BertConfig(**BERT_CONFIG)).eval()
+    ids, mask = _bert_data(train_sequences + test_sequences, seed + 1)
+    tr, te = slice(0, train_sequences), slice(train_sequences, None)
+    # BERT traces at a static batch only (its dynamic-batch trace stops at aten.arange):
+    # the graph runs chunks of 8 sequences (recover splits its batches of 32 into them)
+    graph = trace(model, (ids[:8],), kwargs={"attention_mask": mask[:8]}, name="bert")
+    include, exclude = "encoder.layer.*", "*attention*"  # intermediate.dense, output.dense
+    mlp = [n for n in graph.nodes if n.op in ("linear", "matmul")
+           and fnmatch.fnmatchcase(n.loc or "", include)
+           and not fnmatch.fnmatchcase(n.loc or "", exclude)]
+    mlp_params = sum(v.type.numel for n in mlp for v in n.inputs[1:] if v.is_constant)
+    h0 = _hidden(graph, ids[te], mask[te])
+    rows = [BertRow("original", summarize(graph).params, mlp_params, 0.0, 0.0, 1.0)]
+    batches = [[ids[tr][i:i + 32], mask[tr][i:i + 32]] for i in range(0, train_sequences, 32)]
+    for kind in kinds:
+        artifacts: dict[str, Any] = {}
+        g = optimize(graph, f"structured-fc({KINDS[kind]},include='{include}',"
+                            f"exclude='{exclude}')", artifacts=artifacts)
+        report = artifacts.get("structured-fc") or []
+        if not report:
+            log.warning("bert: structured-fc(%s) replaced nothing", kind)
+            continue
+        replaced = sum(e["params_after"] for e in report)
+        rel, cos = _errors(_hidden(g, ids[te], mask[te]), h0, mask[te])
+        row = BertRow(kind, summarize(g).params, replaced, max(e["error"] for e in report),
+                      rel, cos)
+        if recover_epochs:
+            t0 = time.perf_counter()
+            g2 = recover(g, graph, batches, epochs=recover_epochs, lr=lr, loss="mse",
+                         batch_size=32, bn_stats=False, seed=seed, threads=None)
+            row.recover_s = time.perf_counter() - t0
+            row.rel_error_recovered, row.cosine_recovered = _errors(
+                _hidden(g2, ids[te], mask[te]), h0, mask[te])
+        rows.append(row)
+        log.info("bert %s: %d params, rel. error %.3f -> %s", kind, row.params, rel,
+                 f"{row.rel_error_recovered:.3f}" if row.rel_error_recovered is not None
+                 else "-")
+    return rows
+
+
 # ------------------------------------------------------------------------------ report
 def markdown_layers(rows: list[LayerRow], *, threads: int, repeat: int) -> str:
     from .table import human
@@ -271,6 +372,26 @@ def markdown_vit(rows: list[ModelRow]) -> str:
     return "\n".join(lines)
 
 
+def markdown_bert(rows: list[BertRow]) -> str:
+    from .table import human
+
+    base = rows[0]
+
+    def pair(a, b):
+        return "-" if a is None else f"{a:.3f} / {b:.4f}"
+
+    lines = ["BertModel (4 × 256, random weights) with its MLP layers replaced; last hidden state "
+             "against the original on held-out random sequences (relative error / mean cosine), "
+             "before and after recovery (feature distillation, loss=mse)", "",
+             "| kind | params | MLP params | worst fit error | error / cosine | after recovery |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.kind} | {human(r.params)} ({base.params / r.params:.2f}×) | "
+                     f"{human(r.mlp_params)} | {r.fit_error:.3f} | {pair(r.rel_error, r.cosine)} | "
+                     f"{pair(r.rel_error_recovered, r.cosine_recovered)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .bench import machine_info
 
@@ -283,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--recover-epochs", type=int, default=2)
-    p.add_argument("--no-vit", action="store_true", help="only the one-layer part")
+    p.add_argument("--no-vit", action="store_true", help="skip the ViT part")
+    p.add_argument("--no-layers", action="store_true", help="skip the one-layer part")
+    p.add_argument("--no-bert", action="store_true", help="skip the BertModel part")
+    p.add_argument("--bert-epochs", type=int, default=3, help="BERT recovery epochs")
     p.add_argument("--smoke", action="store_true",
                    help="256-wide layers, 2 timed runs, 200 test images, no recovery")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -296,21 +420,31 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown kinds {sorted(unknown)} (known: {', '.join(KINDS)})")
     warmup, repeat = (1, 2) if args.smoke else (args.warmup, args.repeat)
     sizes = (256,) if args.smoke else tuple(int(s) for s in args.sizes.split(","))
-    layers = bench_layers(sizes, tuple(int(b) for b in args.batches.split(",")), kinds,
-                          threads=args.threads, warmup=warmup, repeat=repeat)
     print(machine_info(args.threads))
-    print()
-    print(markdown_layers(layers, threads=args.threads, repeat=repeat))
+    layers = []
+    if not args.no_layers:
+        layers = bench_layers(sizes, tuple(int(b) for b in args.batches.split(",")), kinds,
+                              threads=args.threads, warmup=warmup, repeat=repeat)
+        print()
+        print(markdown_layers(layers, threads=args.threads, repeat=repeat))
     vit = []
     if not args.no_vit:
         vit = bench_vit(kinds, recover_epochs=0 if args.smoke else args.recover_epochs,
                         test_images=200 if args.smoke else None)
         print()
         print(markdown_vit(vit))
+    bert = []
+    if not args.no_bert:
+        bert = bench_bert(kinds, recover_epochs=0 if args.smoke else args.bert_epochs,
+                          train_sequences=64 if args.smoke else 512,
+                          test_sequences=16 if args.smoke else 64)
+        print()
+        print(markdown_bert(bert))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"layers": [r.as_dict() for r in layers],
-                       "vit": [asdict(r) for r in vit]}, f, indent=1)
+                       "vit": [asdict(r) for r in vit], "bert": [asdict(r) for r in bert]},
+                      f, indent=1)
     return 0
 
 

@@ -156,6 +156,29 @@ def test_label_free_distillation_matches_the_teacher():
     assert res.stats["loss_last_epoch"] < res.stats["loss_first_epoch"]
 
 
+def test_mse_matches_the_teachers_outputs_as_features():
+    """loss="mse": the student's outputs move toward the teacher's (here the logits as
+    features); where they are equal (the teacher itself) nothing moves."""
+    _, g = _trained("mlp")
+    X, _ = _subset(400)
+    lossy = shrinkc.optimize(g, "prune-weights(sparsity=0.85)")
+
+    def mse(graph):
+        with torch.no_grad():
+            return float((forward(graph, [X])[0] - forward(g, [X])[0]).pow(2).mean())
+
+    opts = dict(epochs=3, lr=1e-2, batch_size=32, bn_stats=False, loss="mse", seed=0,
+                threads=1)
+    trained = shrinkc.recover(lossy, g, X, **opts)
+    assert mse(trained) < 0.5 * mse(lossy)
+    same = shrinkc.recover(g, g, X, **opts)  # zero loss, zero gradient: unchanged weights
+    for name, v in g.constants.items():
+        np.testing.assert_array_equal(same.constants[name].data, v.data, err_msg=name)
+    text = shrinkc.optimize(lossy, "recover(epochs=1, loss=mse, bn_stats=false)", teacher=g,
+                            calibration=[[X[i:i + 50]] for i in range(0, 400, 50)])
+    assert mse(text) < mse(lossy)
+
+
 def test_labels_alone_without_a_teacher():
     _, g = _trained("mlp")
     _, _, Xte, yte = _digits()
@@ -305,5 +328,7 @@ def test_bad_options_and_nothing_to_train():
         shrinkc.recover(g, g, (X, y), alpha=2.0)
     with pytest.raises(RecoverError, match="unknown optimizer"):
         shrinkc.recover(g, g, (X, y), optimizer="lbfgs")
+    with pytest.raises(RecoverError, match="unknown loss 'l1'"):
+        shrinkc.recover(g, g, (X, y), loss="l1")
     with pytest.raises(RecoverError, match="eval_data needs labels"):
         shrinkc.recover(g, g, (X, y), eval_data=X)
