@@ -22,7 +22,8 @@ stay pruned, shared weights keep their codebook). Typical use, a recipe in one p
   ``bn_samples``, ``shift`` (augmentation: images translated by up to that many pixels, the
   teacher run on each batch), ``world_size`` (data-parallel processes; under ``torchrun``
   the process group is used as it is), ``threads`` (torch threads while training, 1 by default so that
-  the result does not depend on the core count; none = as set).
+  the result does not depend on the core count; none = as set), ``loss`` (``kl``: the
+  softened logits; ``mse``: the outputs matched as features — hidden states, embeddings).
   The seed is drawn from the context's (per pass text, as for every pass).
 
 Stats: ``epochs``, ``steps``, ``samples``, ``labels`` (1 if labelled), ``distilled`` (1 if
