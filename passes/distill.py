@@ -84,12 +84,14 @@ __all__ = [
     "RecoverError",
     "RecoverResult",
     "TrainingData",
+    "deterministic",
     "distill",
     "evaluate",
     "forward",
     "recalibrate_bn",
     "recover",
     "runs_any_batch",
+    "torch_threads",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -423,7 +425,7 @@ def distill(graph: Graph, teacher: Any, data: Any, *, inplace: bool = False,
     if evals is not None and evals.labels is None:
         raise RecoverError("eval_data needs labels: (X, y)")
     t0 = time.perf_counter()
-    with _deterministic(cfg.seed), _threads(cfg.threads):
+    with deterministic(cfg.seed), torch_threads(cfg.threads):
         online = None  # the teacher runs on every (augmented) batch
         if train_data.teacher is None and teacher is not None and cfg.alpha > 0:
             if cfg.shift:
@@ -450,7 +452,8 @@ def distill(graph: Graph, teacher: Any, data: Any, *, inplace: bool = False,
 
 
 @contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
+def deterministic(seed: int) -> Iterator[None]:
+    """Seed a forked RNG and enforce deterministic algorithms; restore both afterwards."""
     previous = torch.are_deterministic_algorithms_enabled()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -462,7 +465,8 @@ def _deterministic(seed: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op thread count for the block (``None``: leave it)."""
     previous = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)
@@ -822,7 +826,7 @@ def _worker_main() -> int:
     torch.distributed.init_process_group("gloo")
     try:
         group = _Dist(torch.distributed.get_rank(), torch.distributed.get_world_size())
-        with _deterministic(cfg.seed), _threads(cfg.threads):
+        with deterministic(cfg.seed), torch_threads(cfg.threads):
             result = _train(graph, data, evals, cfg, group, show=False, teacher=teacher)
         if group.rank == 0:
             save(result.graph, d / "result.shrk")

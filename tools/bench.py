@@ -51,6 +51,12 @@ class Timing:
         return f"{self.median:.2f} ({self.percentile(10):.2f}–{self.percentile(90):.2f})"
 
 
+def speedup(base: Timing, t: Timing) -> str:
+    """``base``'s median over ``t``'s as ``"1.23×"`` (> 1: ``t`` is faster), ``"-"`` when
+    either has no runs: the speed-up cell of the benchmark tables."""
+    return f"{base.median / t.median:.2f}×" if base.runs_ms and t.runs_ms else "-"
+
+
 @dataclass
 class BenchRow:
     """One model's results."""
@@ -269,4 +275,4 @@ def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmu
     return rows, markdown(rows, threads=threads, warmup=warmup, repeat=repeat, target=resolved)
 
 
-__all__ = ["BACKENDS", "BenchRow", "Timing", "bench_model", "markdown", "run_bench"]
+__all__ = ["BACKENDS", "BenchRow", "Timing", "bench_model", "markdown", "run_bench", "speedup"]

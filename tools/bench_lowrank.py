@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Timing, set_threads
+from .bench import Timing, set_threads, speedup
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ def markdown(rows: list[LowRankRow], *, threads: int, repeat: int) -> str:
         b = base[r.model]
 
         def speed(k: str, r=r, b=b) -> str:
-            return f"{b.timings[k].median / r.timings[k].median:.2f}×" if r.timings[k].runs_ms \
-                else "-"
+            return speedup(b.timings[k], r.timings[k])
 
         t = {k: (v.fmt() if v.runs_ms else "-") for k, v in r.timings.items()}
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"

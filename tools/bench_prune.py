@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Timing
+from .bench import Timing, speedup
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,7 @@ def markdown(rows: list[PruneRow], *, threads: int, repeat: int) -> str:
         b = base[r.model]
 
         def speed(k: str, r=r, b=b) -> str:
-            return f"{b.timings[k].median / r.timings[k].median:.2f}×" if r.timings[k].runs_ms \
-                else "-"
+            return speedup(b.timings[k], r.timings[k])
 
         t = {k: (v.fmt() if v.runs_ms else "-") for k, v in r.timings.items()}
         acc = f"{100 * r.accuracy:.1f}%" if r.accuracy is not None else "-"

@@ -43,14 +43,13 @@ training runs on one thread by default; two runs give bit-identical weights.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from shrinkc.passes.distill import random_shift  # one augmentation for training and recovery
+# one augmentation, one seeding and one thread rule for training and recovery
+from shrinkc.passes.distill import deterministic, random_shift, torch_threads
 from shrinkc.tools import data, zoo
 
 __all__ = [
@@ -156,29 +156,6 @@ def evaluate(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 250) -> f
     return correct / len(y)
 
 
-@contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    """Seed a forked RNG and enforce deterministic algorithms; restore both afterwards."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(previous)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Set torch's intra-op thread count for the block (``None``: leave it)."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _cache_key(config: Mapping[str, Any]) -> str:
@@ -258,7 +235,7 @@ def train(
     key = _cache_key(config)
     path = weights_dir(cache_dir) / f"{model_name}-{dataset}-{key}.safetensors"
 
-    with _deterministic(seed):
+    with deterministic(seed):
         model = zoo.get_model(model_name, **kwargs)
     if use_cache and path.is_file():
         model.load_state_dict(load_file(path))
@@ -274,7 +251,7 @@ def train(
     X_test, y_test = data.load(dataset, "test", channels=image["channels"], size=image["size"])
     show = sys.stderr.isatty() if progress is None else progress
     start, cpu_start = time.perf_counter(), time.process_time()
-    with _deterministic(seed + 1), _threads(num_threads):
+    with deterministic(seed + 1), torch_threads(num_threads):
         fit = _fit(model, X, y, X_test, y_test, epochs, batch_size, lr, weight_decay, shift, seed,
                    desc=f"train {model_name}", progress=show)  # fmt: skip
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

@@ -31,3 +31,11 @@ def test_bench_command(capsys):
     assert "| lenet5 |" in out and "×" in out
     assert main(["bench", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_speedup_cell():
+    from shrinkc.tools.bench import Timing, speedup
+
+    assert speedup(Timing([2.0, 4.0, 3.0]), Timing([1.0, 1.5, 2.0])) == "2.00×"
+    assert speedup(Timing([1.0]), Timing([4.0])) == "0.25×"
+    assert speedup(Timing([1.0]), Timing()) == "-" and speedup(Timing(), Timing([1.0])) == "-"
