@@ -7,6 +7,7 @@ GraphModule.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from . import batch, ops
 from .graph import Graph, IRError
-from .types import to_torch_dtype
+from .types import FLOAT_DTYPES, dtype_from_torch, lossless_cast, to_torch_dtype
 
 
 def as_tensor(x, dtype: str | None = None) -> torch.Tensor:
@@ -67,7 +68,27 @@ def bind_inputs(graph: Graph, inputs) -> list[torch.Tensor]:
             raise IRError(f"graph {graph.name}: the batch inputs disagree on the batch: "
                           + ", ".join(f"%{w.name} has {tuple(x.shape)[0]}"
                                       for w, x in zip(graph.inputs, tensors) if id(w) in batched))
-    return [t.to(to_torch_dtype(v.dtype)) for v, t in zip(graph.inputs, tensors)]
+    return [_cast(graph, v, t) for v, t in zip(graph.inputs, tensors)]
+
+
+def _cast(graph: Graph, v, t: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``v``'s dtype: silently when lossless (``lossless_cast``: f16 -> f32, an
+    int image -> f32, ...); with a warning when values may round (f64 -> f32, i64 -> f32);
+    floats for an integer or bool input are refused (they would be truncated)."""
+    want = v.dtype
+    try:
+        have = dtype_from_torch(t.dtype)
+    except TypeError as e:
+        raise IRError(f"graph {graph.name}: input %{v.name} expects {v.type}: {e}") from None
+    if have == want:
+        return t
+    if have in FLOAT_DTYPES and want not in FLOAT_DTYPES:
+        raise IRError(f"graph {graph.name}: input %{v.name} expects {v.type}, got {have} "
+                      f"values: convert them first (they would be truncated)")
+    if not lossless_cast(have, want):
+        warnings.warn(f"graph {graph.name}: input %{v.name} is {have}, converted to {want} "
+                      f"(values may round)", RuntimeWarning, stacklevel=4)
+    return t.to(to_torch_dtype(want))
 
 
 def run(graph: Graph, inputs, *, params: Mapping[str, torch.Tensor] | None = None,

@@ -55,3 +55,25 @@ def test_inputs_by_name_numpy_and_errors(reference_graphs):
         run(g, [x, x])
     with pytest.raises(IRError, match="missing inputs"):
         run(g, {"nope": x})
+
+
+def test_input_dtypes_convert_only_when_safe_or_say_so(assert_close):
+    import warnings
+
+    import torch as _torch
+
+    import shrinkc
+
+    lin = shrinkc.trace(_torch.nn.Linear(4, 2), (_torch.randn(1, 4),))
+    emb = shrinkc.trace(_torch.nn.Embedding(10, 3), (_torch.tensor([[1, 2]]),))
+    x = _torch.randn(1, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # lossless: f16 -> f32, u8 -> f32, i32 -> i64
+        assert run(lin, [x.half()])[0].dtype == _torch.float32
+        run(lin, [_torch.ones(1, 4, dtype=_torch.uint8)])
+        run(emb, [_torch.tensor([[1, 2]], dtype=_torch.int32)])
+    with pytest.warns(RuntimeWarning, match=r"input %\w+ is f64, converted to f32"):
+        got = run(lin, [x.double()])
+    assert_close(got, run(lin, [x]))
+    with pytest.raises(IRError, match=r"expects i64\[1,2\], got f32 values: convert them first"):
+        run(emb, [_torch.tensor([[1.0, 2.0]])])
