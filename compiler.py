@@ -1,7 +1,7 @@
 """The ``compile`` API: model in, deployable ``CompiledModel`` out.
 
 ``compile(model_or_graph, example_inputs, passes=…, backend=…, target=…, tune_trials=…,
-tuning_db=…, calibration=…)`` brings the model into the IR (``trace`` for a
+tune_budget=…, tuning_db=…, calibration=…)`` brings the model into the IR (``trace`` for a
 ``torch.nn.Module``, ``load_onnx`` for an ONNX file, ``load`` for a ``.shrk`` file), runs the
 pass pipeline (``optimize``; skipped when ``passes`` is empty), compiles the result for one
 backend and measures its error against the original graph on the example inputs.
@@ -12,13 +12,18 @@ an ONNX Runtime session) and ``"torch"`` (``to_torch``). Each backend's runtime 
 implements the protocol of ``backends/runtime.py`` (run / save / load), which is all
 ``CompiledModel`` and ``load_compiled`` use. ``backend=None`` picks:
 
-1. TVM when a ``target`` or a tuning budget (``tune_trials > 0``) is given, or when the
+1. TVM when a ``target`` is given;
+2. by measurement when tuning was asked (``tune_trials > 0`` or ``tune_budget``) or the
    tuning database (``tuning_db``, else the default one for this host) already has tuned
-   schedules for every workload of the model;
-2. otherwise onnxruntime — untuned TVM is 10–90× slower than onnxruntime on CPU;
-3. torch when the onnxruntime backend (``shrinkc.backends.onnx``) is not installed.
+   schedules for every workload of the model: both tuned TVM and onnxruntime are built
+   and timed on the example inputs (``time_backends``: round-robin, medians), and the
+   faster is kept;
+3. otherwise onnxruntime — untuned TVM is 10–90× slower than onnxruntime on CPU;
+4. torch when the onnxruntime backend (``shrinkc.backends.onnx``) is not installed (then
+   tuned TVM is not measured against anything in 2).
 
-The report (``cm.report()``) says which backend it picked and why.
+The report (``cm.report()``) says which backend it picked and why (with both medians when
+it measured).
 
 Batch: a batch-polymorphic graph (``ir/batch.py``: every traced reference model) is first
 specialised to the example inputs' batch, so passes, the cost and the error check are at
@@ -39,6 +44,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import weakref
@@ -103,7 +109,9 @@ class CompileReport:
     error_note: str | None = None  # why the error was not measured
     threads: int | None = None
     tune_trials: int = 0
+    tune_budget: str | None = None  # the time budget asked for ("5m"), if any
     tuning: dict[str, Any] = field(default_factory=dict)
+    measured_ms: dict[str, float] = field(default_factory=dict)  # backend=None's measurement
     times: dict[str, float] = field(default_factory=dict)
     batch: str | None = None  # which batch sizes the compiled model takes, and why
 
@@ -140,7 +148,7 @@ class CompileReport:
             lines.append(f"batch      {self.batch}")
         if self.threads:
             lines.append(f"threads    {self.threads}")
-        if self.tune_trials or self.tuning:
+        if self.tune_trials or self.tune_budget or self.tuning:
             t = self.tuning
             lines.append("tuning     " + ", ".join(f"{k}={v}" for k, v in t.items()))
         times = ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in self.times.items())
@@ -623,13 +631,18 @@ def _error(ref: list[torch.Tensor], got: list[np.ndarray]) -> tuple[float, float
 
 
 def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
-                    times: dict[str, float]) -> tuple[str, str, Any]:
-    """(backend, reason, lowered Relax module or None) for ``backend=None``."""
+                    times: dict[str, float],
+                    tune_budget: str | float | None = None) -> tuple[str, str, Any]:
+    """(backend, reason, lowered Relax module or None) for ``backend=None``: "tvm" for a
+    target, tuning, or a covering database (``compile`` then measures tuned TVM against
+    onnxruntime when there is no target), else onnxruntime (torch without it)."""
     if target is not None:
         shown = target if isinstance(target, str) else json.dumps(dict(target))
         return "tvm", f"a target was given ({shown})", None
-    if tune_trials > 0:
-        return "tvm", f"a tuning budget was given (tune_trials={tune_trials})", None
+    if tune_trials > 0 or tune_budget is not None:
+        asked = [f"tune_trials={tune_trials}"] if tune_trials > 0 else []
+        asked += [f"tune_budget={tune_budget}"] if tune_budget is not None else []
+        return "tvm", f"a tuning budget was given ({', '.join(asked)})", None
     from .backends import tvm as btvm
 
     tt = btvm.tuning_module()
@@ -650,9 +663,7 @@ def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
             note = f"the tuning database {db} covers {covered}/{total} workloads"
         else:
             note = f"no tuning database at {db}"
-    try:
-        from .backends import onnx as _onnx  # noqa: F401
-    except ModuleNotFoundError:
+    if not _onnxruntime_installed():
         return "torch", (f"no target, tuning budget or covering tuning database ({note}); "
                          f"onnxruntime would be picked but shrinkc.backends.onnx is not "
                          f"installed"), None
@@ -663,6 +674,7 @@ def _choose_backend(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
 def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
             passes: str | Sequence[Any] | None = None, backend: str | None = None,
             target: str | Mapping[str, Any] | None = None, tune_trials: int = 0,
+            tune_budget: str | float | None = None,
             tuning_db: str | os.PathLike | None = None,
             calibration: Iterable[Any] | str | os.PathLike | None = None,
             keep_params: bool = False, check: bool = True, seed: int = 0,
@@ -679,7 +691,9 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
       ``aarch64``) or a TVM target dict; TVM only.
     - ``tune_trials``: the model's MetaSchedule budget (TVM; ``backends/tvm/tuning/``):
       trials already spent on the same workloads in the database count, so compiling again
-      with the same budget does no new trials; ``tuning_db``: its database directory
+      with the same budget does no new trials. ``tune_budget``: a time budget for tuning
+      (``"90s"``, ``"5m"``, ``"1h30m"`` or seconds), alone or with ``tune_trials`` (whichever
+      comes first). ``tuning_db``: its database directory
       (default: per target, in the user cache dir). Convolutions are tuned and built in NHWC
       with prepacked weights (``backends.tvm.prepare``).
     - ``keep_params``: TVM only — weights as function parameters saved beside the library
@@ -705,8 +719,17 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
                            f"(or None to pick)")
     if tune_trials < 0:
         raise CompileError(f"tune_trials must be >= 0, got {tune_trials}")
+    from .backends.tvm.budget import format_budget, parse_budget
+
+    try:
+        budget_s = parse_budget(tune_budget, "tune_budget")
+    except ValueError as e:
+        raise CompileError(str(e)) from None
+    budget_text = format_budget(budget_s) if budget_s is not None else None
     if backend in ("onnxruntime", "torch") and (target is not None or tune_trials):
         raise CompileError(f"target and tune_trials apply to the tvm backend, not {backend}")
+    if backend in ("onnxruntime", "torch") and budget_s is not None:
+        raise CompileError(f"tune_budget applies to the tvm backend, not {backend}")
     if keep_params and backend not in (None, "tvm"):
         raise CompileError(f"keep_params applies to the tvm backend, not {backend}")
 
@@ -744,9 +767,14 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
         log.info("%s: passes %s in %.2fs", model_name, pipeline, times["passes_s"])
 
     lowered = None
+    measure = False  # backend=None, tuned TVM against onnxruntime
     if backend is None:
         stage("choosing a backend")
-        backend, reason, lowered = _choose_backend(graph, target, tune_trials, tuning_db, times)
+        backend, reason, lowered = _choose_backend(graph, target, tune_trials, tuning_db, times,
+                                                   budget_text)
+        # keep_params asks for TVM's artifact (weights beside the library): no contest
+        measure = (backend == "tvm" and target is None and not keep_params
+                   and _onnxruntime_installed())
     else:
         reason = "requested"
     log.info("%s: backend %s (%s)", model_name, backend, reason)
@@ -754,10 +782,16 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     tuning: dict[str, Any] = {}
     resolved_target = None
     t0 = time.perf_counter()
+    measured: dict[str, float] = {}
     if backend == "tvm":
-        runner, resolved_target = _compile_tvm(graph, target, tune_trials, tuning_db,
+        runner, resolved_target = _compile_tvm(graph, target, tune_trials, budget_s, tuning_db,
                                                keep_params, lowered, times, tuning, stage,
                                                show_tuning=progress is not None)
+        if measure and runner.runs_here:
+            backend, runner, reason, measured = _measured_choice(
+                graph, runner, reason, inputs_t, input_note, times, stage)
+            if backend != "tvm":
+                resolved_target = None
     elif backend == "onnxruntime":
         stage("onnx export and session")
         runner = _onnxruntime_session(graph, host_threads())
@@ -786,7 +820,8 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
         params=cost.params, macs=cost.total.macs, param_bytes=cost.param_bytes,
         original_params=orig_cost.params, original_macs=orig_cost.total.macs,
         original_param_bytes=orig_cost.param_bytes, threads=runner.threads,
-        tune_trials=tune_trials, tuning=tuning, times=times, batch=batch_note)
+        tune_trials=tune_trials, tune_budget=budget_text, tuning=tuning,
+        measured_ms=measured, times=times, batch=batch_note)
     inputs = [(v.name, v.type) for v in graph.inputs]
     outputs = [(v.name, v.type) for v in graph.outputs]
     cm = CompiledModel(runner, inputs, outputs, report, graph,
@@ -825,8 +860,61 @@ def _at_example_batch(graph: Graph, inputs: list[torch.Tensor]) -> Graph:
     return ir_batch.specialize(graph, n, share_data=True)
 
 
-def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
-                 keep_params: bool, lowered: Any, times: dict[str, float],
+def _onnxruntime_installed() -> bool:
+    try:
+        from .backends import onnx as _onnx  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+def time_backends(runs: Mapping[str, Callable[[], Any]], *, rounds: int = 15, warmup: int = 2,
+                  max_seconds: float = 5.0) -> tuple[dict[str, float], int]:
+    """(median ms per candidate, rounds): every candidate warmed up, then timed round-robin
+    (one run of each per round, so load on the machine hits all alike), ``rounds`` rounds or
+    as many as fit in ``max_seconds`` (at least 3). ``compile``'s measured choice."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    runs_ms: dict[str, list[float]] = {name: [] for name in runs}
+    t_end = time.perf_counter() + max_seconds
+    done = 0
+    for done in range(1, rounds + 1):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            runs_ms[name].append((time.perf_counter() - t0) * 1e3)
+        if done >= 3 and time.perf_counter() > t_end:
+            break
+    return {name: statistics.median(v) for name, v in runs_ms.items()}, done
+
+
+def _measured_choice(graph: Graph, tvm_runner: Runtime, reason: str, inputs_t: list[Any],
+                     input_note: str, times: dict[str, float],
+                     stage: Callable[[str], None]) -> tuple[str, Runtime, str, dict[str, float]]:
+    """Tuned TVM against onnxruntime on the example inputs: (backend, runtime, reason,
+    medians) of the faster."""
+    stage("onnx export and session")
+    t0 = time.perf_counter()
+    ort = _onnxruntime_session(graph, host_threads())
+    times["onnxruntime_build_s"] = time.perf_counter() - t0
+    stage("timing tvm against onnxruntime")
+    arrays = [_to_numpy(x, v.type) for x, v in zip(inputs_t, graph.inputs)]
+    t0 = time.perf_counter()
+    medians, rounds = time_backends({"tvm": lambda: tvm_runner.run(arrays),
+                                     "onnxruntime": lambda: ort.run(arrays)})
+    times["measure_s"] = time.perf_counter() - t0
+    pick = "tvm" if medians["tvm"] <= medians["onnxruntime"] else "onnxruntime"
+    other = "onnxruntime" if pick == "tvm" else "tvm"
+    why = (f"measured on {input_note}, {pick} is faster: {pick} {medians[pick]:.3f} ms, "
+           f"{other} {medians[other]:.3f} ms (medians of {rounds} round-robin runs; "
+           f"tvm was a candidate because {reason})")
+    log.info("backend choice: %s", why)
+    return pick, (tvm_runner if pick == "tvm" else ort), why, medians
+
+
+def _compile_tvm(graph: Graph, target: Any, tune_trials: int, budget_s: float | None,
+                 tuning_db: Any, keep_params: bool, lowered: Any, times: dict[str, float],
                  tuning: dict[str, Any], stage: Callable[[str], None],
                  show_tuning: bool = False) -> tuple[Runtime, dict[str, Any]]:
     from .backends import tvm as btvm
@@ -838,10 +926,12 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
     tt = btvm.tuning_module()
     if imported:
         times["tvm_import_s"] = time.perf_counter() - t0
-    if tune_trials > 0 and tt is None:
+    tuning_asked = tune_trials > 0 or budget_s is not None
+    if tuning_asked and tt is None:
+        asked = f"tune_trials={tune_trials}" if tune_trials > 0 else "tune_budget"
         raise TuningUnavailableError(
-            f"tune_trials={tune_trials}: tuning is not available (MetaSchedule's xgboost cost "
-            f"model does not import); compile with tune_trials=0 for untuned TVM")
+            f"{asked}: tuning is not available (MetaSchedule's xgboost cost "
+            f"model does not import); compile without tuning for untuned TVM")
     stage("lower")
     t0 = time.perf_counter()
     if lowered is None or keep_params:
@@ -850,14 +940,21 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
     pipeline = None
     if tt is not None:
         db = Path(tuning_db) if tuning_db is not None else Path(tt.default_db_dir(tgt))
-        if tune_trials > 0:
-            stage(f"tune ({tune_trials} trials)")
+        if tuning_asked:
+            what = ", ".join(([f"{tune_trials} trials"] if tune_trials > 0 else [])
+                             + ([f"{tt.format_budget(budget_s)}"] if budget_s else []))
+            stage(f"tune ({what})")
             t0 = time.perf_counter()
-            result = tt.tune(lowered.mod, tgt, total_trials=tune_trials, db_dir=db,
-                             progress=show_tuning)
+            result = tt.tune(lowered.mod, tgt, total_trials=tune_trials or None,
+                             budget=budget_s, db_dir=db, progress=show_tuning)
             times["tune_s"] = time.perf_counter() - t0
             tuning.update(db=str(db), new_trials=result.new_trials,
-                          failures=result.failures, tasks=len(result.tasks))
+                          failures=result.failures, tasks=len(result.tasks),
+                          ended_by=result.ended_by)
+            if result.first_trial_s is not None:
+                tuning["first_trial_s"] = round(result.first_trial_s, 2)
+            if result.model_ms is not None:
+                tuning["model_estimate_ms"] = round(result.model_ms, 4)
         if (db / tt.DB_WORKLOAD_FILE).is_file():
             tuning.setdefault("db", str(db))
 
@@ -876,4 +973,4 @@ def _compile_tvm(graph: Graph, target: Any, tune_trials: int, tuning_db: Any,
 
 
 __all__ = ["BACKENDS", "CompileError", "CompileReport", "CompiledModel", "TuningUnavailableError",
-           "compile", "load_compiled"]
+           "compile", "load_compiled", "time_backends"]

@@ -220,6 +220,19 @@ def test_a_tuning_budget_picks_tvm(reference_graphs):
     g = reference_graphs("lenet_300_100")[2]
     backend, reason, _ = _choose_backend(g, None, 64, None, {})
     assert (backend, reason) == ("tvm", "a tuning budget was given (tune_trials=64)")
+    backend, reason, _ = _choose_backend(g, None, 0, None, {}, "5m")
+    assert (backend, reason) == ("tvm", "a tuning budget was given (tune_budget=5m)")
+    _, reason, _ = _choose_backend(g, None, 8, None, {}, "1m30s")
+    assert reason == "a tuning budget was given (tune_trials=8, tune_budget=1m30s)"
+
+
+def _fake_timer(medians, calls):
+    """A ``time_backends`` that runs every candidate once and reports fixed medians."""
+    def time_backends(runs, **_):
+        for name, fn in runs.items():
+            calls.append((name, fn()))
+        return dict(medians), 7
+    return time_backends
 
 
 def test_a_covering_tuning_database_picks_tvm(tmp_path, monkeypatch, reference_graphs):
@@ -234,12 +247,62 @@ def test_a_covering_tuning_database_picks_tvm(tmp_path, monkeypatch, reference_g
     assert cm.backend == "onnxruntime"
     assert f"covers 0/{total} workloads" in cm.report().reason
     monkeypatch.setattr(btvm, "database_coverage", lambda lowered, target, db: (total, total))
+    calls = []
+    monkeypatch.setattr(shrinkc.compiler, "time_backends",
+                        _fake_timer({"tvm": 1.25, "onnxruntime": 2.5}, calls))
     cm = shrinkc.compile(g, x, tuning_db=tmp_path)
     assert cm.backend == "tvm"
-    assert cm.report().reason == (f"the tuning database {tmp_path} covers all {total} "
-                                  f"workloads of the model")
+    assert cm.report().reason.endswith(f"tvm was a candidate because the tuning database "
+                                       f"{tmp_path} covers all {total} workloads of the model)")
     assert cm.report().tuning["db"] == str(tmp_path)
     assert_close(cm(x).numpy(), _want(g, x), depth=g)
+
+
+@pytest.mark.parametrize("medians, pick", [({"tvm": 1.25, "onnxruntime": 2.5}, "tvm"),
+                                           ({"tvm": 3.0, "onnxruntime": 0.75}, "onnxruntime")])
+def test_a_covering_database_makes_the_choice_by_measurement(medians, pick, tmp_path,
+                                                             monkeypatch, reference_graphs):
+    """Tuned TVM and onnxruntime are both built and run on the example inputs; the faster
+    (by the timer's medians, faked here: no clock in the test) is kept, and the report names
+    both medians."""
+    _, x, g = reference_graphs("lenet_300_100")
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        (tmp_path / f).write_text("")
+    monkeypatch.setattr(btvm, "database_coverage", lambda lowered, target, db: (3, 3))
+    calls = []
+    monkeypatch.setattr(shrinkc.compiler, "time_backends", _fake_timer(medians, calls))
+    cm = shrinkc.compile(g, x, tuning_db=tmp_path)
+    r = cm.report()
+    other = "onnxruntime" if pick == "tvm" else "tvm"
+    assert cm.backend == pick and r.measured_ms == medians
+    assert r.reason.startswith(
+        f"measured on the example inputs, {pick} is faster: {pick} {medians[pick]:.3f} ms, "
+        f"{other} {medians[other]:.3f} ms (medians of 7 round-robin runs; tvm was a "
+        f"candidate because the tuning database {tmp_path} covers all 3 workloads")
+    assert f"backend    {pick}: measured" in str(r)
+    # both candidates ran on the example inputs and agree with the original graph
+    assert [name for name, _ in calls] == ["tvm", "onnxruntime"]
+    for _, outs in calls:
+        assert_close(outs[0], _want(g, x), depth=g)
+    assert_close(cm(x).numpy(), _want(g, x), depth=g)
+    assert (r.target is not None) == (pick == "tvm")
+
+
+def test_no_measurement_when_a_target_is_given(monkeypatch, reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    monkeypatch.setattr(shrinkc.compiler, "time_backends", lambda *a, **k: pytest.fail("timed"))
+    cm = shrinkc.compile(g, x, target="host")
+    assert cm.backend == "tvm" and cm.report().measured_ms == {}
+
+
+def test_time_backends_gives_medians_of_round_robin_runs():
+    order = []
+    medians, rounds = shrinkc.compiler.time_backends(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=4, warmup=1,
+        max_seconds=60.0)
+    assert rounds == 4 and set(medians) == {"a", "b"}
+    assert all(m >= 0 for m in medians.values())
+    assert order == ["a", "b"] + ["a", "b"] * 4  # warm-ups, then one of each per round
 
 
 # ---------------------------------------------------------------------------- errors
@@ -280,6 +343,9 @@ def test_tuning_without_the_tuning_module(monkeypatch, reference_graphs):
     ({"backend": "onnxruntime", "target": "host"}, "apply to the tvm backend, not onnxruntime"),
     ({"backend": "torch", "tune_trials": 4}, "apply to the tvm backend, not torch"),
     ({"tune_trials": -1}, "tune_trials must be >= 0"),
+    ({"tune_budget": "soon"}, "tune_budget 'soon': expected a duration such as 90s, 5m"),
+    ({"tune_budget": 0}, "tune_budget 0: a time budget must be a positive number"),
+    ({"backend": "torch", "tune_budget": "5m"}, "tune_budget applies to the tvm backend"),
 ])
 def test_bad_arguments(kwargs, words, reference_graphs):
     _, x, g = reference_graphs("lenet5")
@@ -302,16 +368,19 @@ def test_tuned_compile_records_and_reuses_the_database(tmp_path, reference_graph
     _, x, g = reference_graphs("lenet_300_100")
     cm = shrinkc.compile(g, x, tune_trials=2, tuning_db=tmp_path)
     r = cm.report()
-    assert cm.backend == "tvm" and "tune_trials=2" in r.reason
+    # tuned TVM was measured against onnxruntime; either may be faster after 2 trials
+    assert "tune_trials=2" in r.reason and set(r.measured_ms) == {"tvm", "onnxruntime"}
+    assert cm.backend == min(r.measured_ms, key=r.measured_ms.get)
     assert r.tuning["new_trials"] == 2 and r.tuning["failures"] == 0
+    assert r.tuning["ended_by"] == "trials" and r.tuning["first_trial_s"] > 0
     assert r.tuning["db"] == str(tmp_path) and r.times["tune_s"] > 0
     assert_close(cm(x).numpy(), _want(g, x), depth=g)
     lowered = btvm.lower(g)
     covered, total = btvm.database_coverage(lowered, btvm.resolve_target(None), tmp_path)
     assert 1 <= covered <= total
     again = shrinkc.compile(g, x, tuning_db=tmp_path)
-    want = "tvm" if covered == total else "onnxruntime"
-    assert again.backend == want and f"{tmp_path}" in again.report().reason
+    assert f"{tmp_path}" in again.report().reason
+    assert bool(again.report().measured_ms) == (covered == total)
 
 
 def test_compile_quantizes_with_calibration_from_a_file(tmp_path, reference_graphs):

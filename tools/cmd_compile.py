@@ -1,4 +1,5 @@
-"""``shrinkc compile MODEL [--passes P] [--backend B] [--target T] [--tune-trials N] -o DIR``:
+"""``shrinkc compile MODEL [--passes P] [--backend B] [--target T] [--tune-trials N]
+[--tune-budget 5m] -o DIR``:
 compile a model into a deployable directory that ``shrinkc.load_compiled(DIR)`` loads.
 
 The model goes through the pass pipeline (if any), is compiled for the backend and checked
@@ -7,8 +8,10 @@ pipeline, params, MACs, size, error, compile/tune times) is printed.
 
 Backends: ``tvm`` (a target: preset ``host``, ``x86-avx2``, ``x86-avx512``, ``aarch64``, or
 a TVM target dict as JSON), ``onnxruntime``, ``torch``. Without ``--backend`` shrinkc picks
-TVM when ``--target`` or ``--tune-trials`` is given or the tuning database already covers the
-model, else onnxruntime (untuned TVM is 10-90x slower on CPU).
+TVM when ``--target`` is given; when tuning is asked (``--tune-trials``, ``--tune-budget``) or
+the tuning database already covers the model, it builds tuned TVM and onnxruntime, times
+both on the check input and keeps the faster (the report names both medians); else
+onnxruntime (untuned TVM is 10-90x slower on CPU).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def add_parser(sub) -> None:
                    help=TARGET_HELP)
     p.add_argument("--tune-trials", type=int, default=0, metavar="N",
                    help="MetaSchedule trials (TVM; default 0 = untuned, or the database's)")
+    p.add_argument("--tune-budget", metavar="TIME",
+                   help="time budget for tuning: 90s, 5m, 1h, 1h30m (TVM; with --tune-trials: "
+                        "whichever comes first)")
     p.add_argument("--tuning-db", metavar="DIR", help="tuning database directory")
     p.add_argument("--keep-params", action="store_true",
                    help="TVM: weights beside the library (params.safetensors), not inside it")
@@ -64,6 +70,9 @@ def run(args) -> int:
         check_output_dir(args.output, "-o")
     if args.tune_trials < 0:
         raise ValueError(f"--tune-trials {args.tune_trials}: must be >= 0")
+    from ..backends.tvm.budget import parse_budget
+
+    budget_s = parse_budget(args.tune_budget, "--tune-budget")
     target = parse_target(args.target)
     from .progress import Status
 
@@ -74,7 +83,7 @@ def run(args) -> int:
                                         args.calibration_batch_size)
                        if args.calibration else None)
         cm = shrinkc.compile(graph, None, passes=args.passes or None, backend=args.backend,
-                             target=target, tune_trials=args.tune_trials,
+                             target=target, tune_trials=args.tune_trials, tune_budget=budget_s,
                              tuning_db=args.tuning_db, keep_params=args.keep_params,
                              seed=args.seed, calibration=calibration,
                              progress=status if status.bar is not None else None)

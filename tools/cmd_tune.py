@@ -1,5 +1,6 @@
-"""``shrinkc tune MODEL [--passes P] [--target T] [--trials N] [--tuning-db DIR]``: tune a
-model's TVM workloads ahead of time with MetaSchedule, into the persistent tuning database.
+"""``shrinkc tune MODEL [--passes P] [--target T] [--trials N] [--budget 5m] [--tuning-db DIR]``:
+tune a model's TVM workloads ahead of time with MetaSchedule, into the persistent tuning
+database.
 
 A later ``shrinkc compile MODEL --backend tvm`` with the same ``--passes``, ``--input-shape``
 and ``--target`` (and ``--tuning-db``, if one was given here) applies the database without new
@@ -9,6 +10,13 @@ earlier runs count against it (``--trials 1000`` after ``--trials 600`` does 400
 MetaSchedule's gradient-based scheduler gives each task one round, then spends the budget
 where the latency is. With ``--max-trials-per-task N`` the budget is instead this run's, spread
 evenly, each task capped at N measurements over the database's history.
+
+``--budget 5m`` (90s, 5m, 1h, 1h30m) is a time budget, counted from the start: no new
+candidates after it, the batches in flight finish. Alone it tunes for that long; with
+``--trials`` the first of the two ends the run. The progress bar shows the model's latency
+estimate (sum over tasks of weight x best latency) and the time left; the summary says what
+ended the run, when the first trial was measured, and the run's timeline file
+(``shrinkc_tuning.log`` beside MetaSchedule's logs).
 
 Convolutions are tuned in NHWC with weight prepacking (MetaSchedule picks each weight
 layout, folded into the constants when compiling), as ``shrinkc compile`` builds them.
@@ -39,8 +47,11 @@ def add_parser(sub) -> None:
                    help="pass pipeline run before tuning (use the same one to compile)")
     p.add_argument("-t", "--target", metavar="TARGET",
                    help=TARGET_HELP)
-    p.add_argument("-n", "--trials", type=int, default=64, metavar="N",
-                   help="MetaSchedule trials for this model, counting earlier runs' (default 64)")
+    p.add_argument("-n", "--trials", type=int, metavar="N",
+                   help="MetaSchedule trials for this model, counting earlier runs' (default 64, "
+                        "none with --budget alone)")
+    p.add_argument("--budget", metavar="TIME",
+                   help="time budget: 90s, 5m, 1h, 1h30m (with --trials: whichever comes first)")
     p.add_argument("--max-trials-per-task", type=int, metavar="N",
                    help="instead: N new trials for this run, each task capped at N over the "
                         "database's history")
@@ -87,8 +98,14 @@ def _rpc_config(args):
     return cfg
 
 
-def _check_args(args) -> None:
-    if args.trials < 0:
+def _check_args(args) -> float | None:
+    """Checks the options (before the slow imports); returns the time budget in seconds."""
+    from ..backends.tvm.budget import parse_budget
+
+    budget_s = parse_budget(args.budget, "--budget")
+    if args.trials is None and budget_s is None:
+        args.trials = 64
+    if args.trials is not None and args.trials < 0:
         raise ValueError(f"--trials {args.trials}: must be >= 0")
     if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
         raise ValueError(f"--max-trials-per-task {args.max_trials_per_task}: must be >= 1")
@@ -98,10 +115,11 @@ def _check_args(args) -> None:
         raise ValueError("--rpc-tracker and --rpc-key go together")
     if args.rpc_tracker:
         parse_tracker(args.rpc_tracker)
+    return budget_s
 
 
 def run(args) -> int:
-    _check_args(args)  # before the (slow) TVM import and model load
+    budget_s = _check_args(args)  # before the (slow) TVM import and model load
     target = parse_target(args.target)
 
     from ..backends import tvm as btvm
@@ -123,7 +141,7 @@ def run(args) -> int:
     from pathlib import Path
 
     db = Path(args.tuning_db) if args.tuning_db else Path(tt.default_db_dir(tgt))
-    result = tt.tune(lowered.mod, tgt, total_trials=args.trials,
+    result = tt.tune(lowered.mod, tgt, total_trials=args.trials, budget=budget_s,
                      max_trials_per_task=args.max_trials_per_task, db_dir=db,
                      progress=not args.no_progress and progress_enabled(
                          getattr(args, "quiet", False)), runner=runner,
@@ -134,18 +152,30 @@ def run(args) -> int:
             "model": args.model, "target": str(result.target), "db": str(result.db_dir),
             "new_trials": result.new_trials, "build_errors": result.build_errors,
             "run_errors": result.run_errors, "seconds": round(result.seconds, 2),
+            "ended_by": result.ended_by, "budget_s": result.budget_s,
+            "first_trial_s": result.first_trial_s, "model_estimate_ms": result.model_ms,
+            "timeline": result.timeline,
             "tasks": [t.__dict__ if hasattr(t, "__dict__") else str(t) for t in result.tasks],
             "database": summary}, indent=1, default=str))
         return 0
     print(result.table())
     tuned = sum(1 for t in result.tasks if t.new_trials)
     print(f"\nnew trials {result.new_trials} on {tuned}/{len(result.tasks)} tasks in "
-          f"{result.seconds:.1f} s; failures: {result.build_errors} build, "
-          f"{result.run_errors} run")
+          f"{result.seconds:.1f} s (ended by {result.ended_by}); failures: "
+          f"{result.build_errors} build, {result.run_errors} run")
+    if result.first_trial_s is not None:
+        print(f"first trial measured {result.first_trial_s:.1f} s after the start")
+    est = result.model_ms
+    missing = sum(t.best_ms is None for t in result.tasks)
+    print("model      " + (f"≈ {est:.3f} ms estimated (sum over tasks of weight x best)"
+                           if est is not None else
+                           f"estimate unknown: {missing} of {len(result.tasks)} tasks unmeasured"))
     print(f"database   {result.db_dir}: {summary['workloads']} workloads, {summary['records']} "
           f"records ({summary['valid']} valid)")
     if result.log_dir:
         print(f"logs       {result.log_dir}")
+    if result.timeline:
+        print(f"timeline   {result.timeline}")
     if result.failures and result.error_samples:
         print(f"first error: {result.error_samples[0].strip().splitlines()[-1]}")
     hint = f" --tuning-db {args.tuning_db}" if args.tuning_db else ""

@@ -3,6 +3,7 @@ optionally MetaSchedule-tuned.
 
 The package, one concept per module::
 
+    budget.py     time budgets for tuning (parse_budget: 90s, 5m, 1h30m)
     errors.py     TVMBackendError, TargetError, LoweringError, StaticShapeError
     imports.py    importing TVM lazily, and MetaSchedule / TVMScript quickly
     targets.py    the one target system: presets, host detection, resolve_target, the
@@ -30,6 +31,7 @@ import importlib
 import importlib.util
 from typing import Any
 
+from .budget import format_budget, parse_budget
 from .errors import LoweringError, StaticShapeError, TargetError, TVMBackendError
 from .imports import import_tvm
 from .targets import (
@@ -95,6 +97,7 @@ def database_coverage(lowered: Any, target: Any, db_dir: Any) -> tuple[int, int]
 
 __all__ = [
     "INT8_ISAS", "int8_isa",
+    "format_budget", "parse_budget",
     "CONV_LAYOUTS",
     "DEFAULT_CONV_LAYOUT",
     "DTYPE_TO_TVM",

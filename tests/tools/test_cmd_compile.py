@@ -69,6 +69,8 @@ def test_target_as_json_dict(capsys):
     (["--target", "x86-avx3"], "unknown target preset 'x86-avx3'; presets: host"),
     (["--target", "{nope"], "is not valid JSON"),
     (["--backend", "torch", "--tune-trials", "3"], "apply to the tvm backend, not torch"),
+    (["--tune-budget", "soon"], "--tune-budget 'soon': expected a duration such as 90s, 5m"),
+    (["--backend", "torch", "--tune-budget", "5m"], "tune_budget applies to the tvm backend"),
     (["--passes", "no-such-pass"], "no-such-pass"),
 ])
 def test_errors_are_one_line(capsys, args, words):

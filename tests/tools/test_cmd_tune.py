@@ -49,6 +49,18 @@ def test_tune_writes_records_and_the_second_run_reuses_them(capsys, tmp_path):
     assert str(db) in json.dumps(report)
 
 
+@pytest.mark.slow
+def test_a_time_budget_alone_tunes_until_it_is_up(capsys, tmp_path):
+    db = tmp_path / "db"
+    assert main(["tune", "zoo:lenet_300_100", "--budget", "40s", "--population", "8",
+                 "--tuning-db", str(db), "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ended_by"] == "time budget" and out["budget_s"] == 40
+    assert out["new_trials"] >= 1 and out["first_trial_s"] is not None
+    assert out["model_estimate_ms"] is None or out["model_estimate_ms"] > 0
+    assert "first measured trial" in open(out["timeline"]).read()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--target", "nosuch"], "unknown target preset 'nosuch'"),
     (["--target", "{bad json"], "is not valid JSON"),
@@ -57,6 +69,9 @@ def test_tune_writes_records_and_the_second_run_reuses_them(capsys, tmp_path):
     (["--rpc-tracker", "127.0.0.1:9190"], "--rpc-tracker and --rpc-key go together"),
     (["--trials", "-1"], "--trials -1: must be >= 0"),
     (["--max-trials-per-task", "0"], "must be >= 1"),
+    (["--budget", "5"], "--budget '5': expected a duration such as 90s, 5m, 1h or 1h30m"),
+    (["--budget", "1.5h"], "--budget '1.5h': expected a duration"),
+    (["--budget", "0m", "--trials", "8"], "--budget '0m': a time budget must be longer than 0 s"),
 ])
 def test_bad_arguments_are_one_line_errors(capsys, tmp_path, argv, message):
     assert main(["tune", "zoo:lenet_300_100", "--tuning-db", str(tmp_path / "db"),

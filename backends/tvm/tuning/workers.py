@@ -1,4 +1,4 @@
-"""Build and measure workers for MetaSchedule: torch-free, pre-imported, kept for a session.
+"""Build and measure workers for MetaSchedule: torch-free, pre-imported, kept for the process.
 
 Why the builder is replaced: TVM's stock ``LocalBuilder`` starts a fresh
 ``PopenPoolExecutor`` for *every* batch of candidates, and its ``default_build`` runs
@@ -16,14 +16,17 @@ optional ``import torch`` raise ImportError, so its torch integration is skipped
 memoises ``inspect.getmodule`` for frame lookups while importing
 ``tvm.s_tir.tensor_intrin``, and (3) does all imports *before* serving, i.e. outside any
 timeout. Worker start to "ready to build", CPU seconds (2-core Xeon): stock 103 s (44 s
-without torch, 10.6 s with torch but memoised inspect); ours 8.7 s. The pool is kept for the
-whole tuning session (workers are recycled after ``max_worker_uses`` builds because of the
-leak the stock builder works around). The main process imports ``tvm.s_tir.tensor_intrin``
-(which ``TuneContext`` needs) with the same ``inspect`` memoisation.
+without torch, 10.6 s with torch but memoised inspect); ours 8.7 s. The pools are kept for
+the process (``session_pool``; workers are recycled after ``max_worker_uses`` builds because
+of the leak the stock builder works around): a second ``tune`` in the same process measures
+at once. ``tune`` boots them (``prestart``) in the background while it extracts the tasks.
+The main process imports ``tvm.s_tir.tensor_intrin`` (which ``TuneContext`` needs) with the
+same ``inspect`` memoisation.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -31,7 +34,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from typing import Any
 
 from ..imports import fast_tvm_imports, memoised_getmodule
 
@@ -149,6 +154,104 @@ def measure_worker_start(fast: bool = True) -> float:
     return dt
 
 
+# Worker pools kept for the process: a second tuning call (or compile) starts measuring at
+# once instead of booting workers again. Keyed by what a pool's workers are started with.
+_POOLS: dict[tuple, Any] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def session_pool(max_workers: int, timeout_sec: float, max_worker_uses: int | None,
+                 env: dict[str, str] | None = None, quiet: bool = False) -> Any:
+    """The process's pool of fast workers for this configuration (created on first use,
+    kept warm across tuning calls, shut down at exit or by ``shutdown_pools``)."""
+    key = (max_workers, float(timeout_sec), max_worker_uses, tuple(sorted((env or {}).items())),
+           quiet)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            _, fast_pool = fast_pool_classes()
+            pool = fast_pool(max_workers=max_workers, timeout=timeout_sec,
+                             maximum_process_uses=max_worker_uses, env=env,
+                             stderr=subprocess.DEVNULL if quiet else None)
+            pool.shrinkc_warm = threading.Event()
+            pool.shrinkc_workers = max_workers
+            _POOLS[key] = pool
+        return pool
+
+
+def builder_pool(max_workers: int, timeout_sec: float, max_worker_uses: int | None) -> Any:
+    """The process's pool of build workers for this configuration (``PersistentBuilder``'s)."""
+    return session_pool(max_workers, timeout_sec, max_worker_uses)
+
+
+def runner_pool(timeout_sec: float, max_worker_uses: int | None,
+                threads: int | None = None) -> Any:
+    """The process's measuring worker (``FastLocalRunner``'s): one, silent, measuring with
+    ``threads`` threads (the compiled model's; TVM's pool otherwise takes half the cores on
+    x86, assuming SMT; ``TVM_NUM_THREADS`` in the environment wins)."""
+    return session_pool(1, timeout_sec, max_worker_uses, quiet=True,
+                        env={"TVM_NUM_THREADS": str(threads)} if threads else None)
+
+
+def prestart(pool: Any, on_ready: Callable[[bool], None] | None = None) -> None:
+    """Boot all of ``pool``'s workers now, in the background (each pre-imports TVM for a few
+    CPU-seconds), so that they are ready by the time the first candidates are; sets
+    ``pool.shrinkc_warm`` when they are. ``on_ready(already)`` is called then (at once,
+    with ``already=True``, when the pool is warm from an earlier call)."""
+    def boot() -> None:
+        # one task per worker: each blocks until its worker has booted, so the pool's
+        # threads (one worker each) all start; os.getpid says which worker answered
+        futures = [pool.submit(os.getpid) for _ in range(pool.shrinkc_workers)]
+        for f in futures:
+            try:
+                f.result()
+            except Exception as exc:  # pylint: disable=broad-except
+                logger.debug("worker prestart: %s", exc)
+        pool.shrinkc_warm.set()
+        if on_ready is not None:
+            on_ready(False)
+
+    with _POOLS_LOCK:
+        if pool.shrinkc_warm.is_set() or getattr(pool, "shrinkc_booting", False):
+            warm = pool.shrinkc_warm.is_set()
+            booting = not warm
+        else:
+            warm = booting = False
+            pool.shrinkc_booting = True
+    if warm:
+        if on_ready is not None:
+            on_ready(True)
+        return
+    if booting:  # an earlier call is booting it: its thread sets the event
+        return
+    threading.Thread(target=boot, name="shrinkc-worker-prestart", daemon=True).start()
+
+
+def worker_pids(pool: Any) -> set[int]:
+    """Process ids of ``pool``'s running workers (to see that a kept pool was reused)."""
+    pids = set()
+    for w in list(getattr(pool, "_worker_map", {}).values()):
+        proc = getattr(w, "_proc", None)
+        if proc is not None and proc.poll() is None:
+            pids.add(proc.pid)
+    return pids
+
+
+def shutdown_pools() -> None:
+    """Stop every kept worker pool (at exit; or to free their memory)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        try:
+            pool.shutdown()
+        except Exception:  # pylint: disable=broad-except  # noqa: S110
+            pass
+
+
+atexit.register(shutdown_pools)
+
+
 @functools.cache
 def ms_classes() -> dict[str, type]:
     """``PersistentBuilder`` and ``FastLocalRunner`` (MetaSchedule objects, defined lazily:
@@ -163,22 +266,19 @@ def ms_classes() -> dict[str, type]:
     from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
 
     # pylint: enable=import-outside-toplevel
-    _, fast_pool = fast_pool_classes()
 
     @derived_object
     class PersistentBuilder(PyBuilder):
-        """LocalBuilder semantics (TVM's default_build / default_export), but one pool of
-        pre-imported, torch-free workers for the whole session."""
+        """LocalBuilder semantics (TVM's default_build / default_export) on a pool of
+        pre-imported, torch-free workers (``session_pool``: kept for the process)."""
 
-        def __init__(self, max_workers: int, timeout_sec: float, max_worker_uses: int | None):
+        def __init__(self, max_workers: int, timeout_sec: float, max_worker_uses: int | None,
+                     on_built: Callable[[int, int], None] | None = None):
             super().__init__()
             self.max_workers = max_workers
             self.timeout_sec = timeout_sec
-            self.pool = fast_pool(
-                max_workers=max_workers,
-                timeout=timeout_sec,
-                maximum_process_uses=max_worker_uses,
-            )
+            self.pool = builder_pool(max_workers, timeout_sec, max_worker_uses)
+            self.on_built = on_built  # (built, failed) after each batch
 
         def build(self, build_inputs):
             futures = [
@@ -206,29 +306,28 @@ def ms_classes() -> dict[str, type]:
                     results.append(
                         BuilderResult(None, "LocalBuilder: An exception occurred\n" + str(exc))
                     )
+            if self.on_built is not None:
+                failed = sum(r.error_msg is not None for r in results)
+                self.on_built(len(results) - failed, failed)
             return results
 
         def shutdown(self):
-            self.pool.shutdown()
+            """Nothing: the pool is the process's (``shutdown_pools``)."""
 
     @derived_object
     class FastLocalRunner(PyRunner):
         """LocalRunner semantics (one measuring worker), torch-free pre-imported worker."""
 
         def __init__(self, timeout_sec: float, evaluator_config, max_worker_uses: int | None,
-                     threads: int | None = None):
+                     threads: int | None = None,
+                     on_measured: Callable[[bool, float | None], None] | None = None):
             super().__init__()
             self.timeout_sec = timeout_sec
             self.evaluator_config = evaluator_config
-            # Measure with the thread count the compiled model will run with (TVM's pool
-            # otherwise takes half the cores on x86, assuming SMT); TVM_NUM_THREADS wins.
-            self.pool = fast_pool(
-                max_workers=1,
-                timeout=timeout_sec,
-                maximum_process_uses=max_worker_uses,
-                stderr=subprocess.DEVNULL,
-                env={"TVM_NUM_THREADS": str(threads)} if threads else None,
-            )
+            # (ok, mean seconds or None) after each candidate's measurement
+            self.on_measured = on_measured
+            # measures with the thread count the compiled model will run with
+            self.pool = runner_pool(timeout_sec, max_worker_uses, threads)
 
         def run(self, runner_inputs) -> list:
             results = []
@@ -252,13 +351,17 @@ def ms_classes() -> dict[str, type]:
                 except Exception as exc:  # pylint: disable=broad-except
                     res, err = None, "LocalRunner: An exception occurred\n" + str(exc)
                 results.append(LocalRunnerFuture(res=res, error_message=err))
+                if self.on_measured is not None:
+                    secs = [float(c) for c in res] if err is None and res else []
+                    self.on_measured(err is None, sum(secs) / len(secs) if secs else None)
             return results
 
         def shutdown(self):
-            self.pool.shutdown()
+            """Nothing: the pool is the process's (``shutdown_pools``)."""
 
     return {"PersistentBuilder": PersistentBuilder, "FastLocalRunner": FastLocalRunner}
 
 
-__all__ = ["fast_pool_classes", "fast_tvm_imports", "measure_worker_start", "memoised_getmodule",
-           "ms_classes"]
+__all__ = ["builder_pool", "fast_pool_classes", "fast_tvm_imports", "measure_worker_start",
+           "memoised_getmodule", "ms_classes", "prestart", "runner_pool", "session_pool",
+           "shutdown_pools", "worker_pids"]

@@ -6,6 +6,7 @@ handful of trials; one tuning run is shared by several tests (module-scoped fixt
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -196,6 +197,111 @@ def test_second_tune_does_zero_new_trials(tuned):
     assert {t.status for t in again.tasks} == {"skipped"}
     assert [t.trials_before for t in again.tasks] == [t.new_trials for t in first.tasks]
     assert tt.database_summary(db_dir) == before
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+def test_model_estimate_is_the_weighted_sum_of_the_best_latencies():
+    prog = tt.TuningProgress(0.0, ["conv", "add", "dense"], [2.0, 1.0, 3.0],
+                             [1e-3, None, 2e-3])  # fmt: skip
+    ms_, unknown = prog.model_ms()
+    assert ms_ == pytest.approx(2 * 1.0 + 3 * 2.0) and unknown == 1
+    assert prog.estimate_text() == "model ≈ 8.000 ms (+1 tasks unmeasured)"
+    # a batch of "add" measured: its best is the fastest of the batch; a slower "conv"
+    # candidate changes nothing
+    prog.measured(1, [0.5e-3, 0.4e-3], n=2, fails=0)
+    prog.measured(0, [3e-3], n=1, fails=0)
+    assert prog.model_ms() == (pytest.approx(8.4), 0)
+    assert prog.estimate_text() == "model ≈ 8.400 ms"
+    # a measurement from the local runner counts for the task whose batch is running
+    assert prog.index_of("dense") == 2 and prog.index_of("nosuch") is None
+    prog.current = prog.index_of("dense")
+    prog.candidate_measured(True, 1e-3)
+    prog.candidate_measured(False, None)
+    assert prog.model_ms() == (pytest.approx(2 * 1.0 + 0.4 + 3 * 1.0), 0)
+    assert tt.estimate_ms([1.0, 4.0], [None, None]) == (0.0, 2)
+
+
+def test_time_is_up_once_the_deadline_has_passed(tmp_path):
+    t0 = time.perf_counter()
+    prog = tt.TuningProgress(t0, deadline=None)
+    assert not prog.time_is_up()
+    prog = tt.TuningProgress(t0, deadline=t0 - 1.0)  # already passed: no clock race
+    prog.set_log_file(tmp_path / tt.TIMELINE_FILE)
+    assert prog.time_is_up() and prog.time_is_up() and prog.timed_out
+    lines = (tmp_path / tt.TIMELINE_FILE).read_text().splitlines()
+    assert len(lines) == 1 and "time budget reached" in lines[0]  # said once
+    prog.close()
+    prog.event("after the end")
+    assert len((tmp_path / tt.TIMELINE_FILE).read_text().splitlines()) == 1
+
+
+def test_the_timeline_has_the_first_measured_trial(tuned):
+    res = tuned[4]
+    assert res.ended_by in ("trials", "search space")  # the reshape task has few candidates
+    assert res.timeline == res.log_dir / tt.TIMELINE_FILE and res.timeline.is_file()
+    text = res.timeline.read_text()
+    for event in ("tasks extracted: 3 tasks, 3 to tune", "build worker(s)",
+                  "first candidate built", "first measured trial", "done: "):
+        assert event in text, text
+    times = {line.split(" s  ", 1)[1]: float(line.split(" s  ", 1)[0])
+             for line in text.splitlines()}
+    assert times["first measured trial"] == pytest.approx(res.first_trial_s, abs=0.01)
+    assert res.first_build_s <= res.first_trial_s <= res.seconds
+    assert res.model_ms == pytest.approx(sum(t.weight * t.best_ms for t in res.tasks))
+    assert "first trial after" in res.summary() and "model ≈" in res.summary()
+
+
+@pytest.fixture(scope="module")
+def budget_run(tuned, tmp_path_factory):
+    """A second tuning call in this process with a time budget that runs out after the first
+    measured trial (``time_is_up`` made to say so then: the deadline path without a clock
+    race), and the process's worker pools before and after it."""
+    target = btvm.tvm_target("host")
+    pools = {"build": tt.builder_pool(os.cpu_count() or 1, 60.0, 256),
+             "measure": tt.runner_pool(30.0, 256, int(target.attrs["num-cores"]))}
+    before = {k: tt.worker_pids(p) for k, p in pools.items()}
+    real = tt.TuningProgress.time_is_up
+
+    def after_first_trial(self):
+        if self.first_trial_s is not None and self.deadline is not None:
+            self.deadline = min(self.deadline, time.perf_counter())
+        return real(self)
+
+    mod, _, _ = tiny_module()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tt.TuningProgress, "time_is_up", after_first_trial)
+        res = tt.tune(mod, "host", total_trials=48, budget="1h",
+                      db_dir=tmp_path_factory.mktemp("budget-db"), population_size=POPULATION,
+                      progress=True, layout="NCHW", cpu_weight_prepack=False)  # fmt: skip
+    return res, pools, before
+
+
+def test_a_time_budget_ends_the_run_before_its_trials(budget_run):
+    res, _, _ = budget_run
+    assert res.ended_by == "time budget" and res.budget_s == 3600
+    assert 0 < res.new_trials < 48 and res.failures == 0, res.table()
+    # the first task's first round was measured and kept; the tasks the search had not
+    # reached when the time ran out got none
+    assert res.tasks[0].new_trials > 0 and res.tasks[0].best_ms is not None
+    assert {t.status for t in res.tasks if t.new_trials == 0} <= {"partial"}
+    assert tt.database_summary(res.db_dir)["records"] == res.new_trials
+    assert "time budget reached" in res.timeline.read_text()
+    assert "ended by time budget" in res.summary()
+
+
+def test_worker_pools_stay_warm_across_calls(budget_run):
+    res, pools, before = budget_run
+    target = btvm.tvm_target("host")
+    # the same pool objects (kept for the process) ...
+    assert tt.builder_pool(os.cpu_count() or 1, 60.0, 256) is pools["build"]
+    assert tt.runner_pool(30.0, 256, int(target.attrs["num-cores"])) is pools["measure"]
+    # ... whose workers the first call booted served the second: none was restarted
+    for kind, pool in pools.items():
+        assert before[kind], f"no {kind} worker after the first call"
+        assert before[kind] <= tt.worker_pids(pool), kind
+    assert "warm from an earlier call" in res.timeline.read_text()
 
 
 # ------------------------------------------------------------------------------ RPC
