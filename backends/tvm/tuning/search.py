@@ -58,8 +58,9 @@ UNBOUNDED_TRIALS = 1 << 30
 #: With a time budget alone, rounds of at most this many trials per task, so that every
 #: task is measured early in the budget (with a trial count: the count decides the round).
 #: Not smaller: generating a round costs about the same whatever its size (evolutionary
-#: search over its population; measured 20-35 s per round for ResNet-18's convolutions with
-#: the default population on 2 loaded cores), so small rounds waste the budget.
+#: search over its population; measured 6-30 s per round for ResNet-18's convolutions with
+#: the default population on 2 loaded cores, against 5-6 s to build and measure 16
+#: candidates), so small rounds waste the budget.
 TIME_ONLY_ROUND = 16
 
 
