@@ -300,8 +300,6 @@ def bench_bert(kinds=tuple(KINDS), *, recover_epochs: int = 2, train_sequences: 
     model = transformers.BertModel(transformers.BertConfig(**BERT_CONFIG)).eval()
     ids, mask = _bert_data(train_sequences + test_sequences, seed + 1)
     tr, te = slice(0, train_sequences), slice(train_sequences, None)
-    # BERT traces at a static batch only (its dynamic-batch trace stops at aten.arange):
-    # the graph runs chunks of 8 sequences (recover splits its batches of 32 into them)
     graph = trace(model, (ids[:8],), kwargs={"attention_mask": mask[:8]}, name="bert")
     include, exclude = "encoder.layer.*", "*attention*"  # intermediate.dense, output.dense
     mlp = [n for n in graph.nodes if n.op in ("linear", "matmul")

@@ -13,7 +13,9 @@ batch-2 copy, since torch.export specialises sizes 0 and 1). Every size is then 
 an expression in the batch, so the converter knows which dims follow the batch: reshapes
 and expands get -1 there. The program is converted at two batches and the two graphs
 merged (``ir.batch.merge``: what a handler computed from the batch differs between them
-and becomes -1, or is refused), then given the example's batch; the graph is marked
+and becomes -1, or is refused), then given the example's batch (``torch.arange(batch)``
+used as the batch index of an advanced index — how transformers builds padding masks — is
+converted to the identity on the batch, ``_batch_arange``); the graph is marked
 batch-polymorphic once ``ir/batch.py`` proves it. When torch.export cannot keep the batch
 dynamic (the model's code specialises it: a view with a literal batch, a branch on the batch
 size) or the proof fails (a reduction over the batch, a batch-free tensor expanded to the
@@ -58,6 +60,86 @@ class _Sym:
 
     def __init__(self, value: int, depends: bool):
         self.value, self.depends = value, depends
+
+
+class _BatchArange:
+    """``torch.arange(batch)`` viewed as ``[batch, 1, …, 1]`` (``rank`` dims): the batch index
+    of each sample, as Hugging Face's mask builders make it (``sdpa_mask``) to index the
+    padding mask per sample. It is no tensor of the IR — a value computed across the batch
+    — but indexing dim 0 of a tensor by it is the identity on the batch, so
+    ``x[arange(B)[:, None, …], i]`` becomes ``x[:, i[0]]`` (``_batch_arange``)."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+
+def _batch_arange(c, node: torch.fx.Node) -> Any:
+    """The conversion of ``node`` when it creates or reads a ``_BatchArange``, or
+    ``NotImplemented`` when it does neither. Raises ``_NotBatch`` for any other use (the
+    model is then traced with a static batch)."""
+    def marker(a):
+        return c.env.get(a.name) if isinstance(a, torch.fx.Node) else None
+
+    t, args = node.target, node.args
+    if t is aten.arange.default and len(args) == 1 and node.kwargs.get("dtype") in (
+            None, torch.int64):
+        sym = marker(args[0])
+        if isinstance(sym, _Sym) and sym.depends:
+            val = node.meta.get("val")
+            if (isinstance(val, torch.Tensor) and val.dim() == 1
+                    and isinstance(val.shape[0], torch.SymInt)
+                    and val.shape[0].node.expr in c.batch_syms and val.dtype == torch.int64):
+                return _BatchArange(1)
+        return NotImplemented
+    leaves = [a for a in args if isinstance(marker(a), _BatchArange)]
+    nested = [a for a in (args[1] if t is aten.index.Tensor and len(args) > 1 else [])
+              if isinstance(marker(a), _BatchArange)]
+    if not leaves and not nested:
+        return NotImplemented
+    if leaves:
+        m = marker(leaves[0])
+        if t is aten.slice.Tensor and args[0] is leaves[0]:
+            dim = args[1] if len(args) > 1 else 0
+            start = args[2] if len(args) > 2 else 0
+            end = args[3] if len(args) > 3 else None
+            step = args[4] if len(args) > 4 else 1
+            if dim == 0 and start in (0, None) and step == 1 and (
+                    end is None or (isinstance(end, int) and end >= 2 ** 62)):
+                return m
+        if t is aten.unsqueeze.default and args[0] is leaves[0]:
+            d = args[1] if args[1] >= 0 else args[1] + m.rank + 1
+            if 1 <= d <= m.rank:
+                return _BatchArange(m.rank + 1)
+        raise _NotBatch(f"{c.where()}: uses arange(batch) as {t}, which the IR cannot keep "
+                        f"batch-relative")
+    # x[arange(B)[:, None, …], i]: the batch index first, one more index tensor
+    idx = list(args[1])
+    if len(idx) != 2 or idx[0] is not nested[0] or not isinstance(idx[1], torch.fx.Node):
+        raise _NotBatch(f"{c.where()}: indexes by arange(batch) in a form other than "
+                        f"x[arange(batch)[:, None, …], i]")
+    m = marker(idx[0])
+    x, i = c.v(args[0]), c.v(idx[1])
+    if i.type.rank == m.rank:  # drop its leading 1 (it broadcast against the batch index)
+        if i.shape[0] != 1:
+            raise _NotBatch(f"{c.where()}: the index beside arange(batch) has {i.shape[0]} "
+                            f"rows, not one")
+        arr = i.data if i.is_constant else None
+        i = (c.g.add_constant(np.ascontiguousarray(arr[0]), c.g.fresh_name(f"{node.name}_idx"))
+             if arr is not None else
+             c.emit("reshape", [i], {"shape": i.shape[1:]}, name=f"{node.name}_idx"))
+    elif i.type.rank > m.rank:
+        raise _NotBatch(f"{c.where()}: the index beside arange(batch) has more dims than it")
+    # x[:, i'] = gather along dim 1 (nothing when i' selects every column in order), then
+    # the broadcast of the batch index's trailing ones
+    want = c.out_shape()
+    n = x.shape[1] if x.type.rank > 1 else 0
+    if i.is_constant and i.data.size == n and np.array_equal(i.data.reshape(-1), np.arange(n)):
+        y = x
+    else:
+        y = c.emit("gather", [x, i], {"axis": 1})
+    if y.shape != want:
+        y = c.emit("reshape", [y], {"shape": (-1,) + want[1:]}, name=f"{node.name}_view")
+    return y
 
 
 class _Ctx:
@@ -912,6 +994,12 @@ def from_exported(ep: torch.export.ExportedProgram, name: str = "main", *,
         elif node.op == "call_function":
             if node.target in torch_fold.DROP:
                 c.env[node.name] = None
+                continue
+            special = _batch_arange(c, node) if c.batch_syms else NotImplemented
+            if special is not NotImplemented:
+                c.env[node.name] = special
+                if isinstance(special, Value):
+                    _check_type(c, node)
                 continue
             folded = torch_fold.fold(node, c.env, params)
             if folded is not torch_fold.NOT_FOLDED:

@@ -211,6 +211,37 @@ def test_to_torch_and_onnxruntime_match_eager(name):
     assert_close(ort, want, depth=g, msg=f"{name} onnxruntime")
 
 
+#: Traced with a static batch, and why (the dynamic-batch trace stops there; see the reason
+#: in graph.meta["batch_static"]). Every other architecture runs at any batch.
+STATIC_BATCH = {n: "aten.diff" for n in ("gpt2", "gpt_neox", "llama", "mistral", "qwen2",
+                                          "gemma", "phi")}
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_runs_at_any_batch_or_says_why_not(name):
+    """A graph traced at batch 1 runs at batch 3 and computes what eager PyTorch does there
+    — the encoders' padding masks included (transformers indexes them by arange(batch))."""
+    from shrinkc.ir import batch
+
+    model, inputs, g, _ = traced(name)
+    if name in STATIC_BATCH:
+        assert not batch.is_polymorphic(g)
+        assert STATIC_BATCH[name] in g.meta["batch_static"]
+        return
+    assert batch.is_polymorphic(g), g.meta.get("batch_static")
+    gen = torch.Generator().manual_seed(3)
+    x3 = []
+    for t in inputs:  # three different samples: the batch index must select each one's row
+        rows = [t[0]] + [t[0][torch.randperm(t.shape[1], generator=gen)] if t.dtype == torch.long
+                         else torch.randn(t.shape[1:], generator=gen) for _ in range(2)]
+        x3.append(torch.stack(rows))
+    if len(x3) > 1:  # padding masks of three lengths
+        x3[1] = torch.tensor([[1] * SEQ, [1] * (SEQ - 3) + [0] * 3, [1] * (SEQ - 2) + [0, 0]])
+    with torch.no_grad():
+        got = run(g, x3)
+    assert_close(got, eager(model, x3, name), depth=g, msg=name)
+
+
 @pytest.mark.parametrize("name", [n if n in TVM_DEFAULT else pytest.param(
     n, marks=pytest.mark.slow) for n in ARCHS])
 def test_untuned_tvm_matches_eager(name):
@@ -224,7 +255,9 @@ def test_untuned_tvm_matches_eager(name):
 # ------------------------------------------------------------------------ what the IR looks like
 def test_bert_layer_reads_well():
     """One attention op per layer; the mask arithmetic (arange, index, and, expand) folded
-    or reduced to a cast and a reshape of the input mask; nothing else left over."""
+    or reduced to a cast and a reshape of the input mask; nothing else left over (the
+    token-type buffer is expanded to the batch read from the input: the graph runs at any
+    batch)."""
     _, _, g, _ = traced("bert")
     ops = Counter(n.op for n in g.nodes)
     layers = 2
@@ -232,7 +265,8 @@ def test_bert_layer_reads_well():
     assert ops["linear"] == 6 * layers + 1 and ops["layer_norm"] == 2 * layers + 1
     assert set(ops) <= {"embedding", "add", "layer_norm", "dropout", "cast", "reshape",
                         "linear", "permute", "scaled_dot_product_attention", "gelu", "slice",
-                        "tanh"}, ops
+                        "tanh", "expand"}, ops
+    assert ops["expand"] <= 1
     sdpa = [n for n in g.nodes if n.op == "scaled_dot_product_attention"]
     mask = sdpa[0].inputs[3]
     assert all(n.inputs[3] is mask for n in sdpa)  # one mask, computed once
