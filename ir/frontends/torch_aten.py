@@ -20,22 +20,9 @@ import torch
 
 from ..graph import Value
 from ..types import dtype_from_torch
-from .torch import ATEN_MAP, TraceError
+from .torch import ATEN_MAP, TraceError, _arg, _maps
 
 aten = torch.ops.aten
-
-
-def _maps(*targets):
-    def deco(fn):
-        for t in targets:
-            ATEN_MAP[t] = fn
-        return fn
-
-    return deco
-
-
-def _arg(args, kwargs, i, name, default=None):
-    return args[i] if len(args) > i else kwargs.get(name, default)
 
 
 def _const(v: Any) -> np.ndarray | None:
