@@ -372,11 +372,17 @@ def _dynamic_matmul(e: _Ex, n: Node, ops_: tuple[Value, ...], bias: Value | None
     MatMulInteger(xq, wq[ᵀ], zx, zw) → Cast → Mul(sx · sw) [→ Add bias]. (A
     DequantizeLinear before a MatMul is fused instead into MatMulNBits, a weight-only kernel
     that leaves the activations in float, or into a float Gemm.) The dequantize nodes this
-    replaces are left unused and dropped at export."""
+    replaces are left unused and dropped at export.
+
+    Symmetric weights (every zero point 0) get a scalar zero point even when their scales
+    are per channel: MLAS's integer GEMM then skips its per-column zero-point correction
+    (``PerColumnZeroPoints``: one more multiply-add per output element), the same result."""
     xq, sx, zx, wq, sw, zw = ops_
     wt = e.x(wq, _T, "T") if n.op == "linear" else e.x(wq)
+    zwt = (e.const(0, "w_zero_point", zw.dtype) if not np.asarray(zw.data).any()
+           else e.x(zw))
     acc = e.tmp("acc", "i32")
-    e.emit("MatMulInteger", [e.x(xq), wt, e.x(zx), e.x(zw)], [acc])
+    e.emit("MatMulInteger", [e.x(xq), wt, e.x(zx), zwt], [acc])
     accf = e.tmp("acc_f", "f32")
     e.emit("Cast", [acc], [accf], {"to": IR_TO_ONNX["f32"]})
     scale = e.tmp("scale", "f32")

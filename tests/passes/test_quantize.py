@@ -259,20 +259,60 @@ def test_dynamic_quantizes_linear_inputs_at_run_time(reference_graphs):
     assert cos > 0.99
 
 
-def test_dynamic_runs_in_onnxruntime_as_dynamic_quantize_matmul(reference_graphs, tmp_path):
+def _ort_fused(model: bytes | str, path) -> tuple[object, list]:
+    """(session, the graph onnxruntime runs at ORT_ENABLE_ALL: its nodes)."""
     import onnx
     import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(path)
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return sess, list(onnx.load(str(path)).graph.node)
+
+
+# the integer matmuls of a dynamically quantized transformer after onnxruntime's fusions,
+# and the float ops those fusions leave or make. Not compared: quantize_dynamic also makes
+# convolutions ConvInteger (a DynamicQuantizeLinear and a Cast more; shrinkc keeps them
+# float), and the float file it starts from gets intermediate shapes from its shape
+# inference, which lets onnxruntime fuse an Add into SkipLayerNormalization where shrinkc's
+# batch-polymorphic export has no shapes (so LayerNormalization is counted with it)
+FUSED_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "MatMul",
+             "Gelu", "BiasGelu", "Softmax", "Transpose")
+
+
+def test_dynamic_runs_in_onnxruntime_as_quantize_dynamic_does(reference_graphs, tmp_path):
+    """onnxruntime fuses shrinkc's dynamic graph as it fuses quantize_dynamic's own output
+    for the same float model: the same count of every fused / float op (the int8 matmuls
+    into DynamicQuantizeMatMul / MatMulIntegerToFloat, none left as MatMulInteger), and
+    symmetric weights keep a scalar zero point (MLAS skips its per-column correction)."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from shrinkc.backends.onnx import export_model
 
     _, x, g = reference_graphs("vit")
     q = optimize(g, "quantize(activations=dynamic)")
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(export_model(q).SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    fused = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
-    assert fused.count("DynamicQuantizeMatMul") >= sum(n.op == "linear" for n in q.nodes) - 1
+    (tmp_path / "fp32.onnx").write_bytes(export_model(g).SerializeToString())
+    quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "ort.onnx"),
+                     weight_type=QuantType.QInt8, per_channel=True)
+    sess, ours = _ort_fused(export_model(q).SerializeToString(), tmp_path / "ours.opt.onnx")
+    _, theirs = _ort_fused(str(tmp_path / "ort.onnx"), tmp_path / "ort.opt.onnx")
+    def count(nodes) -> dict[str, int]:
+        c = {op: sum(n.op_type == op for n in nodes) for op in FUSED_OPS}
+        c["norms"] = sum(n.op_type in ("LayerNormalization", "SkipLayerNormalization")
+                         for n in nodes)
+        return c
+
+    assert count(ours) == count(theirs)
+    assert count(ours)["MatMulInteger"] == 0
+    fused = [n for n in ours if n.op_type in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")]
+    assert len(fused) == sum(n.op == "linear" for n in q.nodes)
+    model = __import__("onnx").load(str(tmp_path / "ours.opt.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    zp_index = {"DynamicQuantizeMatMul": 3, "MatMulIntegerToFloat": 5}
+    for n in fused:
+        assert inits[n.input[zp_index[n.op_type]]].shape == ()  # scalar 0, scales per channel
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         want = run(q, [x])[0].numpy()
