@@ -30,6 +30,14 @@ the same way with the scale and zero point the ``dynamic_quantize`` computes at 
 ``acc - zx * sum(wq)`` in int32, then ``f32(acc) * (sx*sw) [+ b_f32]`` (linear / matmul;
 no output quantize).
 
+``max_pool2d`` of a per-tensor ``dequantize`` (positive, finite scale) runs on the integers:
+a dequantize is monotone, so ``max_pool(dequantize(xq)) = dequantize(max_pool(xq))``
+exactly (the padding is the dtype's minimum, never selected over a real element). A
+following ``quantize`` with the same scale, zero point and dtype (what the ``quantize``
+pass emits) is then the identity and is not lowered; otherwise the pooled integers are
+dequantized. No NaN handling is needed: dequantized values are finite. This keeps the
+max-pool between two integer convolutions from becoming three float kernels.
+
 A candidate whose conditions fail (asymmetric weights, per-channel activations, non-constant
 scales, …) stays float for that op only, with a debug log line saying why; so does one whose
 integer lowering Relax rejects. Everything else is lowered as before. Results equal the IR
@@ -55,6 +63,9 @@ log = logging.getLogger(__name__)
 
 #: Ops whose QDQ form is lowered to integer compute.
 INT8_OPS = ("conv2d", "linear", "matmul")
+#: Ops that commute with a per-tensor dequantize (they select a value; a dequantize is
+#: monotone), so they run on the quantized integers.
+SELECTING_OPS = ("max_pool2d",)
 _ACT_DTYPES = ("u8", "i8")
 _OUT_DTYPES = ("u8", "i8", "i16")
 _I32 = (-(2 ** 31), 2 ** 31 - 1)
@@ -191,22 +202,64 @@ def match(node: Node, graph: Graph) -> tuple[Match | None, str | None]:
     return Match(node, xq, int(zx), wq, scale, bias_q, bias_f, out_q, tuple(deq), dynamic), None
 
 
+@dataclass
+class PoolMatch:
+    """A ``SELECTING_OPS`` node on a dequantized tensor, run on the integers."""
+
+    node: Node
+    xq: Value
+    deq: Node
+    out_q: Node | None  # a quantize with the same scale, zero point and dtype: the identity
+
+
+def match_selecting(node: Node, graph: Graph) -> tuple[PoolMatch | None, str | None]:
+    """``node`` (a ``SELECTING_OPS`` op) on a per-tensor dequantize: (match, None), (None,
+    why not), or (None, None) when its input is not dequantized at all."""
+    if node.op not in SELECTING_OPS:
+        return None, None
+    xd = _producer(node.inputs[0], "dequantize")
+    if xd is None:
+        return None, None
+    xq, sx_v, zx_v = xd.inputs
+    sx, zx = _const(sx_v), _const(zx_v)
+    if xq.dtype not in _ACT_DTYPES or sx is None or zx is None or sx.ndim or zx.ndim:
+        return None, "input is not a per-tensor u8/i8 dequantize with constant parameters"
+    if not (np.isfinite(sx) and sx > 0):
+        return None, "dequantize scale is not positive and finite"
+    out_q = None
+    y = node.outputs[0]
+    if len(y.uses) == 1 and y not in graph.outputs and y.uses[0].op == "quantize":
+        q = y.uses[0]
+        sy, zy = _const(q.inputs[1]), _const(q.inputs[2])
+        if (sy is not None and zy is not None and sy.ndim == 0 and zy.ndim == 0
+                and q.attrs["dtype"] == xq.dtype and np.float32(sy) == np.float32(sx)
+                and int(zy) == int(zx)):
+            out_q = q
+    return PoolMatch(node, xq, xd, out_q), None
+
+
 class Plan:
     """The QDQ patterns of one graph and, while lowering, which of them were lowered."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
         self.matches: dict[int, Match] = {}
+        self.pools: dict[int, PoolMatch] = {}
         for node in graph.nodes:
             m, why = match(node, graph)
-            if m is not None:
+            if m is None and why is None:
+                m, why = match_selecting(node, graph)
+            if isinstance(m, Match):
                 self.matches[id(node)] = m
+            elif isinstance(m, PoolMatch):
+                self.pools[id(node)] = m
             elif why:
                 log.debug("int8: %s stays float: %s", node.describe(), why)
         # dequantize nodes only integer ops use: lowered only if a match falls back
-        users = {id(m.node) for m in self.matches.values()}
-        self.deferred = {id(d): d for m in self.matches.values() for d in m.deq
-                         if d.outputs[0] not in graph.outputs
+        users = {id(m.node) for m in self.matches.values()} | set(self.pools)
+        deqs = [d for m in self.matches.values() for d in m.deq] + [
+            m.deq for m in self.pools.values()]
+        self.deferred = {id(d): d for d in deqs if d.outputs[0] not in graph.outputs
                          and all(id(u) in users for u in d.outputs[0].uses)}
         self.fused_q: set[int] = set()  # output quantize nodes an integer op produced
         self.lowered: list[Node] = []    # the ops lowered to integer compute
@@ -215,6 +268,8 @@ class Plan:
         """Lower ``node`` if it belongs to an int8 pattern; False to lower it as usual."""
         if id(node) in self.deferred or id(node) in self.fused_q:
             return True  # lowered lazily (if ever) / already produced by its integer op
+        if id(node) in self.pools:
+            return self._lower_selecting(lw, self.pools[id(node)])
         m = self.matches.get(id(node))
         if m is None:
             return False
@@ -233,6 +288,25 @@ class Plan:
         self.lowered.append(node)
         log.debug("int8: %s lowered to integer compute%s", node.describe(),
                   f" (+ {m.out_q.describe()})" if m.out_q is not None else "")
+        return True
+
+
+    def _lower_selecting(self, lw: Lowerer, m: PoolMatch) -> bool:
+        node = m.node
+        outputs = m.out_q.outputs if m.out_q is not None else node.outputs
+        try:
+            lower_node(lw, node, lowering=lambda lw_: _lower_selecting(lw_, m), outputs=outputs)
+        except Exception as e:  # Relax rejected it: the op runs in float
+            log.debug("int8: %s stays float: integer lowering failed: %s", node.describe(),
+                      str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+            if id(m.deq) in self.deferred and id(m.deq.outputs[0]) not in lw.env:
+                lower_node(lw, m.deq)
+            return False
+        if m.out_q is not None:
+            self.fused_q.add(id(m.out_q))
+        self.lowered.append(node)
+        log.debug("int8: %s runs on the %s integers%s", node.describe(), m.xq.dtype,
+                  f" (+ {m.out_q.describe()}, the identity)" if m.out_q is not None else "")
         return True
 
 
@@ -329,6 +403,17 @@ def _lower_int8(lw: Any, m: Match) -> Any:
     return relax.op.astype(lw.clamp(lw.emit(r), lo, hi, "f32"), DTYPE_TO_TVM[q.attrs["dtype"]])
 
 
+def _lower_selecting(lw: Any, m: PoolMatch) -> Any:
+    from .lowering import LOWERINGS
+
+    y = LOWERINGS[m.node.op](lw, m.node, [lw.env[id(m.xq)]])  # the op on the integers
+    if m.out_q is not None:
+        return y
+    _, sx, zx = (np.asarray(v.data) for v in m.deq.inputs)
+    acc = relax.op.subtract(relax.op.astype(lw.emit(y), "int32"), lw.const(int(zx), "i32"))
+    return relax.op.multiply(relax.op.astype(acc, "float32"), lw.const(sx, "f32"))
+
+
 def compute_calls(mod: Any) -> list[tuple[str, tuple[str, ...], str]]:
     """The conv2d / matmul calls of a lowered Relax module's ``main``, as (op name, operand
     dtypes, result dtype): e.g. ``("relax.nn.conv2d", ("uint8", "int8"), "int32")`` is
@@ -352,4 +437,5 @@ def integer_ops(mod: Any) -> list[tuple[str, tuple[str, ...], str]]:
             if c[2] == "int32" and all(d in ("uint8", "int8") for d in c[1])]
 
 
-__all__ = ["INT8_OPS", "Match", "Plan", "compute_calls", "integer_ops", "match", "plan"]
+__all__ = ["INT8_OPS", "SELECTING_OPS", "Match", "Plan", "PoolMatch", "compute_calls",
+           "integer_ops", "match", "match_selecting", "plan"]

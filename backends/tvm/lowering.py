@@ -71,7 +71,7 @@ class Lowerer:
         """``reshape``, done here for constants (FoldConstant would compile a kernel each)."""
         c = self.constant(x)
         if c is not None:
-            return relax.const(np.ascontiguousarray(c.reshape(shape)), str(c.dtype))
+            return relax.const(np.asarray(c.reshape(shape), order="C"), str(c.dtype))
         return self.emit(relax.op.reshape(x, shape))
 
     def astype(self, x: Any, have: str, want: str) -> Any:
@@ -225,9 +225,9 @@ def lower(graph: Graph, keep_params: bool = False, int8: bool = True,
             var = relax.Var(name, relax.TensorType(v.shape, DTYPE_TO_TVM[v.dtype]))
             lw.env[id(v)] = var
             args.append(var)
-            params[name] = np.ascontiguousarray(v.data)
+            params[name] = np.asarray(v.data, order="C")
         else:
-            lw.env[id(v)] = relax.const(np.ascontiguousarray(v.data), DTYPE_TO_TVM[v.dtype])
+            lw.env[id(v)] = relax.const(np.asarray(v.data, order="C"), DTYPE_TO_TVM[v.dtype])
     attrs = {"num_input": len(graph.inputs)} if keep_params else None
     with bb.function("main", args, attrs=attrs):
         with bb.dataflow():

@@ -116,7 +116,7 @@ class TVMModule:
                     raise TVMBackendError(f"input {name} expects {t.dtype} ({t}), got "
                                           f"{have or x.dtype}: convert it first (only "
                                           f"lossless conversions such as f16 -> f32 are done)")
-            x = np.ascontiguousarray(x, dtype=to_numpy_dtype(t.dtype))
+            x = np.asarray(x, dtype=to_numpy_dtype(t.dtype), order="C")
             if x.shape != t.shape:
                 raise TVMBackendError(f"input {name} expects {t}, got shape {list(x.shape)}")
             out.append(tvm.runtime.tensor(x, tvm.cpu()))
@@ -153,7 +153,7 @@ class TVMModule:
             lib = _export_cross(self.executable, self.target, d)
         files = {"library": lib}
         if self.params:
-            save_file({k: np.ascontiguousarray(v) for k, v in self.params.items()},
+            save_file({k: np.asarray(v, order="C") for k, v in self.params.items()},
                       str(d / PARAMS_FILE))
             files["params"] = PARAMS_FILE
         self.timings["export_s"] = time.perf_counter() - t0

@@ -153,11 +153,13 @@ def pack_matmul_weight(w_kn: np.ndarray, lanes: int) -> np.ndarray:
 def _conv_te(x: te.Tensor, wp: te.Tensor, strides: Any, padding: Any, dilation: Any,
              path: str) -> Any:
     n, ih, iw, ic = (int(d) for d in x.shape)
-    ob, kh, kw, _, lanes, _ = (int(d) for d in wp.shape)
+    ob, kh, kw, ib, lanes, _ = (int(d) for d in wp.shape)
     (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
     pt, pl, pb, pr = (int(p) for p in padding)
-    if pt or pl or pb or pr:
-        x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=0, name="pad")
+    extra_c = ib * _REDUCE - ic  # input channels padded to a multiple of 4: zero weights
+    if pt or pl or pb or pr or extra_c:
+        x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, extra_c], pad_value=0, name="pad")
+        ic += extra_c
     oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
@@ -266,17 +268,29 @@ class _Int8KernelRewriter(relax.PyExprMutator):
             self._skip(call, f"groups={int(at.groups)}")
             return call
         o, _, _, i = _shape(call.args[1])
-        if o % self.lanes or i % _REDUCE:
-            self._skip(call, f"{o} output / {i} input channels (multiples of {self.lanes} / "
-                             f"{_REDUCE} needed)")
-            return call
         w = self._weight(call, call.args[1])
         if w is None:
             return call
+        # channel counts that are not multiples of the lanes / 4 (a 3-channel stem, pruned
+        # layers) are padded with zero weights: the padded inputs add nothing, the padded
+        # outputs are sliced off
+        o_pad, i_pad = -o % self.lanes, -i % _REDUCE
+        if o_pad or i_pad:
+            w = np.pad(w, [(0, o_pad), (0, 0), (0, 0), (0, i_pad)])
+            log.debug("int8 %s kernel for conv2d: channels %d→%d out, %d→%d in (zero weights)",
+                      self.path, o, o + o_pad, i, i + i_pad)
         wp = relax.const(pack_conv_weight(w, self.lanes), "int8")
         self.rewritten += 1
-        return self.builder_.call_te(_conv_te, call.args[0], wp, at.strides, at.padding,
-                                     at.dilation, path=self.path, primfunc_name_hint="conv2d_int8")
+        y = self.builder_.call_te(_conv_te, call.args[0], wp, at.strides, at.padding,
+                                  at.dilation, path=self.path, primfunc_name_hint="conv2d_int8")
+        return self._slice(y, o, o_pad)
+
+    def _slice(self, y: Any, n: int, pad: int) -> Any:
+        """``y`` without the ``pad`` last channels its zero-padded weight added."""
+        if not pad:
+            return y
+        y = self.builder_.emit(y)
+        return relax.op.strided_slice(y, axes=[len(_shape(y)) - 1], begin=[0], end=[n])
 
     def _matmul(self, call: Any) -> Any:
         w_shape = _shape(call.args[1])
@@ -284,16 +298,20 @@ class _Int8KernelRewriter(relax.PyExprMutator):
             self._skip(call, "not a matmul with a 2-D weight")
             return call
         k, n = w_shape
-        if n % self.lanes or k % _REDUCE:
-            self._skip(call, f"K={k}, N={n} (multiples of {_REDUCE} / {self.lanes} needed)")
+        if k % _REDUCE:
+            self._skip(call, f"K={k} (a multiple of {_REDUCE} needed)")
             return call
         w = self._weight(call, call.args[1])
         if w is None:
             return call
+        n_pad = -n % self.lanes  # output columns padded with zero weights, sliced off
+        if n_pad:
+            w = np.pad(w, [(0, 0), (0, n_pad)])
         wp = relax.const(pack_matmul_weight(w, self.lanes), "int8")
         self.rewritten += 1
-        return self.builder_.call_te(_matmul_te, call.args[0], wp, path=self.path,
-                                     primfunc_name_hint="matmul_int8")
+        y = self.builder_.call_te(_matmul_te, call.args[0], wp, path=self.path,
+                                  primfunc_name_hint="matmul_int8")
+        return self._slice(y, n, n_pad)
 
 
 @tvm.transform.module_pass(opt_level=0, name="shrinkc.Int8Kernels")

@@ -250,3 +250,55 @@ def test_dynamic_quantization_lowers_to_integer_matmuls(reference_graphs):
     ref = run(q, [x])[0].numpy()
     # integer accumulation vs the interpreter's float matmul of the same dequantized values
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+POOL_TEXT = """\
+graph "qpool" (%x: u8[1,4,9,9]) {
+  %s: f32[] = const 0.0625
+  %z: u8[] = const 7
+  %xd: f32[1,4,9,9] = dequantize(%x, %s, %z) {axis=none}
+  %p: f32[1,4,5,5] = max_pool2d(%xd) {kernel=[3, 3], stride=[2, 2], padding=[1, 1], dilation=[1, 1], ceil_mode=false}
+  %pq: u8[1,4,5,5] = quantize(%p, %s, %z) {dtype="u8", axis=none}
+  %p2: f32[1,4,4,4] = max_pool2d(%xd) {kernel=[2, 2], stride=[3, 3], padding=[1, 1], dilation=[1, 1], ceil_mode=true}
+  return %pq, %p2
+}
+"""
+
+
+def _pools(mod) -> list[str]:
+    """The input dtypes of the ``max_pool2d`` calls of a lowered module's ``main``."""
+    return [str(b.value.args[0].ty.dtype) for block in mod["main"].body.blocks
+            for b in block.bindings
+            if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.max_pool2d"]
+
+
+def test_max_pool_of_a_dequantize_runs_on_the_integers():
+    """max_pool(dequantize(x)) = dequantize(max_pool(x)) (a dequantize is monotone): both
+    pools run on the u8 values, without the float NaN handling; the one followed by the
+    same quantize gives its u8 directly (the quantize is the identity), the other is
+    dequantized after pooling (ceil_mode's overhanging window included). Bit-exact."""
+    g = parse_graph(POOL_TEXT)
+    lowered = btvm.lower(g)
+    assert _pools(lowered.mod) == ["uint8", "uint8"]
+    assert "R.isnan" not in lowered.mod.script()
+    # the padding (the dtype's minimum) never wins over a real element, even at value 0
+    x = np.random.default_rng(5).integers(0, 256, (1, 4, 9, 9)).astype(np.uint8)
+    x[0, 0, :3, :3] = 0
+    got = btvm.build_lowered(lowered).run([x])
+    want = [t.numpy() for t in run(g, [x])]
+    assert got[0].dtype == np.uint8
+    for y, w in zip(got, want):
+        np.testing.assert_array_equal(y, w)
+    # without the int8 lowering: a float pool (and its NaN handling) on the dequantized input
+    assert _pools(btvm.lower(g, int8=False).mod) == ["float32"] * 4
+
+
+def test_max_pool_requantized_to_another_scale_is_dequantized_after_pooling():
+    text = POOL_TEXT.replace("quantize(%p, %s, %z)", "quantize(%p, %s2, %z)").replace(
+        "  %z: u8[] = const 7\n", "  %z: u8[] = const 7\n  %s2: f32[] = const 0.125\n")
+    g = parse_graph(text)
+    lowered = btvm.lower(g)
+    assert _pools(lowered.mod) == ["uint8", "uint8"]
+    x = np.random.default_rng(6).integers(0, 256, (1, 4, 9, 9)).astype(np.uint8)
+    for y, w in zip(btvm.build_lowered(lowered).run([x]), [t.numpy() for t in run(g, [x])]):
+        np.testing.assert_array_equal(y, w)

@@ -32,11 +32,15 @@ def _available(path: str) -> bool:
     return btvm.target_runs_here(t) and btvm.int8_isa(t) == path
 
 
-def _qdq_graph(wmax: int, seed: int = 0) -> Graph:
+def _qdq_graph(wmax: int, seed: int = 0, odd: bool = False) -> Graph:
     """A padded 3×3 conv (32 → 32 channels, input zero point 3: the borders are the zero
-    point) and a linear (32 → 32), each QDQ with power-of-two scales, u8 outputs."""
+    point) and a linear (32 → 32), each QDQ with power-of-two scales, u8 outputs.
+
+    ``odd``: channel counts that are not multiples of the lanes / 4 instead (zero-padded
+    weights, the extra outputs sliced off): a 7×7 stride-2 stem conv 3 → 20 channels, a
+    1×1 conv 6 → 10 and a linear 12 → 10 (a classifier)."""
     rng = np.random.default_rng(seed)
-    g = Graph("qdq_pow2")
+    g = Graph("qdq_pow2_odd" if odd else "qdq_pow2")
 
     def c(a, dtype):
         return g.add_constant(np.asarray(a, dtype=dtype))
@@ -55,6 +59,22 @@ def _qdq_graph(wmax: int, seed: int = 0) -> Graph:
         return g.add_node("quantize", [y, c(2.0 ** -2, np.float32), c(128, np.uint8)],
                           {"dtype": "u8"}).output
 
+    if odd:
+        def ints(*shape):
+            return rng.integers(-wmax, wmax + 1, shape)
+
+        def scales(n):
+            return 2.0 ** -rng.integers(5, 8, n)
+
+        g.outputs = [
+            layer("conv2d", (1, 3, 16, 16), ints(20, 3, 7, 7), rng.integers(-500, 500, 20),
+                  scales(20), {"padding": (3, 3), "stride": (2, 2)}, "stem"),
+            layer("conv2d", (1, 6, 5, 5), ints(10, 6, 1, 1), rng.integers(-500, 500, 10),
+                  scales(10), {}, "conv_6_10"),
+            layer("linear", (4, 12), ints(10, 12), rng.integers(-500, 500, 10), scales(10),
+                  {}, "classifier"),
+        ]
+        return g
     sw = 2.0 ** -rng.integers(5, 8, 32)
     wc = rng.integers(-wmax, wmax + 1, (32, 32, 3, 3))
     wl = rng.integers(-wmax, wmax + 1, (32, 32))
@@ -76,11 +96,11 @@ def built():
     """``built(path, wmax)``: (graph, module built for the path's target), once each."""
     cache: dict = {}
 
-    def get(path: str, wmax: int):
-        if (path, wmax) not in cache:
-            g = _qdq_graph(wmax)
-            cache[path, wmax] = g, btvm.build(g, PATHS[path][0])
-        return cache[path, wmax]
+    def get(path: str, wmax: int, odd: bool = False):
+        if (path, wmax, odd) not in cache:
+            g = _qdq_graph(wmax, odd=odd)
+            cache[path, wmax, odd] = g, btvm.build(g, PATHS[path][0])
+        return cache[path, wmax, odd]
 
     return get
 
@@ -98,6 +118,25 @@ def test_kernel_builds_uses_the_instruction_and_is_bit_exact(path, built):
     want = [t.numpy() for t in run(g, x)]
     for y, w in zip(got, want):
         assert y.dtype == np.uint8
+        np.testing.assert_array_equal(y, w)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_odd_channel_counts_use_the_kernel_with_zero_padded_weights(path, built, caplog):
+    """A 3-channel stem conv, a 6 → 10 conv and a 10-class classifier: the channels are
+    padded with zero weights (the extra outputs sliced off), so they run on the dot-product
+    instruction too, and stay bit-exact."""
+    if not _available(path):
+        pytest.skip(f"this CPU has no {path} int8 path")
+    _, lanes, wmax = x86_int8.PATHS[path]
+    with caplog.at_level("DEBUG", logger="shrinkc.backends.tvm.x86_int8"):
+        g, module = built(path, min(wmax, 127), odd=True)
+    assert f"int8 {path} kernels: 3 conv2d / matmul" in caplog.text
+    assert "kernel not used" not in caplog.text
+    assert module.assembly().count(PATHS[path][1]) > 0
+    x = _inputs(g)
+    for y, w in zip(module.run(x), [t.numpy() for t in run(g, x)]):
+        assert y.shape == w.shape
         np.testing.assert_array_equal(y, w)
 
 
