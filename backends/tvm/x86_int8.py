@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 #: The block annotation (and MetaSchedule custom-rule name) of the packed kernels, and the
 #: annotation naming the int8 path their weights were packed for.
 SCHEDULE_RULE = "shrinkc_int8_dot"
+#: The same for the depthwise kernels (no dot product: int32 lanes over the channels).
+DEPTHWISE_RULE = "shrinkc_int8_depthwise"
 PATH_KEY = "shrinkc_int8_path"
 #: Per int8 path: (tensor intrinsic, output lanes L, largest |weight| that is exact).
 PATHS: dict[str, tuple[str, int, int]] = {
@@ -173,6 +175,28 @@ def _conv_te(x: te.Tensor, wp: te.Tensor, strides: Any, padding: Any, dilation: 
         name="conv2d_nhwc_int8", attrs={"schedule_rule": SCHEDULE_RULE, PATH_KEY: path})
 
 
+def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilation: Any,
+                  path: str) -> Any:
+    """NHWC depthwise u8 × i8 → int32, the weight ``[KH, KW, C]`` (channels innermost, so
+    the channel lanes of one tap are one vector load); ``C`` may exceed the input's
+    channels (zero weights: the input is padded with zeros, the extra outputs sliced)."""
+    n, ih, iw, ic = (int(d) for d in x.shape)
+    kh, kw, c = (int(d) for d in w.shape)
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    pt, pl, pb, pr = (int(p) for p in padding)
+    if pt or pl or pb or pr or c != ic:
+        x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, c - ic], pad_value=0, name="pad")
+    oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    return te.compute(
+        (n, oh, ow, c),
+        lambda b, y, xx, ch: te.sum(
+            x[b, y * sh + rh * dh, xx * sw + rw * dw, ch].astype("int32")
+            * w[rh, rw, ch].astype("int32"), axis=[rh, rw]),
+        name="dwconv2d_nhwc_int8", attrs={"schedule_rule": DEPTHWISE_RULE, PATH_KEY: path})
+
+
 def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
     *batch, _, k = (int(d) for d in x.shape)
     nb, _, lanes, _ = (int(d) for d in wp.shape)
@@ -225,7 +249,9 @@ class _Int8KernelRewriter(relax.PyExprMutator):
     def _skip(self, call: Any, why: str) -> None:
         log.debug("int8 %s kernel not used for %s: %s", self.path, call.op.name, why)
 
-    def _weight(self, call: Any, w_arg: Any) -> np.ndarray | None:
+    def _weight(self, call: Any, w_arg: Any, dot: bool = True) -> np.ndarray | None:
+        """The constant int8 weight; ``dot``: for a dot-product kernel (the AVX2 one
+        saturates beyond ±64)."""
         w = _constant(self, w_arg)
         if w is None:
             self._skip(call, "the weight is not a constant (keep_params?)")
@@ -233,7 +259,7 @@ class _Int8KernelRewriter(relax.PyExprMutator):
         if w.dtype != np.int8:
             self._skip(call, f"weight dtype {w.dtype}")
             return None
-        if np.abs(w.astype(np.int32)).max(initial=0) > self.wmax:
+        if dot and np.abs(w.astype(np.int32)).max(initial=0) > self.wmax:
             self._skip(call, f"weights beyond ±{self.wmax} would saturate vpmaddubsw's int16 "
                              f"pair sums (quantize with reduce_range=true)")
             return None
@@ -264,9 +290,14 @@ class _Int8KernelRewriter(relax.PyExprMutator):
                 "NHWC", "OHWI", "NHWC"):
             self._skip(call, f"layout {at.data_layout}/{at.kernel_layout} (NHWC/OHWI needed)")
             return call
-        if int(at.groups) != 1:
-            self._skip(call, f"groups={int(at.groups)}")
-            return call
+        groups = int(at.groups)
+        if groups != 1:
+            o, _, _, i = _shape(call.args[1])
+            if not (i == 1 and o == groups == _shape(call.args[0])[3]):
+                self._skip(call, f"groups={groups} (grouped, or a depthwise channel "
+                                 f"multiplier)")
+                return call
+            return self._depthwise(call)
         o, _, _, i = _shape(call.args[1])
         w = self._weight(call, call.args[1])
         if w is None:
@@ -284,6 +315,20 @@ class _Int8KernelRewriter(relax.PyExprMutator):
         y = self.builder_.call_te(_conv_te, call.args[0], wp, at.strides, at.padding,
                                   at.dilation, path=self.path, primfunc_name_hint="conv2d_int8")
         return self._slice(y, o, o_pad)
+
+    def _depthwise(self, call: Any) -> Any:
+        at = call.attrs
+        w = self._weight(call, call.args[1], dot=False)
+        if w is None:
+            return call
+        c = w.shape[0]
+        pad = -c % self.lanes  # channels padded to the lanes with zero weights
+        wk = np.ascontiguousarray(np.pad(w[..., 0], [(0, pad), (0, 0), (0, 0)]).transpose(1, 2, 0))
+        self.rewritten += 1
+        y = self.builder_.call_te(_depthwise_te, call.args[0], relax.const(wk, "int8"),
+                                  at.strides, at.padding, at.dilation, path=self.path,
+                                  primfunc_name_hint="dwconv2d_int8")
+        return self._slice(y, c, pad)
 
     def _slice(self, y: Any, n: int, pad: int) -> Any:
         """``y`` without the ``pad`` last channels its zero-padded weight added."""
@@ -340,7 +385,7 @@ def _kernel_blocks(sch: Any) -> list[Any]:
     out = []
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         ann = sch.get(block).annotations.get("schedule_rule")
-        if ann is not None and str(ann) == SCHEDULE_RULE:
+        if ann is not None and str(ann) in (SCHEDULE_RULE, DEPTHWISE_RULE):
             out.append(block)
     return out
 
@@ -386,6 +431,44 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None) -> Any:
     return sch
 
 
+def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
+    """Schedule one depthwise kernel block: channels in vectors of ``L`` int32 lanes, a
+    tile of ``tile`` output pixels along W (``None``: sampled) accumulating in registers
+    over the unrolled taps, outer loops parallel, the epilogue computed per tile."""
+    _, lanes, _ = PATHS[_path_of(sch, block)]
+    b, y, xx, ch, rh, rw = sch.get_loops(block)
+    c_o, c_i = sch.split(ch, [None, lanes])
+    extent = int(sch.get(xx).extent)
+    if tile is None:
+        factors = sch.sample_perfect_tile(xx, n=2, max_innermost_factor=8)
+    else:
+        tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
+        factors = [extent // tile, tile]
+    x_o, x_i = sch.split(xx, factors)
+    sch.reorder(b, y, x_o, c_o, rh, rw, x_i, c_i)
+    par = sch.fuse(b, y, x_o, c_o)
+    sch.parallel(par)
+    _schedule_epilogue(sch, block, par)
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint.startswith("pad"):
+            _parallel_vectorize(sch, producer)
+    sch.vectorize(c_i)  # while the block still has its init (a reduction block)
+    sch.unroll(rh)
+    sch.unroll(rw)
+    sch.unroll(x_i)
+    init = sch.decompose_reduction(block, rh)
+    init_loop = sch.get_loops(init)[-1]
+    if sch.get(init_loop).kind != tvm.tirx.ForKind.VECTORIZED:
+        sch.vectorize(init_loop)
+    return sch
+
+
+def _schedule_block(sch: Any, block: Any, tile: int | None = None) -> Any:
+    """``schedule_dot`` or ``schedule_depthwise``, by the block's rule."""
+    rule = str(sch.get(block).annotations["schedule_rule"])
+    return (schedule_depthwise if rule == DEPTHWISE_RULE else schedule_dot)(sch, block, tile)
+
+
 def _schedule_epilogue(sch: Any, block: Any, loop: Any) -> None:
     """The elementwise chain after the kernel, inlined into its last block, computed at
     ``loop`` and vectorized; left at the root (parallel) where it cannot move."""
@@ -429,6 +512,12 @@ def _meta_schedule_rule(sch: Any, block: Any) -> list[Any]:
     return [schedule_dot(sch, block)]
 
 
+@tvm.register_global_func(f"s_tir.meta_schedule.cpu.{DEPTHWISE_RULE}")
+def _meta_schedule_depthwise_rule(sch: Any, block: Any) -> list[Any]:
+    """The same for the depthwise kernels: ``schedule_depthwise``, tile sampled."""
+    return [schedule_depthwise(sch, block)]
+
+
 @functools.cache
 def _rule_classes() -> type:
     from tvm.ir.utils import derived_object
@@ -470,7 +559,7 @@ def schedule_rules() -> list[Any]:
     return [skip(r) if type(r).__name__ == "ParallelizeVectorizeUnroll" else r for r in rules]
 
 
-def schedule_func(func: Any, tile: int = 4) -> Any | None:
+def schedule_func(func: Any, tile: int = 8) -> Any | None:
     """``func`` (a PrimFunc with packed kernel blocks) scheduled with default tiles, or None
     when it has none or its schedule fails (logged; the function stays generic)."""
     from tvm import s_tir
@@ -481,7 +570,7 @@ def schedule_func(func: Any, tile: int = 4) -> Any | None:
         return None
     try:
         for b in blocks:
-            schedule_dot(sch, b, tile)
+            _schedule_block(sch, b, tile)
     except (RuntimeError, ValueError) as e:
         log.debug("int8 kernel schedule failed, generic kernel kept: %s",
                   str(e).strip().splitlines()[-1])
@@ -513,6 +602,6 @@ class ScheduleInt8Kernels:
         return mod
 
 
-__all__ = ["Int8Kernels", "PATHS", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
-           "pack_matmul_weight", "register_intrinsics", "schedule_dot", "schedule_func",
+__all__ = ["DEPTHWISE_RULE", "Int8Kernels", "PATHS", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
+           "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_func",
            "schedule_rules"]

@@ -38,7 +38,8 @@ def _qdq_graph(wmax: int, seed: int = 0, odd: bool = False) -> Graph:
 
     ``odd``: channel counts that are not multiples of the lanes / 4 instead (zero-padded
     weights, the extra outputs sliced off): a 7×7 stride-2 stem conv 3 → 20 channels, a
-    1×1 conv 6 → 10 and a linear 12 → 10 (a classifier)."""
+    1×1 conv 6 → 10, a linear 12 → 10 (a classifier) and a stride-2 depthwise 3×3 conv on
+    20 channels (the depthwise kernel)."""
     rng = np.random.default_rng(seed)
     g = Graph("qdq_pow2_odd" if odd else "qdq_pow2")
 
@@ -73,6 +74,9 @@ def _qdq_graph(wmax: int, seed: int = 0, odd: bool = False) -> Graph:
                   scales(10), {}, "conv_6_10"),
             layer("linear", (4, 12), ints(10, 12), rng.integers(-500, 500, 10), scales(10),
                   {}, "classifier"),
+            layer("conv2d", (1, 20, 9, 9), ints(20, 1, 3, 3), rng.integers(-500, 500, 20),
+                  scales(20), {"padding": (1, 1), "stride": (2, 2), "groups": 20},
+                  "depthwise"),
         ]
         return g
     sw = 2.0 ** -rng.integers(5, 8, 32)
@@ -125,14 +129,15 @@ def test_kernel_builds_uses_the_instruction_and_is_bit_exact(path, built):
 def test_odd_channel_counts_use_the_kernel_with_zero_padded_weights(path, built, caplog):
     """A 3-channel stem conv, a 6 → 10 conv and a 10-class classifier: the channels are
     padded with zero weights (the extra outputs sliced off), so they run on the dot-product
-    instruction too, and stay bit-exact."""
+    instruction too, and stay bit-exact; so does the depthwise kernel on 20 channels."""
     if not _available(path):
         pytest.skip(f"this CPU has no {path} int8 path")
     _, lanes, wmax = x86_int8.PATHS[path]
     with caplog.at_level("DEBUG", logger="shrinkc.backends.tvm.x86_int8"):
         g, module = built(path, min(wmax, 127), odd=True)
-    assert f"int8 {path} kernels: 3 conv2d / matmul" in caplog.text
+    assert f"int8 {path} kernels: 4 conv2d / matmul" in caplog.text
     assert "kernel not used" not in caplog.text
+    assert "schedule failed" not in caplog.text
     assert module.assembly().count(PATHS[path][1]) > 0
     x = _inputs(g)
     for y, w in zip(module.run(x), [t.numpy() for t in run(g, x)]):
