@@ -62,6 +62,10 @@ PATHS: dict[str, tuple[str, int, int]] = {
     "avx2": ("shrinkc_dot_8x4_avx2", 8, 64),
 }
 _REDUCE = 4  # bytes per lane per instruction
+_BLOCKS = (1, 2, 4)  # output-channel vectors per register tile (tuning samples them)
+#: The untuned default per path: a tile of 8 pixels × 2 vectors is 16 accumulators, half
+#: of AVX-512's 32 vector registers but all of AVX2's 16.
+_DEFAULT_BLOCKS = {"vnni": 2, "avx2": 1}
 
 
 # ---------------------------------------------------------------------------- intrinsics
@@ -395,11 +399,17 @@ def _path_of(sch: Any, block: Any) -> str:
     return str(sch.get(block).annotations[PATH_KEY])
 
 
-def schedule_dot(sch: Any, block: Any, tile: int | None = None) -> Any:
+def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | None = None
+                 ) -> Any:
     """Schedule one packed kernel block: output lanes by ``L``, the channel reduction by 4,
-    tensorized with the path's intrinsic; ``tile`` output pixels (conv: along W; matmul:
-    rows) share each weight load (``None``: sampled, for tuning); outer loops parallel;
-    the epilogue (requantize) computed per tile, vectorized. Returns ``sch``."""
+    tensorized with the path's intrinsic; a register tile of ``tile`` output pixels (conv:
+    along W; matmul: rows) × ``blocks`` vectors of ``L`` output channels: each weight
+    vector is loaded once per tile's pixels and each input broadcast once per tile's
+    channel vectors (``None``: sampled, for tuning); outer loops parallel; the epilogue
+    (requantize) computed per tile, vectorized. Returns ``sch``.
+
+    Measured (untuned ResNet-18 int8, 224 px, 2 threads, Zen 5): tiles of 4 × 1 8.55 ms,
+    8 × 1 3.98, 8 × 2 2.81, 8 × 4 3.85 (32 accumulators: every vector register)."""
     register_intrinsics()
     intrin, lanes, _ = PATHS[_path_of(sch, block)]
     iters = sch.get(block).iter_vars
@@ -417,8 +427,15 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None) -> Any:
         tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
         factors = [extent // tile, tile]
     r_o, r_i = sch.split(rows, factors)
-    sch.reorder(*outer, r_o, o_o, *r_outer, c_o, r_i, o_i, c_i)
-    par = sch.fuse(*outer, r_o, o_o)
+    n_ob = int(sch.get(o_o).extent)
+    choices = [q for q in _BLOCKS if n_ob % q == 0]
+    if blocks is None:
+        q = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices))
+    else:
+        q = max(c for c in choices if c <= blocks)
+    o_oo, o_oi = sch.split(o_o, [None, q])
+    sch.reorder(*outer, r_o, o_oo, *r_outer, c_o, r_i, o_oi, o_i, c_i)
+    par = sch.fuse(*outer, r_o, o_oo)
     sch.parallel(par)  # before the tensorization, which makes the block opaque to the check
     _schedule_epilogue(sch, block, par)
     for producer in sch.get_producers(block):  # the zero padding: at the root, parallel
@@ -427,6 +444,7 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None) -> Any:
     init = sch.decompose_reduction(block, r_outer[0] if r_outer else c_o)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(r_i)  # the tile's pixels reuse the weight vector in registers
+    sch.unroll(o_oi)
     sch.tensorize(o_i, intrin)
     return sch
 
@@ -463,10 +481,11 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
     return sch
 
 
-def _schedule_block(sch: Any, block: Any, tile: int | None = None) -> Any:
+def _schedule_block(sch: Any, block: Any, tile: int, blocks: int) -> Any:
     """``schedule_dot`` or ``schedule_depthwise``, by the block's rule."""
-    rule = str(sch.get(block).annotations["schedule_rule"])
-    return (schedule_depthwise if rule == DEPTHWISE_RULE else schedule_dot)(sch, block, tile)
+    if str(sch.get(block).annotations["schedule_rule"]) == DEPTHWISE_RULE:
+        return schedule_depthwise(sch, block, tile)
+    return schedule_dot(sch, block, tile, blocks)
 
 
 def _schedule_epilogue(sch: Any, block: Any, loop: Any) -> None:
@@ -559,18 +578,19 @@ def schedule_rules() -> list[Any]:
     return [skip(r) if type(r).__name__ == "ParallelizeVectorizeUnroll" else r for r in rules]
 
 
-def schedule_func(func: Any, tile: int = 8) -> Any | None:
-    """``func`` (a PrimFunc with packed kernel blocks) scheduled with default tiles, or None
-    when it has none or its schedule fails (logged; the function stays generic)."""
+def schedule_func(func: Any, tile: int = 8, blocks: int | None = None) -> Any | None:
+    """``func`` (a PrimFunc with packed kernel blocks) scheduled with default tiles (``tile``
+    pixels × ``blocks`` channel vectors, default per path), or None when it has none or its
+    schedule fails (logged; the function stays generic)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    blocks = _kernel_blocks(sch)
-    if not blocks:
+    kernels = _kernel_blocks(sch)
+    if not kernels:
         return None
     try:
-        for b in blocks:
-            _schedule_block(sch, b, tile)
+        for b in kernels:
+            _schedule_block(sch, b, tile, blocks or _DEFAULT_BLOCKS[_path_of(sch, b)])
     except (RuntimeError, ValueError) as e:
         log.debug("int8 kernel schedule failed, generic kernel kept: %s",
                   str(e).strip().splitlines()[-1])
