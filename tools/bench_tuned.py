@@ -3,7 +3,7 @@ the same graph, in one process, side by side; for the original (fp32) graph and 
 (int8) one.
 
     python -m shrinkc.tools.bench_tuned [--models resnet18,mobilenet_v2] [--sizes 64,224]
-        [--variants fp32,int8] [--trials 128] [--db-root /tmp/shrinkc-bench-tuned]
+        [--variants fp32,int8] [--trials 128] [--budget 10m] [--db-root /tmp/shrinkc-bench-tuned]
         [--threads 2] [--repeat 30] [--population 64] [--stem auto|cifar|imagenet]
         [--layout NHWC|NCHW] [--no-prepack] [--out FILE.md]
 
@@ -14,7 +14,8 @@ four random batches: QDQ with u8 activations, i8 per-channel weights, i32 biases
 - ``torch``: the float ``nn.Module`` eager, ``torch.inference_mode`` (fp32 rows only);
 - ``onnxruntime``: ``to_onnx`` of the graph (QDQ for int8: onnxruntime's QLinear kernels);
 - ``tvm``: the graph built for the host target without a tuning database;
-- ``tvm-tuned``: ``backends.tvm.tuning.tune`` with a budget of ``--trials`` into a database
+- ``tvm-tuned``: ``backends.tvm.tuning.tune`` with a budget of ``--trials`` and / or
+  ``--budget`` (time per row) into a database
   (``<db-root>/<model>-<S>-<layout>[-prepack][-int8]``; a second run reuses it and tunes
   only up to the budget; delete it to re-tune from scratch), then built with the database
   applied. Convolutions in NHWC with prepacked weights unless ``--layout`` / ``--no-prepack``.
@@ -57,11 +58,11 @@ def _tvm_module_runner(module: Any, x: np.ndarray):
     return run, lambda out: (out.numpy() if hasattr(out, "numpy") else out[0].numpy())
 
 
-def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
+def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, threads: int,
               warmup: int, repeat: int, prepack: bool | None = None,
               max_trials_per_task: int | None = None, population: int | None = None,
               stem: str = "auto", seed: int = 0, layout: str | None = None,
-              variant: str = "fp32") -> dict[str, Any]:
+              variant: str = "fp32", budget: str | None = None) -> dict[str, Any]:
     from .. import optimize
     from ..backends import tvm as btvm
     from ..backends.tvm import tuning as tt
@@ -121,13 +122,16 @@ def bench_one(name: str, size: int, *, trials: int, db_root: Path, threads: int,
     db = db.with_name(db.name + f"-{layout.lower()}" + ("-prepack" if prepack else "")
                       + ("-int8" if variant == "int8" else ""))
     db.mkdir(parents=True, exist_ok=True)
-    print(f"[{name} {size}] tuning {trials} trials into {db} ...", file=sys.stderr, flush=True)
-    res = tt.tune(lowered.mod, tgt, total_trials=trials, db_dir=db,
+    what = " and ".join(w for w in (f"{trials} trials" if trials is not None else "",
+                                     f"a {budget} budget" if budget else "") if w)
+    print(f"[{name} {size}] tuning ({what}) into {db} ...", file=sys.stderr, flush=True)
+    res = tt.tune(lowered.mod, tgt, total_trials=trials, budget=budget, db_dir=db,
                   max_trials_per_task=max_trials_per_task, progress=False,
                   cpu_weight_prepack=prepack, population_size=population, layout=layout)
     print(res.table(), file=sys.stderr, flush=True)
     summary = tt.database_summary(db)
     row.update(population=population, new_trials=res.new_trials, tune_s=res.seconds,
+               ended_by=res.ended_by, budget=budget,
                build_errors=res.build_errors,
                run_errors=res.run_errors, tasks=len(res.tasks), db=str(db),
                db_records=summary["records"], db_valid=summary["valid"])
@@ -221,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet18,mobilenet_v2")
     p.add_argument("--sizes", default="64", help="comma-separated input sizes, e.g. 64,224")
-    p.add_argument("--trials", type=int, default=128,
-                   help="MetaSchedule trials per model (its database's budget; see tune())")
+    p.add_argument("--trials", type=int, default=None,
+                   help="MetaSchedule trials per model (its database's budget; see tune()); "
+                        "default 128 unless --budget is given")
+    p.add_argument("--budget", default=None,
+                   help="tuning time per row (e.g. 10m, 1h; with --trials, whichever comes "
+                        "first), counted from the tune() call")
     p.add_argument("--max-trials-per-task", type=int, default=None)
     p.add_argument("--db-root", default="/tmp/shrinkc-bench-tuned", type=Path)
     p.add_argument("--population", type=int, default=None,
@@ -242,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="conv2d data layout for TVM (default: backends.tvm.DEFAULT_CONV_LAYOUT)")
     p.add_argument("--out", type=Path, help="also write the Markdown (and .json) here")
     args = p.parse_args(argv)
+    if args.trials is None and args.budget is None:
+        args.trials = 128
+    if args.budget is not None:
+        from ..backends.tvm import parse_budget
+        try:
+            parse_budget(args.budget, "--budget")
+        except ValueError as e:
+            p.error(str(e))
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for size, name, variant in [(int(s), m.strip(), v.strip())
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                               prepack=False if args.no_prepack else None,
                               max_trials_per_task=args.max_trials_per_task,
                               population=args.population, stem=args.stem,
-                              layout=args.layout, variant=variant))
+                              layout=args.layout, variant=variant, budget=args.budget))
         md = markdown(rows, args.threads, args.warmup, args.repeat)
         print(md, flush=True)
         if args.out:

@@ -1,0 +1,31 @@
+"""tools/bench_tuned.py: the tuned-TVM benchmark's options and one (slow) row end to end."""
+
+from __future__ import annotations
+
+import pytest
+from shrinkc.tools import bench_tuned
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.mark.parametrize("bad", ["5 min", "1.5h", "0s"])
+def test_a_bad_time_budget_is_one_error_naming_the_option(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_tuned.main(["--budget", bad])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--budget" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_one_int8_row_tuned_under_a_time_budget(tmp_path):
+    """An int8 row: tuned under a time budget, TVM's output equal to onnxruntime's to one
+    output step, the ratios and what ended the tuning in the row and the table."""
+    row = bench_tuned.bench_one("resnet18", 32, trials=None, budget="40s", db_root=tmp_path,
+                                threads=2, warmup=1, repeat=3, population=16,
+                                stem="imagenet", variant="int8")
+    assert row["ended_by"] == "time budget" and row["new_trials"] > 0
+    assert row["build_errors"] == 0
+    assert row["tuned_vs_ort"] <= 0.05 * row["output_scale"]
+    md = bench_tuned.markdown([row], 2, 1, 3)
+    assert "| resnet18 (imagenet stem) | int8" in md
