@@ -544,10 +544,12 @@ def _rule_classes() -> type:
 
     @derived_object
     class SkipKernelFuncs(PyScheduleRule):
-        """``inner`` (MetaSchedule's ``ParallelizeVectorizeUnroll``) except in functions
-        with a packed kernel: ``schedule_dot`` parallelizes and vectorizes them itself, and
-        the root annotations would make ``RewriteParallelVectorizeUnroll`` reject every
-        candidate (it cannot rework loops that are parallel or hold a tensorized block)."""
+        """``inner`` (a generic MetaSchedule rule) except in functions with a packed kernel:
+        ``schedule_dot`` / ``schedule_depthwise`` schedule them whole. Measured: with
+        ``ParallelizeVectorizeUnroll`` the root annotations made
+        ``RewriteParallelVectorizeUnroll`` reject every candidate (it cannot rework loops
+        that are parallel or hold a tensorized block), and ``RandomComputeLocation``
+        crashed the process (a segfault in ``SampleComputeLocation``, int8 ResNet-18)."""
 
         def __init__(self, inner: Any):
             super().__init__()
@@ -569,13 +571,14 @@ def _rule_classes() -> type:
 
 def schedule_rules() -> list[Any]:
     """MetaSchedule's generic LLVM rules (``ApplyCustomRule`` first: the kernels get
-    ``schedule_dot``), with ``ParallelizeVectorizeUnroll`` left out of kernel functions."""
+    ``schedule_dot`` / ``schedule_depthwise``), every other rule left out of kernel
+    functions."""
     from tvm.s_tir import meta_schedule as ms
 
     register_intrinsics()
     rules = list(ms.ScheduleRule.create("llvm"))
     skip = _rule_classes()
-    return [skip(r) if type(r).__name__ == "ParallelizeVectorizeUnroll" else r for r in rules]
+    return [r if type(r).__name__ == "ApplyCustomRule" else skip(r) for r in rules]
 
 
 def schedule_func(func: Any, tile: int = 8, blocks: int | None = None) -> Any | None:
