@@ -21,9 +21,10 @@ Activations (``collect`` + ``choose_range`` + ``qparams``):
     clipped at ``i`` with the outliers added to its last bin, Q is P's first ``i`` bins
     merged into ``levels`` buckets and spread back over the non-empty bins; the threshold
     with the smallest KL(P‖Q) wins. After a ReLU it searches ``x`` with 256 levels (all of
-    u8 / i8 covers ``[0, T]``); signed data gets a threshold per sign, each side's
-    histogram searched with 128 levels (activations are asymmetric, so the sides need not
-    match). A threshold never clips more than ``ENTROPY_MAX_CLIPPED`` (0.1 %) of a side's
+    u8 / i8 covers ``[0, T]``); signed data gets a threshold per sign (activations are
+    asymmetric, so the sides need not match), each side's histogram searched with the
+    levels the final range gives it (proportional to its length; ``entropy_side_levels``,
+    iterated from the min / max split until it stops moving). A threshold never clips more than ``ENTROPY_MAX_CLIPPED`` (0.1 %) of a side's
     values: KL is blind to clipping on spiky histograms (see the constant);
   - ``mse``: the range with the smallest expected squared error — rounding
     (``Δ² / 12`` for every value inside) plus clipping (the distance to the range for
@@ -261,18 +262,41 @@ def _kl_side(hist: np.ndarray, width: float, levels: int) -> float:
     return max(t, _inverse_cdf(hist, edges, hist.sum() * (1.0 - ENTROPY_MAX_CLIPPED)))
 
 
-def _entropy(ob: Observer, levels_total: int) -> tuple[float, float]:
+def entropy_side_levels(pos: float, neg: float, levels_total: int) -> tuple[int, int]:
+    """The integer levels that the positive and the negative side of a range ``[-neg, pos]``
+    get from one affine quantizer of ``levels_total`` levels: proportional to their lengths
+    (at least 2 each)."""
+    share = pos / (pos + neg) if pos + neg > 0 else 0.5
+    p = int(np.clip(round(levels_total * share), 2, levels_total - 2))
+    return p, levels_total - p
+
+
+def _entropy(ob: Observer, levels_total: int, rounds: int = 4) -> tuple[float, float]:
     if ob.one_sided:
         width = (ob.hist_hi - ob.hist_lo) / len(ob.hist)
         return ob.lo, min(_kl_side(ob.hist, width, levels_total), ob.hi)
-    # each sign on its own, with half the levels: the threshold of |x| over both would let
-    # one side's mass decide the other's (MNIST's input: every background pixel at -0.42
-    # and the strokes up to 2.8 — one |x| threshold at 0.42 clips every stroke)
+    # each sign on its own: the threshold of |x| over both would let one side's mass decide
+    # the other's (MNIST's input: every background pixel at -0.42 and the strokes up to
+    # 2.8 — one |x| threshold at 0.42 clips every stroke). Each side is searched with the
+    # levels the one quantizer gives it, proportional to its length: a lopsided range (a
+    # bottleneck's output from -1 to 9) spends most of its 256 levels on the long side, and
+    # searching that side with half of them makes KL clip it for resolution it does not
+    # lack. The split depends on the thresholds, so it starts from the min / max split and
+    # is repeated until it stops moving (``rounds`` at most; one or two in practice).
     half = len(ob.hist) // 2
     width = ob.hist_hi / half
-    pos = _kl_side(ob.hist[half:], width, levels_total // 2)
-    neg = _kl_side(ob.hist[:half][::-1], width, levels_total // 2)
-    return max(-neg, ob.lo), min(pos, ob.hi)
+    pos_h, neg_h = ob.hist[half:], ob.hist[:half][::-1]
+    pos, neg = ob.hi, -ob.lo
+    split = entropy_side_levels(pos, neg, levels_total)
+    seen: set[tuple[int, int]] = set()
+    for _ in range(rounds):
+        seen.add(split)
+        pos = min(_kl_side(pos_h, width, split[0]), ob.hi)
+        neg = min(_kl_side(neg_h, width, split[1]), -ob.lo)
+        split = entropy_side_levels(pos, neg, levels_total)
+        if split in seen:
+            break
+    return -neg, pos
 
 
 def _mse(ob: Observer, levels_total: int, grid: int = 256) -> tuple[float, float]:

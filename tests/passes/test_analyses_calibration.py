@@ -122,6 +122,27 @@ def test_entropy_clips_a_heavy_tail_where_minmax_does_not():
     assert hi > 0.97 * u.max() and lo < 0.97 * u.min()
 
 
+def test_entropy_searches_each_sign_with_the_levels_the_range_gives_it():
+    """A lopsided signed range (a bottleneck's output: down to -1, up past 12) gives most
+    of the 256 levels to its long side; its KL threshold is the one searched with those
+    levels (a fixed point), not with half of them."""
+    assert cal.entropy_side_levels(9.0, 1.0, 256) == (230, 26)
+    assert cal.entropy_side_levels(1.0, 0.0, 256) == (254, 2)  # each side keeps 2 levels
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.uniform(0, 1, 50_000), rng.exponential(1.0, 150_000)])
+    ob = observed(x.astype(np.float32))
+    lo, hi = cal.choose_range(ob, "entropy")
+    half = len(ob.hist) // 2
+    width = ob.hist_hi / half
+    p_levels, n_levels = cal.entropy_side_levels(hi, -lo, 256)
+    assert p_levels > 200
+    assert hi == pytest.approx(cal._kl_side(ob.hist[half:], width, p_levels))
+    assert -lo == pytest.approx(min(cal._kl_side(ob.hist[:half][::-1], width, n_levels),
+                                    -ob.lo))
+    assert hi != pytest.approx(cal._kl_side(ob.hist[half:], width, 128))
+    assert lo == pytest.approx(ob.lo, abs=0.01)  # the short uniform side is kept
+
+
 def test_kl_search_on_known_histograms():
     assert cal.kl_threshold_bins(np.ones(128), 128) == 128  # every bin is a level
     assert cal.kl_threshold_bins(np.ones(2048), 128) == 2048  # flat: nothing to gain
