@@ -21,10 +21,21 @@ above), so the graph computes what it did: the pass is exact for them. Chains
 by more than 0.1 % (at most ``iterations`` sweeps); scales are computed in float64 and the
 weights stored in their dtype. A channel whose range is 0 on either side keeps scale 1.
 
-ReLU6 does not commute (``min(x / s, 6) != min(x, 6) / s``): with ``relu6=replace`` it is
-replaced by ``relu`` where a pair goes through it (lossy when activations exceed 6; AIMET
-does the same), with ``relu6=keep`` such pairs are skipped (``skipped_relu6``) and the pass
-is exact.
+ReLU6 does not commute (``min(x / s, 6) != min(x, 6) / s``). With ``relu6=keep`` (the
+default) pairs through one are skipped (``skipped_relu6``) and the pass is exact. With
+``relu6=replace`` the ReLU6 becomes ``relu`` where a pair goes through it (AIMET does the
+same): lossy wherever activations exceed 6, which is why it is not the default. Measured on
+the MNIST-trained MobileNetV2 (``tools/bench_quant.py``; 1,000 test images): replacing its
+ReLU6 alone, in float, changes 0.7 % of the predictions (99.3 % agreement with the
+original, -0.1 pt accuracy), while quantizing the equalized graph stays as close to it as
+quantizing the original stays to the original (99.7 % vs 99.6 % agreement) — the whole
+loss is the float change, and with per-channel int8 weights there is little imbalance left
+for it to buy (mean accuracy over four calibration sets against no ``equalize``, per-channel
+weights: -0.05 to -0.25 pt with minmax, percentile and mse, +0.5 pt with entropy, and
+0.2-0.5 pt less agreement with the original for all four; per-tensor minmax: 0.0 pt, and
++0.15 pt with the ReLU6 kept). An exact form would need a per-channel clip at ``6 / s[c]``, which a
+per-tensor activation quantize cannot absorb (an extra float Min per activation in
+onnxruntime).
 
 Not matched (counted): a weight or bias shared with another node (``skipped_shared``),
 grouped convolutions that are not depthwise (``skipped_groups``), a non-constant or
@@ -80,9 +91,9 @@ class _Pair:
 class Equalize(Pass):
     """Cross-layer equalization of consecutive conv2d / linear weight ranges (exact via ReLU)."""
 
-    exact = False  # relu6=replace changes ReLU6 into ReLU; with relu6=keep it is exact
-    relu6: Literal["replace", "keep"] = option(
-        "replace", help="replace: ReLU6 between a pair becomes ReLU; keep: skip such pairs")
+    exact = False  # relu6=replace changes ReLU6 into ReLU; with relu6=keep (default) it is exact
+    relu6: Literal["keep", "replace"] = option(
+        "keep", help="keep: skip pairs through a ReLU6 (exact); replace: it becomes ReLU (lossy)")
     iterations: int = option(20, ge=1, help="sweeps over the pairs at most")
 
     def _layer_ok(self, graph: Graph, n: Node, stats: dict) -> bool:

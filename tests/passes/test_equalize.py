@@ -44,9 +44,10 @@ def _ranges(g: Graph, w: str, axis: int) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11_bn", "mobilenet_v2"])
 def test_exact_through_relu_in_float64(reference_graphs, name):
+    """The default (ReLU6 kept) is exact, MobileNetV2 included."""
     _, x, g = reference_graphs(name)
     g = as_f64(optimize(g, "fold-bn"))
-    e, stats = _run(g, "equalize(relu6=keep)")
+    e, stats = _run(g, "equalize")
     assert stats["pairs"] > 0 and stats["relu6_replaced"] == 0
     assert stats["range_ratio_after"] < stats["range_ratio_before"]
     with torch.no_grad():
@@ -55,14 +56,14 @@ def test_exact_through_relu_in_float64(reference_graphs, name):
 
 def test_ranges_become_equal_and_relu6_is_replaced(ir):
     g = ir(CHAIN)
-    e, stats = _run(g, "equalize")
+    e, stats = _run(g, "equalize(relu6=replace)")
     assert stats["pairs"] == 2 and stats["relu6_replaced"] == 1 and stats["sweeps"] > 1
     assert e.node("relu6_a").op == "relu" and e.node("r1").outputs[0].name == "r1"
     # expand's output channels vs dw's (its only input channel each), dw's outputs vs project
     np.testing.assert_allclose(_ranges(e, "w1", 0), _ranges(e, "w2", 0), rtol=2e-3)
     np.testing.assert_allclose(_ranges(e, "w2", 0), _ranges(e, "w3", 1), rtol=2e-3)
-    # with the ReLU6 kept, only dw -> project is equalized, and exactly
-    k, stats = _run(g, "equalize(relu6=keep)")
+    # with the ReLU6 kept (the default), only dw -> project is equalized, and exactly
+    k, stats = _run(g, "equalize")
     assert stats["pairs"] == 1 and stats["skipped_relu6"] == 1
     assert k.node("relu6_a").op == "hardtanh"
     x = torch.rand(1, 4, 6, 6, dtype=torch.float64) * 0.1  # below 6: ReLU6 is ReLU here
