@@ -4,11 +4,13 @@ the same graph, in one process, side by side; for the original (fp32) graph and 
 
     python -m shrinkc.tools.bench_tuned [--models resnet18,mobilenet_v2] [--sizes 64,224]
         [--variants fp32,int8] [--trials 128] [--budget 10m] [--db-root /tmp/shrinkc-bench-tuned]
+        [--passes 'prune-channels(ratio=0.5)']
         [--threads 2] [--repeat 30] [--population 64] [--stem auto|cifar|imagenet]
         [--layout NHWC|NCHW] [--no-prepack] [--out FILE.md]
 
 For each model (zoo factory, width 1.0, batch 1, 3×S×S, random weights) and variant: trace,
-apply ``fold-bn`` (exact); for ``int8`` also the ``quantize`` pass (min/max calibration on
+apply ``fold-bn`` (exact), then ``--passes`` if given (a compressed graph: pruned channels,
+CP / Tucker chains); for ``int8`` also the ``quantize`` pass (min/max calibration on
 four random batches: QDQ with u8 activations, i8 per-channel weights, i32 biases). Then
 
 - ``torch``: the float ``nn.Module`` eager, ``torch.inference_mode`` (fp32 rows only);
@@ -62,7 +64,8 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
               warmup: int, repeat: int, prepack: bool | None = None,
               max_trials_per_task: int | None = None, population: int | None = None,
               stem: str = "auto", seed: int = 0, layout: str | None = None,
-              variant: str = "fp32", budget: str | None = None) -> dict[str, Any]:
+              variant: str = "fp32", budget: str | None = None,
+              passes: str | None = None) -> dict[str, Any]:
     from .. import optimize
     from ..backends import tvm as btvm
     from ..backends.tvm import tuning as tt
@@ -75,7 +78,8 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
     model = zoo.get_model(name, input_size=size, width=1.0, stem=stem).eval()
     x = torch.randn(1, 3, size, size)
     graph = trace(model, (x,), name=name)
-    graph = optimize(graph, PIPELINE, example_inputs=(x,), seed=seed)
+    pipeline_text = PIPELINE + (f",{passes}" if passes else "")
+    graph = optimize(graph, pipeline_text, example_inputs=(x,), seed=seed)
     if variant == "int8":
         # the quantize pass: min/max calibration on random inputs, u8 activations, i8
         # per-channel weights (7-bit on CPUs without VNNI), i32 biases
@@ -89,7 +93,8 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
                            "variant": variant, "input": f"1×3×{size}×{size}",
                            "macs": cost.total.macs, "params": cost.params,
                            "param_bytes": cost.param_bytes,
-                           "pipeline": PIPELINE + (" + int8 QDQ" if variant == "int8" else ""),
+                           "pipeline": pipeline_text + (" + int8 QDQ" if variant == "int8" else ""),
+                           "passes": passes,
                            "prepack": prepack}
     xn = x.numpy()
     with torch.inference_mode():
@@ -120,7 +125,8 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
 
     db = db_root / (f"{name}-{size}" if stem == "auto" else f"{name}-{size}-{stem}")
     db = db.with_name(db.name + f"-{layout.lower()}" + ("-prepack" if prepack else "")
-                      + ("-int8" if variant == "int8" else ""))
+                      + ("-int8" if variant == "int8" else "")
+                      + (f"-{_slug(passes)}" if passes else ""))
     db.mkdir(parents=True, exist_ok=True)
     what = " and ".join(w for w in (f"{trials} trials" if trials is not None else "",
                                      f"a {budget} budget" if budget else "") if w)
@@ -181,6 +187,15 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
     return row
 
 
+def _slug(text: str) -> str:
+    """A file-name-safe form of a pass pipeline (its database directory's suffix)."""
+    import hashlib
+    import re
+
+    short = re.sub(r"[^A-Za-z0-9.=-]+", "_", text)[:40].strip("_")
+    return f"{short}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int) -> str:
     from .table import human
 
@@ -190,14 +205,15 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
              "max Δ tuned vs ORT |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     fp32_ort = {(r["model"], r["input"]): r["ms"]["onnxruntime"] for r in rows
-                if r.get("variant", "fp32") == "fp32"}
+                if r.get("variant", "fp32") == "fp32" and not r.get("passes")}
     for r in rows:
         ms, f = r["ms"], r["ms_fmt"]
         ort = ms["onnxruntime"]
         base = fp32_ort.get((r["model"], r["input"]))
         vs_fp32 = f"{ms['tvm-tuned'] / base:.2f}×" if base else "-"
         variant = (f"{r.get('variant', 'fp32')}, {r.get('layout', 'NCHW')}"
-                   f"{' prepack' if r['prepack'] else ''}")
+                   f"{' prepack' if r['prepack'] else ''}"
+                   f"{', `' + r['passes'] + '`' if r.get('passes') else ''}")
         lines.append(
             f"| {r['model']} | {variant} | {r['input']} | {human(r['macs'])} | "
             f"{r.get('param_bytes', 0) / 2**20:.1f} MiB | {f.get('torch', '-')} | "
@@ -248,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated: fp32 (the original graph), int8 (QDQ, compressed)")
     p.add_argument("--layout", default=None, choices=("NCHW", "NHWC"),
                    help="conv2d data layout for TVM (default: backends.tvm.DEFAULT_CONV_LAYOUT)")
+    p.add_argument("--passes", default=None,
+                   help="a compression pipeline after fold-bn for every row (e.g. "
+                        "'prune-channels(ratio=0.5)', 'cp-conv(ratio=0.5)'): TVM against "
+                        "onnxruntime on the compressed graph")
     p.add_argument("--out", type=Path, help="also write the Markdown (and .json) here")
     args = p.parse_args(argv)
     if args.trials is None and args.budget is None:
@@ -269,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                               prepack=False if args.no_prepack else None,
                               max_trials_per_task=args.max_trials_per_task,
                               population=args.population, stem=args.stem,
-                              layout=args.layout, variant=variant, budget=args.budget))
+                              layout=args.layout, variant=variant, budget=args.budget,
+                              passes=args.passes))
         md = markdown(rows, args.threads, args.warmup, args.repeat)
         print(md, flush=True)
         if args.out:

@@ -29,3 +29,11 @@ def test_one_int8_row_tuned_under_a_time_budget(tmp_path):
     assert row["tuned_vs_ort"] <= 0.05 * row["output_scale"]
     md = bench_tuned.markdown([row], 2, 1, 3)
     assert "| resnet18 (imagenet stem) | int8" in md
+
+
+def test_a_pass_pipeline_gets_its_own_safe_database_name():
+    a = bench_tuned._slug("prune-channels(ratio=0.5)")
+    b = bench_tuned._slug("prune-channels(ratio=0.7)")
+    long = bench_tuned._slug("cp-conv(ratio=0.5), prune-channels(ratio=0.5, criterion=l1)")
+    assert a != b and a.startswith("prune-channels_ratio=0.5")
+    assert all(c.isalnum() or c in "._=-" for c in a + b + long) and len(long) <= 49
