@@ -399,6 +399,25 @@ def _path_of(sch: Any, block: Any) -> str:
     return str(sch.get(block).annotations[PATH_KEY])
 
 
+def _split_tile(sch: Any, loop: Any, tile: int | None) -> tuple[Any, Any]:
+    """``loop`` split into (outer, a register tile of output pixels): the largest divisor
+    of its extent up to ``tile``, or sampled (at most 8) when ``tile`` is None (tuning)."""
+    extent = int(sch.get(loop).extent)
+    if tile is None:
+        factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
+    else:
+        tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
+        factors = [extent // tile, tile]
+    return sch.split(loop, factors)
+
+
+def _parallel_pads(sch: Any, block: Any) -> None:
+    """The kernel's zero padding: at the root, parallel and vectorized."""
+    for producer in sch.get_producers(block):
+        if sch.get(producer).name_hint.startswith("pad"):
+            _parallel_vectorize(sch, producer)
+
+
 def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | None = None
                  ) -> Any:
     """Schedule one packed kernel block: output lanes by ``L``, the channel reduction by 4,
@@ -420,13 +439,7 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     *r_outer, r_ch = reduce
     o_o, o_i = sch.split(out_ch, [None, lanes])
     c_o, c_i = sch.split(r_ch, [None, _REDUCE])
-    extent = int(sch.get(rows).extent)
-    if tile is None:
-        factors = sch.sample_perfect_tile(rows, n=2, max_innermost_factor=8)
-    else:
-        tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
-        factors = [extent // tile, tile]
-    r_o, r_i = sch.split(rows, factors)
+    r_o, r_i = _split_tile(sch, rows, tile)
     n_ob = int(sch.get(o_o).extent)
     choices = [q for q in _BLOCKS if n_ob % q == 0]
     if blocks is None:
@@ -438,9 +451,7 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     par = sch.fuse(*outer, r_o, o_oo)
     sch.parallel(par)  # before the tensorization, which makes the block opaque to the check
     _schedule_epilogue(sch, block, par)
-    for producer in sch.get_producers(block):  # the zero padding: at the root, parallel
-        if sch.get(producer).name_hint.startswith("pad"):
-            _parallel_vectorize(sch, producer)
+    _parallel_pads(sch, block)
     init = sch.decompose_reduction(block, r_outer[0] if r_outer else c_o)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(r_i)  # the tile's pixels reuse the weight vector in registers
@@ -456,20 +467,12 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
     _, lanes, _ = PATHS[_path_of(sch, block)]
     b, y, xx, ch, rh, rw = sch.get_loops(block)
     c_o, c_i = sch.split(ch, [None, lanes])
-    extent = int(sch.get(xx).extent)
-    if tile is None:
-        factors = sch.sample_perfect_tile(xx, n=2, max_innermost_factor=8)
-    else:
-        tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
-        factors = [extent // tile, tile]
-    x_o, x_i = sch.split(xx, factors)
+    x_o, x_i = _split_tile(sch, xx, tile)
     sch.reorder(b, y, x_o, c_o, rh, rw, x_i, c_i)
     par = sch.fuse(b, y, x_o, c_o)
     sch.parallel(par)
     _schedule_epilogue(sch, block, par)
-    for producer in sch.get_producers(block):
-        if sch.get(producer).name_hint.startswith("pad"):
-            _parallel_vectorize(sch, producer)
+    _parallel_pads(sch, block)
     sch.vectorize(c_i)  # while the block still has its init (a reduction block)
     sch.unroll(rh)
     sch.unroll(rw)
