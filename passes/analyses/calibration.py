@@ -20,12 +20,15 @@ Activations (``collect`` + ``choose_range`` + ``qparams``):
     candidate threshold ``i`` bins wide (from ``levels`` to all bins), P is the histogram
     clipped at ``i`` with the outliers added to its last bin, Q is P's first ``i`` bins
     merged into ``levels`` buckets and spread back over the non-empty bins; the threshold
-    with the smallest KL(P‖Q) wins. After a ReLU it searches ``x`` with 256 levels (all of
+    with the smallest KL(P‖Q) wins; point masses (``histogram_atoms``: many identical
+    values, e.g. a constant image background) stay points in Q instead of being spread
+    over their bucket. After a ReLU it searches ``x`` with 256 levels (all of
     u8 / i8 covers ``[0, T]``); signed data gets a threshold per sign (activations are
     asymmetric, so the sides need not match), each side's histogram searched with the
     levels the final range gives it (proportional to its length; ``entropy_side_levels``,
-    iterated from the min / max split until it stops moving). A threshold never clips more than ``ENTROPY_MAX_CLIPPED`` (0.1 %) of a side's
-    values: KL is blind to clipping on spiky histograms (see the constant);
+    iterated from the min / max split until it stops moving). A threshold never clips
+    more than ``ENTROPY_MAX_CLIPPED`` (0.1 %) of a side's values (a guard; see the
+    constant);
   - ``mse``: the range with the smallest expected squared error — rounding
     (``Δ² / 12`` for every value inside) plus clipping (the distance to the range for
     every value outside) — over all bin edges (one-sided) or a grid of 256 × 256
@@ -70,6 +73,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATION_BATCH", "CALIBRATORS", "Observer", "WeightQuant", "choose_range", "collect", "cpu_flags",
+    "histogram_atoms", "kl_threshold_bins",
     "load_calibration", "needs_reduce_range", "qparams", "quantize_weight",
     "save_calibration",
 ]
@@ -194,6 +198,29 @@ def _percentile(ob: Observer, p: float) -> tuple[float, float]:
             _inverse_cdf(ob.hist, ob.edges, total * (1.0 - tail)))
 
 
+#: Point masses in a histogram (``histogram_atoms``): a bin holding more than
+#: ``ATOM_FACTOR`` times the median of the ``2 * ATOM_WINDOW + 1`` bins around it, and at
+#: least ``ATOM_MIN_MASS`` of all values, holds an atom of its excess over that median.
+ATOM_WINDOW = 8
+ATOM_FACTOR = 4.0
+ATOM_MIN_MASS = 1e-4
+
+
+def histogram_atoms(hist: np.ndarray) -> np.ndarray:
+    """The point masses of a histogram: per bin, the count above the local level of its
+    neighbours where that excess is an isolated spike (see ``ATOM_*``), else 0.
+
+    Many identical values make one: MNIST's constant background gives every channel of
+    the first layers one value at most pixels (ResNet-18's first ReLU: 26 % of its non-zero
+    values in 35 bins of 2,048)."""
+    h = np.asarray(hist, np.float64)
+    w = ATOM_WINDOW
+    padded = np.pad(h, w, mode="edge")
+    base = np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1), axis=1)
+    spike = (h > ATOM_FACTOR * base) & (h >= ATOM_MIN_MASS * h.sum())
+    return np.where(spike, h - base, 0.0)
+
+
 def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     """TensorRT's entropy calibration on a one-sided histogram: how many bins to keep.
 
@@ -206,7 +233,16 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     The first bin is given the count of the second: after a ReLU it holds every zero (half
     the values, or more), and a spike that no bucket can share would make the narrowest
     candidate (one bin per bucket) win whatever the rest looks like (as NVIDIA's
-    pytorch-quantization does)."""
+    pytorch-quantization does).
+
+    Point masses elsewhere (``histogram_atoms``) stay point masses in Q: spreading a bucket
+    evenly models values spread over it, and a quantizer maps an atom to one level, not
+    over its bucket. Without this, a histogram of tall spikes (the first layers on MNIST)
+    makes KL pay for "smearing" every spike a bucket holds, which only narrower buckets
+    reduce — so it clips the signal above the spikes for resolution the spikes do not need
+    (ResNet-18's first ReLU: 3.7 of 6.9; with atoms kept, 5.1). Only the spread part of
+    each bucket (the counts minus the atoms) is spread; a histogram without spikes is
+    searched as before."""
     h = np.array(hist, np.float64)
     n = len(h)
     if n > 1:
@@ -216,9 +252,12 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     total = h.sum()
     if total <= 0:
         return n
-    nz = (h > 0).astype(np.float64)
-    C = np.concatenate([[0.0], np.cumsum(h)])   # C[k] = sum(h[:k])
-    N = np.concatenate([[0.0], np.cumsum(nz)])  # N[k] = non-empty bins in h[:k]
+    a = histogram_atoms(h)
+    c = h - a                                     # the spread part
+    nz = (c > 0).astype(np.float64)
+    C = np.concatenate([[0.0], np.cumsum(h)])    # C[k] = sum(h[:k])
+    Cc = np.concatenate([[0.0], np.cumsum(c)])   # the same of the spread part
+    N = np.concatenate([[0.0], np.cumsum(nz)])   # N[k] = non-empty spread bins in h[:k]
     j = np.arange(n)
     best_i, best_kl = n, math.inf
     for i0 in range(levels, n + 1, block):
@@ -227,7 +266,8 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
         k = np.minimum(((j[None, :] + 1) * levels - 1) // i, levels - 1)  # bucket of bin j
         s, e = (k * i) // levels, ((k + 1) * i) // levels
         used = N[e] - N[s]
-        q = np.where(inside & (nz[None, :] > 0), (C[e] - C[s]) / np.maximum(used, 1), 0.0)
+        q = np.where(inside & (nz[None, :] > 0), (Cc[e] - Cc[s]) / np.maximum(used, 1), 0.0)
+        q += np.where(inside, a[None, :], 0.0)                    # atoms stay where they are
         p = np.where(inside, h[None, :], 0.0)
         last = (i - 1)[:, 0]
         p[np.arange(len(last)), last] += total - C[last + 1]      # the outliers
@@ -250,7 +290,10 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
 #: pixels): keeping each spike in its own bucket wins, and the threshold drops below the
 #: strokes — measured on VGG-11's first ReLU: 0.73 of a 5.47 range, every stroke clipped,
 #: 10 % accuracy. On ordinary data the KL threshold clips less than this and it changes
-#: nothing (the heavy-tailed and Gaussian known answers in the tests).
+#: nothing (the heavy-tailed and Gaussian known answers in the tests). Since point masses
+#: stay points in Q (``kl_threshold_bins``) the search itself keeps those strokes (the
+#: MNIST models' first layers now clip 0.001–0.06 % where this bound used to decide), so
+#: the bound is a guard, not the answer.
 ENTROPY_MAX_CLIPPED = 1e-3
 
 

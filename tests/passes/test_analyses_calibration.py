@@ -116,6 +116,7 @@ def test_entropy_clips_a_heavy_tail_where_minmax_does_not():
     spiky = np.concatenate([spikes, rng.uniform(0, 5.5, 15_000)]).astype(np.float32)
     lo, hi = cal.choose_range(observed(spiky), "entropy")
     assert hi >= np.quantile(spiky, 1 - cal.ENTROPY_MAX_CLIPPED) - 0.01
+    assert hi > 0.95 * spiky.max()  # the spikes are atoms: KL itself keeps the signal
     # nothing to clip: a uniform distribution keeps (almost) its whole range
     u = rng.uniform(-1, 1, 100_000).astype(np.float32)
     lo, hi = cal.choose_range(observed(u), "entropy")
@@ -141,6 +142,33 @@ def test_entropy_searches_each_sign_with_the_levels_the_range_gives_it():
                                     -ob.lo))
     assert hi != pytest.approx(cal._kl_side(ob.hist[half:], width, 128))
     assert lo == pytest.approx(ob.lo, abs=0.01)  # the short uniform side is kept
+
+
+def test_histogram_atoms_are_the_spikes_and_only_them():
+    rng = np.random.default_rng(0)
+    at = rng.choice(np.arange(100, 1900), 16, replace=False)
+    h = np.histogram(rng.uniform(0, 1, 20_000), bins=2048, range=(0, 1))[0].astype(float)
+    h[at] += 5_000
+    a = cal.histogram_atoms(h)
+    assert set(np.flatnonzero(a)) == set(at)
+    np.testing.assert_allclose(a[at], 5_000, atol=10)  # the excess over the local level
+    for smooth in (np.abs(rng.standard_normal(200_000)), rng.exponential(1, 200_000),
+                   rng.uniform(0, 1, 200_000), np.abs(rng.standard_t(2, 200_000))):
+        h = np.histogram(smooth, bins=2048, range=(0, smooth.max()))[0]
+        assert not cal.histogram_atoms(h).any()
+
+
+def test_kl_keeps_point_masses_as_points():
+    """Tall spikes under a spread signal (a first layer on MNIST: one background value per
+    channel): spreading each bucket evenly would make KL clip most of the signal (279 of
+    2,048 bins before atoms were kept apart); with the spikes kept as points in Q, nothing
+    needs clipping. Without spikes the search is unchanged (the heavy tail above)."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.repeat(rng.uniform(0, 0.7, 16), 5_000), rng.uniform(0, 5.5, 15_000)])
+    h = np.histogram(x, bins=2048, range=(0, x.max()))[0]
+    assert cal.kl_threshold_bins(h, 256) > 0.95 * 2048
+    smooth = np.histogram(rng.uniform(0, 5.5, 15_000), bins=2048, range=(0, 5.5))[0]
+    assert cal.kl_threshold_bins(smooth, 256) > 0.95 * 2048
 
 
 def test_kl_search_on_known_histograms():
