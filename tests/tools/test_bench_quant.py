@@ -65,3 +65,71 @@ def test_goal_compares_means_calibrator_for_calibrator(ours, met):
     assert line.startswith("m: at least as accurate as quantize_static: "
                            + ("met" if met else "NOT met"))
     assert "agreement +1.00 pt" in line
+
+
+def _outcomes(n_right: int, n: int = 1000, sets: int = 4, shift: int = 0) -> list[np.ndarray]:
+    """``sets`` arrays of n 0/1 outcomes, ``n_right`` of them 1 (starting at ``shift``)."""
+    out = []
+    for _ in range(sets):
+        x = np.zeros(n, bool)
+        x[shift:shift + n_right] = True
+        out.append(x)
+    return out
+
+
+def test_paired_interval_known_answers():
+    same = _outcomes(970)
+    assert bench_quant.paired_interval(same, same) == (0.0, 0.0, 0.0)
+    # one image more right in every set: +0.1 pt, and the interval holds 0
+    d, lo, hi = bench_quant.paired_interval(_outcomes(971), same)
+    assert d == pytest.approx(0.001) and lo <= 0.0 <= hi
+    # 30 images more, the same 970 right in both: outside the noise
+    d, lo, hi = bench_quant.paired_interval(_outcomes(1000), same)
+    assert d == pytest.approx(0.03) and 0.015 < lo < d < hi < 0.045
+    # pairing: the same accuracy, but on different images, is a 0 difference with a wide
+    # interval; paired with itself it is exactly 0
+    d, lo, hi = bench_quant.paired_interval(_outcomes(970, shift=30), same)
+    assert d == 0.0 and lo < -0.01 and hi > 0.01
+    # fp32 has one array: paired with every set; unpaired shapes are refused
+    assert bench_quant.paired_interval(same, same[:1]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        bench_quant.paired_interval(same, same[:2])
+
+
+def test_latency_ratio_resamples_rounds_pairwise():
+    from shrinkc.tools.bench import Timing
+
+    rng = np.random.default_rng(0)
+    load = rng.uniform(1.0, 3.0, 200)  # the shared machine's load, round by round
+    a, b = Timing(list(0.10 * load)), Timing(list(0.11 * load))
+    r, lo, hi = bench_quant.latency_ratio(a, b)
+    assert r == pytest.approx(0.10 / 0.11) and lo <= r <= hi < 1.0
+    r, lo, hi = bench_quant.latency_ratio(a, a)
+    assert (r, lo, hi) == (1.0, 1.0, 1.0)
+
+
+def _paired_row(variant: str, right: int, model: str = "m", agree: int = 1000
+                ) -> bench_quant.QuantRow:
+    correct, agrees = _outcomes(right), _outcomes(agree)
+    return bench_quant.QuantRow(model, variant, right / 1000, 1, 0.0,
+                                accuracies=[right / 1000] * 4, agreements=[agree / 1000] * 4,
+                                correct=correct, agree=agrees)
+
+
+@pytest.mark.parametrize(("right", "verdict"), [
+    (970, "met"),
+    (969, "NOT met on the means, within noise"),
+    (940, "NOT met ("),  # 3 pt: not noise
+])
+def test_goal_says_whether_a_miss_is_within_noise(right, verdict):
+    fp = _paired_row("fp32", 970)
+    fp.correct, fp.agree = fp.correct[:1], fp.agree[:1]
+    rows = [fp, _paired_row("shrinkc minmax", right), _paired_row("ORT MinMax", 970),
+            _paired_row("shrinkc equalize+minmax", right)]
+    lines = bench_quant.goal_lines(rows)
+    ort = next(ln for ln in lines if "quantize_static" in ln)
+    assert ort.startswith("m: at least as accurate as quantize_static: " + verdict), ort
+    assert "[" in ort  # the interval is printed
+    eq = next(ln for ln in lines if "equalize" in ln)
+    assert eq.startswith("m: equalize no worse than without: met")  # same as without
+    assert any(ln.startswith("(brackets: 95% paired bootstrap") for ln in lines)
