@@ -411,11 +411,33 @@ def _split_tile(sch: Any, loop: Any, tile: int | None) -> tuple[Any, Any]:
     return sch.split(loop, factors)
 
 
-def _parallel_pads(sch: Any, block: Any) -> None:
-    """The kernel's zero padding: at the root, parallel and vectorized."""
+def _parallel_pads(sch: Any, block: Any, inline: bool = False) -> None:
+    """The kernel's zero padding. ``inline`` (the depthwise kernel, one multiply-add per
+    load): computed in the kernel's loads, a border test per tap; else (the dot kernels,
+    where each load feeds a tile of channel vectors) at the root, rows parallel, channels
+    in vectors of 16 bytes.
+
+    Measured (Zen 5, 2 threads, the stride-2 depthwise 3×3 of int8 MobileNetV2 at 224 px:
+    96 channels, 112 → 56 px): the pad as one vector per channel row, as before, 410 µs —
+    LLVM scalarized the 96-byte vectors into byte extracts and inserts; in vectors of 16,
+    81 µs; inlined, 49 µs (the kernel alone on unpadded input: 28 µs). Whole model: 2.17 →
+    1.41 ms. Inlined into the dot kernels it was 2× (MobileNetV2) to 180× (ResNet-18)
+    slower."""
     for producer in sch.get_producers(block):
-        if sch.get(producer).name_hint.startswith("pad"):
-            _parallel_vectorize(sch, producer)
+        if not sch.get(producer).name_hint.startswith("pad"):
+            continue
+        if inline:
+            try:
+                sch.compute_inline(producer)
+                continue
+            except (RuntimeError, ValueError):
+                pass
+        *rows, ch = sch.get_loops(producer)
+        sch.parallel(sch.fuse(*rows[:2]) if len(rows) > 1 else rows[0])
+        n = int(sch.get(ch).extent)
+        if n % 16 == 0:
+            ch = sch.split(ch, [None, 16])[1]
+        sch.vectorize(ch)
 
 
 def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | None = None
@@ -472,7 +494,7 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
     par = sch.fuse(b, y, x_o, c_o)
     sch.parallel(par)
     _schedule_epilogue(sch, block, par)
-    _parallel_pads(sch, block)
+    _parallel_pads(sch, block, inline=True)
     sch.vectorize(c_i)  # while the block still has its init (a reduction block)
     sch.unroll(rh)
     sch.unroll(rw)
