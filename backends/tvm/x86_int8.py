@@ -56,6 +56,12 @@ SCHEDULE_RULE = "shrinkc_int8_dot"
 #: The same for the depthwise kernels (no dot product: int32 lanes over the channels).
 DEPTHWISE_RULE = "shrinkc_int8_depthwise"
 PATH_KEY = "shrinkc_int8_path"
+#: The version of what ``schedule_dot`` / ``schedule_depthwise`` emit, in every kernel block's
+#: annotations, so in the workload a tuning database is keyed by. A database record
+#: replays the schedule's instructions as they were when it was tuned (not the rule), so
+#: bump this when the schedule changes: old records then stop matching and get retuned
+#: instead of silently bringing the old schedule back. 2: the padding of 47071ea.
+SCHEDULE_VERSION_KEY, SCHEDULE_VERSION = "shrinkc_int8_schedule", 2
 #: Per int8 path: (tensor intrinsic, output lanes L, largest |weight| that is exact).
 PATHS: dict[str, tuple[str, int, int]] = {
     "vnni": ("shrinkc_dot_16x4_vnni", 16, 128),
@@ -156,6 +162,11 @@ def pack_matmul_weight(w_kn: np.ndarray, lanes: int) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(2, 0, 3, 1))
 
 
+def _attrs(rule: str, path: str) -> dict[str, Any]:
+    """A kernel block's annotations: its schedule rule, int8 path and schedule version."""
+    return {"schedule_rule": rule, PATH_KEY: path, SCHEDULE_VERSION_KEY: SCHEDULE_VERSION}
+
+
 def _conv_te(x: te.Tensor, wp: te.Tensor, strides: Any, padding: Any, dilation: Any,
              path: str) -> Any:
     n, ih, iw, ic = (int(d) for d in x.shape)
@@ -176,7 +187,7 @@ def _conv_te(x: te.Tensor, wp: te.Tensor, strides: Any, padding: Any, dilation: 
             x[b, y * sh + rh * dh, xx * sw + rw * dw, rc].astype("int32")
             * wp[o // lanes, rh, rw, rc // _REDUCE, o % lanes, rc % _REDUCE].astype("int32"),
             axis=[rh, rw, rc]),
-        name="conv2d_nhwc_int8", attrs={"schedule_rule": SCHEDULE_RULE, PATH_KEY: path})
+        name="conv2d_nhwc_int8", attrs=_attrs(SCHEDULE_RULE, path))
 
 
 def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilation: Any,
@@ -198,7 +209,7 @@ def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilati
         lambda b, y, xx, ch: te.sum(
             x[b, y * sh + rh * dh, xx * sw + rw * dw, ch].astype("int32")
             * w[rh, rw, ch].astype("int32"), axis=[rh, rw]),
-        name="dwconv2d_nhwc_int8", attrs={"schedule_rule": DEPTHWISE_RULE, PATH_KEY: path})
+        name="dwconv2d_nhwc_int8", attrs=_attrs(DEPTHWISE_RULE, path))
 
 
 def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
@@ -211,7 +222,7 @@ def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
             x[(*i[:-1], rk)].astype("int32")
             * wp[i[-1] // lanes, rk // _REDUCE, i[-1] % lanes, rk % _REDUCE].astype("int32"),
             axis=[rk]),
-        name="matmul_int8", attrs={"schedule_rule": SCHEDULE_RULE, PATH_KEY: path})
+        name="matmul_int8", attrs=_attrs(SCHEDULE_RULE, path))
 
 
 # ---------------------------------------------------------------------------- the Relax pass

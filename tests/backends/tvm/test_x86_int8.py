@@ -224,3 +224,28 @@ def test_weights_are_packed_lane_major():
 
 def test_no_int8_path_off_x86():
     assert btvm.int8_isa("aarch64") is None
+
+
+def test_schedule_version_is_part_of_the_tuning_workload(monkeypatch):
+    """A tuning record replays the instructions of the schedule it was tuned with; the
+    kernels carry ``SCHEDULE_VERSION`` so that a changed schedule changes the workload (the
+    structural hash a database is keyed by) and old records stop matching."""
+    import tvm_ffi
+
+    g = _qdq_graph(64)
+    target = btvm.resolve_target("host")
+    if btvm.int8_isa(target) is None:
+        pytest.skip("this CPU has no int8 path")
+
+    def kernel_hashes():
+        mod = btvm.prepare(btvm.lower(g).mod, target)
+        return {gv.name_hint: tvm_ffi.structural_hash(f) for gv, f in mod.functions_items()
+                if "conv2d_int8" in gv.name_hint or "matmul_int8" in gv.name_hint}
+
+    before = kernel_hashes()
+    assert len(before) == 2
+    assert kernel_hashes() == before  # deterministic
+    monkeypatch.setattr(x86_int8, "SCHEDULE_VERSION", x86_int8.SCHEDULE_VERSION + 1)
+    after = kernel_hashes()
+    assert after.keys() == before.keys()
+    assert all(after[k] != before[k] for k in before)
