@@ -302,3 +302,40 @@ def test_max_pool_requantized_to_another_scale_is_dequantized_after_pooling():
     x = np.random.default_rng(6).integers(0, 256, (1, 4, 9, 9)).astype(np.uint8)
     for y, w in zip(btvm.build_lowered(lowered).run([x]), [t.numpy() for t in run(g, [x])]):
         np.testing.assert_array_equal(y, w)
+
+
+def test_requantization_multiplier_is_rounded_as_onnxruntime_rounds_it(tmp_path):
+    """The requantize multiplier is ``sx·sw`` rounded to float32, then ``/ sy`` rounded —
+    onnxruntime's order — not the exact quotient rounded once. For these scales the two
+    differ by one ulp (2.074258e-05 vs 2.0742582e-05), which moves these accumulators
+    across a rounding tie: 3,880,906 · m is 80 one way and 81 the other. One flipped step
+    grows through the layers after it (int8 MobileNetV2: 10 steps 20 layers on)."""
+    import onnxruntime as ort
+    from shrinkc import to_onnx
+
+    sx, sw, sy = np.float32(0.011487487), np.float32(0.00083194324), np.float32(0.46074)
+    acc = np.array([3880906, 3977326, 4073746, 4170166], np.int32)
+    g = Graph("tie")
+
+    def c(a, dtype):
+        return g.add_constant(np.asarray(a, dtype=dtype))
+
+    x = g.add_input(TensorType("f32", (1, 1, 1, 1)), "x")
+    xq = g.add_node("quantize", [x, c(sx, np.float32), c(0, np.uint8)], {"dtype": "u8"}).output
+    xd = g.add_node("dequantize", [xq, c(sx, np.float32), c(0, np.uint8)]).output
+    wd = g.add_node("dequantize", [c(np.ones((4, 1, 1, 1)), np.int8), c([sw] * 4, np.float32),
+                                   c(np.zeros(4), np.int8)], {"axis": 0}).output
+    bd = g.add_node("dequantize", [c(acc, np.int32), c([sx * sw] * 4, np.float32),
+                                   c(np.zeros(4), np.int32)], {"axis": 0}).output
+    y = g.add_node("conv2d", [xd, wd, bd], {}).output
+    g.outputs = [g.add_node("quantize", [y, c(sy, np.float32), c(0, np.uint8)],
+                            {"dtype": "u8"}).output]
+    feed = np.zeros((1, 1, 1, 1), np.float32)  # the accumulator is the bias alone
+    lowered = btvm.lower(g)
+    assert tvm_int8.compute_calls(lowered.mod) == [("relax.nn.conv2d", INT8, "int32")]
+    got = btvm.build_lowered(lowered).run([feed])[0].ravel()
+    sess = ort.InferenceSession(to_onnx(g, tmp_path / "tie.onnx").read_bytes(),
+                                providers=["CPUExecutionProvider"])
+    want = sess.run(None, {sess.get_inputs()[0].name: feed})[0].ravel()
+    np.testing.assert_array_equal(want, [80, 82, 84, 86])
+    np.testing.assert_array_equal(got, want)
