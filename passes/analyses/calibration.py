@@ -228,7 +228,8 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     to the last, Q is them merged into ``levels`` buckets (bucket ``k`` holds bins
     ``[k·i // levels, (k+1)·i // levels)``) and spread evenly over each bucket's non-empty
     bins. Returns the ``i`` with the least KL(P‖Q); ``levels`` when there are no more bins
-    than levels. Evaluated ``block`` candidates at a time, vectorised.
+    than levels. Evaluated ``block`` candidates at a time, vectorised, each block over only the
+bins its widest candidate keeps.
 
     The first bin is given the count of the second: after a ReLU it holds every zero (half
     the values, or more), and a spike that no bucket can share would make the narrowest
@@ -258,17 +259,17 @@ def kl_threshold_bins(hist: np.ndarray, levels: int, block: int = 128) -> int:
     C = np.concatenate([[0.0], np.cumsum(h)])    # C[k] = sum(h[:k])
     Cc = np.concatenate([[0.0], np.cumsum(c)])   # the same of the spread part
     N = np.concatenate([[0.0], np.cumsum(nz)])   # N[k] = non-empty spread bins in h[:k]
-    j = np.arange(n)
     best_i, best_kl = n, math.inf
     for i0 in range(levels, n + 1, block):
         i = np.arange(i0, min(i0 + block, n + 1))[:, None]     # candidates × 1
+        j = np.arange(int(i[-1, 0]))                              # the bins any of them keeps
         inside = j[None, :] < i                                   # candidates × bins
         k = np.minimum(((j[None, :] + 1) * levels - 1) // i, levels - 1)  # bucket of bin j
         s, e = (k * i) // levels, ((k + 1) * i) // levels
         used = N[e] - N[s]
-        q = np.where(inside & (nz[None, :] > 0), (Cc[e] - Cc[s]) / np.maximum(used, 1), 0.0)
-        q += np.where(inside, a[None, :], 0.0)                    # atoms stay where they are
-        p = np.where(inside, h[None, :], 0.0)
+        q = np.where(inside & (nz[None, j] > 0), (Cc[e] - Cc[s]) / np.maximum(used, 1), 0.0)
+        q += np.where(inside, a[None, j], 0.0)                    # atoms stay where they are
+        p = np.where(inside, h[None, j], 0.0)
         last = (i - 1)[:, 0]
         p[np.arange(len(last)), last] += total - C[last + 1]      # the outliers
         kept = C[i[:, 0]][:, None]                                # mass of Q

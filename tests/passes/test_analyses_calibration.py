@@ -171,6 +171,41 @@ def test_kl_keeps_point_masses_as_points():
     assert cal.kl_threshold_bins(smooth, 256) > 0.95 * 2048
 
 
+def _kl_reference(hist: np.ndarray, levels: int) -> int:
+    """TensorRT's search written out candidate by candidate (the loops of the 2017 talk),
+    with the zero bin and the point masses treated as ``kl_threshold_bins`` documents."""
+    h = np.array(hist, np.float64)
+    h[0] = h[1]
+    a = cal.histogram_atoms(h)
+    c = h - a
+    total, best, best_kl = h.sum(), None, np.inf
+    for i in range(levels, len(h) + 1):
+        p = h[:i].copy()
+        p[-1] += h[i:].sum()
+        q = a[:i].copy()
+        for k in range(levels):
+            lo, hi = k * i // levels, (k + 1) * i // levels
+            nz = c[lo:hi] > 0
+            if nz.any():
+                q[lo:hi][nz] += c[lo:hi].sum() / nz.sum()
+        pn, qn = p / total, q / h[:i].sum()
+        qn[(pn > 0) & (qn <= 0)] = 1e-12
+        kl = sum(x * np.log(x / y) for x, y in zip(pn, qn) if x > 0)
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kl_search_is_the_loop_written_out(seed):
+    """The vectorised search (blocks of candidates, each over only the bins it may keep)
+    picks the candidate the plain loop picks, spikes and all."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.exponential(1.0, 20_000), np.repeat(rng.uniform(0, 2, 3), 2_000)])
+    h = np.histogram(x, bins=384, range=(0, x.max()))[0]
+    assert cal.kl_threshold_bins(h, 32, block=50) == _kl_reference(h, 32)
+
+
 def test_kl_search_on_known_histograms():
     assert cal.kl_threshold_bins(np.ones(128), 128) == 128  # every bin is a level
     assert cal.kl_threshold_bins(np.ones(2048), 128) == 2048  # flat: nothing to gain
