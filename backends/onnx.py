@@ -1161,7 +1161,9 @@ class OnnxRuntimeSession:
     """An onnxruntime CPU session; ``session(inputs)`` returns the outputs as numpy arrays.
 
     ``model`` is a path, serialized bytes, a ``ModelProto`` or an IR ``Graph`` (exported at
-    ``opset``). ``threads`` sets the intra-op thread pool (default: all usable cores).
+    ``opset``). ``threads`` sets the intra-op thread pool (default: all usable cores);
+    ``spinning`` lets its threads busy-wait for work (onnxruntime's default; off here, so
+    that they leave the cores to other work between runs).
     It implements the runtime protocol of ``backends/runtime.py`` (``run`` / ``save`` /
     ``load``: one ``model.onnx``).
     """
@@ -1171,7 +1173,7 @@ class OnnxRuntimeSession:
     FILE = "model.onnx"
 
     def __init__(self, model: str | Path | bytes | onnx.ModelProto | Graph, threads: int | None
-                 = None, *, opset: int = 17, optimize: bool = True):
+                 = None, *, opset: int = 17, optimize: bool = True, spinning: bool = False):
         import onnxruntime as ort
 
         if isinstance(model, Graph):
@@ -1185,9 +1187,11 @@ class OnnxRuntimeSession:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        # no busy-waiting between runs: spinning pool threads steal the cores from whatever
-        # runs next in this process (PyTorch in a side-by-side benchmark, the next layer)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no busy-waiting between runs unless asked (``spinning``, onnxruntime's own default):
+        # spinning pool threads steal the cores from whatever runs next in this process
+        # (PyTorch in a side-by-side benchmark, the next layer)
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if spinning else "0")
         so.log_severity_level = 3
         so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)

@@ -87,15 +87,21 @@ def _torch_runner(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable[[],
     return run, lambda out: out.detach().numpy()
 
 
-def _ort_runner(graph: Any, x: np.ndarray, threads: int) -> tuple[Callable[[], Any], Any]:
+def _ort_runner(graph: Any, x: np.ndarray, threads: int, spinning: bool = False
+                ) -> tuple[Callable[[], Any], Any]:
     import tempfile
     from pathlib import Path
 
     from .. import to_onnx
     from ..backends.onnx import OnnxRuntimeSession
 
+    # ``spinning``: onnxruntime as its users run it, its threads busy-waiting for work (its
+    # default; shrinkc's sessions turn it off). Only for timing in blocks with pauses
+    # between backends (bench_tuned): run for run round-robin, the spinning threads steal
+    # the cores from the next backend.
     with tempfile.TemporaryDirectory(prefix="shrinkc-bench-") as d:
-        sess = OnnxRuntimeSession(to_onnx(graph, Path(d) / "model.onnx").read_bytes(), threads)
+        sess = OnnxRuntimeSession(to_onnx(graph, Path(d) / "model.onnx").read_bytes(), threads,
+                                  spinning=spinning)
     feeds = sess.feeds([x])
 
     def run() -> Any:

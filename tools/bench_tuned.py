@@ -103,7 +103,9 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
     t0 = time.perf_counter()
     if variant == "fp32":  # eager PyTorch runs the float model only
         runners["torch"] = _torch_runner(model, x)
-    runners["onnxruntime"] = _ort_runner(graph, xn, threads)
+    # onnxruntime with its default spinning threads, as TVM's pool spins: without it, at
+    # batch 1 each of its small ops waits for a sleeping thread to wake
+    runners["onnxruntime"] = _ort_runner(graph, xn, threads, spinning=True)
     row["ort_build_s"] = time.perf_counter() - t0
 
     tgt = btvm.resolve_target(None)
@@ -229,6 +231,7 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
         f"(the `quantize` pass: u8 activations, i8 per-channel weights, i32 bias), "
         f"which onnxruntime runs with its QLinear "
         f"kernels and TVM with the integer lowering of `backends/tvm/int8.py`. "
+        f"onnxruntime with its default thread spinning (TVM's pool spins too). "
         f"{machine_info(threads)}. Medians of {repeat} runs after {warmup} warm-ups "
         f"(p10–p90), backends timed in interleaved blocks of 10 runs in one process. Ratios: "
         f"backend median / onnxruntime median on the same graph (< 1 = faster); "

@@ -394,6 +394,17 @@ def test_session_threads_and_inputs(tmp_path):
         OnnxRuntimeSession(b"not a model")
 
 
+def test_session_threads_spin_only_when_asked(tmp_path):
+    """shrinkc's sessions leave the cores alone between runs; ``spinning=True`` is
+    onnxruntime's default (what bench_tuned compares TVM against)."""
+    path = to_onnx(CASES["matmul"], tmp_path / "mm.onnx")
+    key = "session.intra_op.allow_spinning"
+    opts = OnnxRuntimeSession(path, threads=2).session.get_session_options()
+    assert opts.get_session_config_entry(key) == "0"
+    opts = OnnxRuntimeSession(path, threads=2, spinning=True).session.get_session_options()
+    assert opts.get_session_config_entry(key) == "1"
+
+
 # ============================================================================ reference models
 
 
