@@ -68,6 +68,7 @@ PATHS: dict[str, tuple[str, int, int]] = {
     "avx2": ("shrinkc_dot_8x4_avx2", 8, 64),
 }
 _REDUCE = 4  # bytes per lane per instruction
+_PAD_VECTOR = 16  # bytes per vector of a root zero padding (see _parallel_pads)
 _BLOCKS = (1, 2, 4)  # output-channel vectors per register tile (tuning samples them)
 #: The untuned default per path: a tile of 8 pixels × 2 vectors is 16 accumulators, half
 #: of AVX-512's 32 vector registers but all of AVX2's 16.
@@ -446,8 +447,8 @@ def _parallel_pads(sch: Any, block: Any, inline: bool = False) -> None:
         *rows, ch = sch.get_loops(producer)
         sch.parallel(sch.fuse(*rows[:2]) if len(rows) > 1 else rows[0])
         n = int(sch.get(ch).extent)
-        if n % 16 == 0:
-            ch = sch.split(ch, [None, 16])[1]
+        if n % _PAD_VECTOR == 0:
+            ch = sch.split(ch, [None, _PAD_VECTOR])[1]
         sch.vectorize(ch)
 
 
