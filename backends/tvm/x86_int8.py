@@ -60,8 +60,9 @@ PATH_KEY = "shrinkc_int8_path"
 #: annotations, so in the workload a tuning database is keyed by. A database record
 #: replays the schedule's instructions as they were when it was tuned (not the rule), so
 #: bump this when the schedule changes: old records then stop matching and get retuned
-#: instead of silently bringing the old schedule back. 2: the padding of 47071ea.
-SCHEDULE_VERSION_KEY, SCHEDULE_VERSION = "shrinkc_int8_schedule", 2
+#: instead of silently bringing the old schedule back. 2: the padding of 47071ea; 3: the
+#: intrinsics without temporaries (their tiles were tuned against a per-iteration cost).
+SCHEDULE_VERSION_KEY, SCHEDULE_VERSION = "shrinkc_int8_schedule", 3
 #: Per int8 path: (tensor intrinsic, output lanes L, largest |weight| that is exact).
 PATHS: dict[str, tuple[str, int, int]] = {
     "vnni": ("shrinkc_dot_16x4_vnni", 16, 128),
@@ -114,19 +115,23 @@ def register_intrinsics() -> None:
             with T.sblock("root"):
                 T.reads(C[0:16], A[0:4], B[0:16, 0:4])
                 T.writes(C[0:16])
-                a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-                b_i8x64 = B.vload([0, 0], dtype="int8x64")
+                # no named temporaries: TVMScript makes an assignment a local buffer, which
+                # inside the parallel loop is a workspace allocation per iteration
                 if i8_operands:
                     C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                         C.vload([0], dtype="int32x16"),
-                        T.reinterpret(T.broadcast(a_i32, 16), dtype="uint8x64"), b_i8x64,
-                        dtype="int32x16")
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"),
+                                                                dtype="int32"), 16),
+                                      dtype="uint8x64"),
+                        B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
                 else:
                     C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                        C.vload([0], dtype="int32x16"), T.broadcast(a_i32, 16),
-                        T.reinterpret(b_i8x64, dtype="int32x16"), dtype="int32x16")
+                        C.vload([0], dtype="int32x16"),
+                        T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                        T.reinterpret(B.vload([0, 0], dtype="int8x64"), dtype="int32x16"),
+                        dtype="int32x16")
 
         @T.prim_func(s_tir=True)
         def avx2(A: T.Buffer((4,), "uint8", offset_factor=1),
@@ -135,13 +140,14 @@ def register_intrinsics() -> None:
             with T.sblock("root"):
                 T.reads(C[0:8], A[0:4], B[0:8, 0:4])
                 T.writes(C[0:8])
-                a_i32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-                pairs = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-                    T.reinterpret(T.broadcast(a_i32, 8), dtype="uint8x32"),
-                    B.vload([0, 0], dtype="int8x32"), dtype="int16x16")
                 C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs,
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                        T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"),
+                                                                dtype="int32"), 8),
+                                      dtype="uint8x32"),
+                        B.vload([0, 0], dtype="int8x32"), dtype="int16x16"),
                     T.int16x16(1), dtype="int32x8")
 
         TensorIntrin.register("shrinkc_dot_16x4_vnni", desc_of(16), vnni)

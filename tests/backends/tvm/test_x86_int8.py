@@ -199,6 +199,23 @@ def test_zero_padding_is_inlined_in_depthwise_and_vectorized_by_16_for_dot(path)
         np.testing.assert_array_equal(y, w)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_dot_instruction_has_no_temporaries_in_the_parallel_loop(path):
+    """The intrinsics' implementations name no temporaries: TVMScript makes an assignment
+    a local buffer, which inside the parallel loop became two workspace allocations and
+    frees per iteration (measured, Zen 5: the 1×1 conv 24 → 144 of int8 MobileNetV2 at 224
+    px, 3,528 iterations, 162 → 46 µs; the whole model 1.50 → 1.04 ms)."""
+    if not _available(path):
+        pytest.skip(f"this CPU has no {path} int8 path")
+    g = _qdq_graph(min(x86_int8.PATHS[path][2], 127), pads=True)
+    mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target(PATHS[path][0]))
+    kernels = {gv.name_hint: f.script() for gv, f in mod.functions_items()
+               if "_conv2d_int8" in gv.name_hint and "dwconv" not in gv.name_hint}
+    assert len(kernels) == 2, sorted(kernels)
+    for name, text in kernels.items():
+        assert "T.alloc_local" not in text, name
+
+
 def test_avx2_path_keeps_the_generic_kernel_for_8_bit_weights(built):
     """vpmaddubsw would saturate int16 pair sums: 8-bit weights get the generic kernel,
     still exact."""
