@@ -297,12 +297,51 @@ def _softmax(e: _Ex, n: Node) -> None:
 
 
 # ---------------------------------------------------------------------------- conv, dense
+def _conv_attrs(n: Node) -> dict[str, Any]:
+    a = n.attrs
+    return {"kernel_shape": list(n.inputs[1].shape[2:]), "strides": list(a["stride"]),
+            "pads": _pads(a["padding"]), "dilations": list(a["dilation"]), "group": a["groups"]}
+
+
 @_exports("conv2d")
 def _conv2d(e: _Ex, n: Node) -> None:
-    a = n.attrs
-    e.one("Conv", n, [e.x(v) for v in n.inputs],
-          {"kernel_shape": list(n.inputs[1].shape[2:]), "strides": list(a["stride"]),
-           "pads": _pads(a["padding"]), "dilations": list(a["dilation"]), "group": a["groups"]})
+    """Conv; a dynamically quantized conv (``dequantize(dynamic_quantize(x))`` and a
+    dequantized i8 weight with one zero point) is written as ``quantize_dynamic`` writes it:
+    ConvInteger(xq, wq, zx, zw) → Cast → Mul(sx · sw[c]) [→ Add bias]."""
+    dyn = _dynamic_operands(n)
+    if dyn is not None and (dyn[5].type.rank == 0 or not np.asarray(dyn[5].data).any()):
+        _dynamic_conv(e, n, dyn)
+        return
+    e.one("Conv", n, [e.x(v) for v in n.inputs], _conv_attrs(n))
+
+
+def _dynamic_conv(e: _Ex, n: Node, ops_: tuple[Value, ...]) -> None:
+    """ConvInteger subtracts one zero point per operand (onnxruntime refuses a per-channel
+    one), so per-channel weights here are symmetric (every zero point 0, written as a
+    scalar) and their scales are applied to the int32 result, one per output channel:
+    the same sum as the float conv of the dequantized operands, computed exactly in int32."""
+    xq, sx, zx, wq, sw, zw = ops_
+    c = n.output.shape[1]
+    zwt = (e.const(0, "w_zero_point", zw.dtype) if zw.type.rank else e.x(zw))
+    acc = e.tmp("acc", "i32")
+    e.emit("ConvInteger", [e.x(xq), e.x(wq), e.x(zx), zwt], [acc], _conv_attrs(n))
+    accf = e.tmp("acc_f", "f32")
+    e.emit("Cast", [acc], [accf], {"to": IR_TO_ONNX["f32"]})
+    scale = e.tmp("scale", "f32")
+    swt = e.x(sw, lambda a: a.reshape(-1, 1, 1), "c11") if sw.type.rank else e.x(sw)
+    e.emit("Mul", [e.x(sx), swt], [scale])
+    bias = n.inputs[2] if len(n.inputs) > 2 else None
+    if bias is None:
+        e.emit("Mul", [accf, scale], [e.out(n.output)])
+        return
+    y = e.tmp("scaled", "f32")
+    e.emit("Mul", [accf, scale], [y])
+    if bias.is_constant:
+        bt = e.x(bias, lambda a: a.reshape(c, 1, 1), "c11")
+    else:
+        bt = e.tmp("bias_c11", bias.dtype, (c, 1, 1))
+        e.emit("Reshape", [e.x(bias), e.i64([c, 1, 1], "bias_shape")], [bt])
+    e.emit("Add", [y, bt], [e.out(n.output)])
 
 
 @_exports("circulant_matmul")
@@ -348,9 +387,9 @@ def _conv_t(e: _Ex, n: Node) -> None:
 
 
 def _dynamic_operands(n: Node) -> tuple[Value, Value, Value, Value, Value, Value] | None:
-    """(xq, x_scale, x_zero_point, wq, w_scale, w_zero_point) when ``n`` (linear / matmul)
-    reads ``dequantize(dynamic_quantize(x))`` and a dequantized constant weight (per tensor,
-    or per output channel)."""
+    """(xq, x_scale, x_zero_point, wq, w_scale, w_zero_point) when ``n`` (linear / matmul /
+    conv2d) reads ``dequantize(dynamic_quantize(x))`` and a dequantized constant weight (per
+    tensor, or per output channel)."""
     xd, wd = n.inputs[0].producer, n.inputs[1].producer
     if xd is None or wd is None or xd.op != "dequantize" or wd.op != "dequantize":
         return None
@@ -361,7 +400,9 @@ def _dynamic_operands(n: Node) -> tuple[Value, Value, Value, Value, Value, Value
     wq, sw, zw = wd.inputs
     if not (wq.is_constant and sw.is_constant and zw.is_constant) or wq.dtype != "i8":
         return None
-    out_axis = 0 if n.op == "linear" else wq.type.rank - 1
+    if len(n.inputs) < 2:
+        return None
+    out_axis = 0 if n.op in ("linear", "conv2d") else wq.type.rank - 1
     if sw.type.rank == 1 and wd.attrs["axis"] % wq.type.rank != out_axis:
         return None
     return (xq, xd.inputs[1], xd.inputs[2], wq, sw, zw)

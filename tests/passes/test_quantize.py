@@ -259,6 +259,74 @@ def test_dynamic_quantizes_linear_inputs_at_run_time(reference_graphs):
     assert cos > 0.99
 
 
+def _grid_conv(groups: int, bias: bool) -> tuple[Graph, np.ndarray, list[np.ndarray]]:
+    """A conv whose weights are on the int8 grid (a power-of-two scale per output channel,
+    127 in every channel), and inputs on the u8 grid of DynamicQuantizeLinear: multiples of
+    2**-4 from -8 (u8 0, zero point 128) to 7.9375 (u8 255), both ends present, so the
+    run-time range is [-8, 7.9375] and its scale exactly 2**-4."""
+    rng = np.random.default_rng(3)
+    g = Graph("grid_conv")
+    x = g.add_input(TensorType("f32", (1, 4, 6, 6)), "x")
+    k = rng.integers(-127, 128, (8, 4 // groups, 3, 3)).astype(np.float32)
+    k[:, 0, 0, 0] = 127
+    sw = np.float32([2.0 ** -e for e in (5, 6, 7, 8, 6, 5, 9, 4)])
+    ops = [x, g.add_constant(k * sw[:, None, None, None], "w")]
+    if bias:
+        ops.append(g.add_constant(rng.normal(size=8).astype(np.float32), "b"))
+    g.outputs = [g.add_node("conv2d", ops, {"padding": (1, 1), "stride": (2, 1),
+                                            "groups": groups}).output]
+    xs = []
+    for _ in range(3):
+        xq = rng.integers(0, 256, (1, 4, 6, 6))
+        xq.flat[:2] = (0, 255)
+        xs.append(((xq - 128) * 2.0 ** -4).astype(np.float32))
+    return g, k, xs
+
+
+@pytest.mark.parametrize("groups,bias", [(1, True), (1, False), (2, True), (4, True)])
+def test_dynamic_conv_is_exact_on_the_grid_in_the_interpreter_and_onnxruntime(
+        groups, bias):
+    """quantize(activations=dynamic,dynamic_conv=true): the conv reads dynamic_quantize'd
+    input and i8 weights; in ONNX it is one ConvInteger (onnxruntime's integer kernel, as
+    quantize_dynamic writes it), no float Conv. Where inputs and weights are already on the
+    grid, fp32, the interpreter's quantized graph and onnxruntime agree to float rounding."""
+    from shrinkc.backends.onnx import OnnxRuntimeSession, export_model
+
+    g, k, xs = _grid_conv(groups, bias)
+    assert optimize(g, "quantize(activations=dynamic)").nodes[0].op == "conv2d"  # default: float
+    q = optimize(g, "quantize(activations=dynamic,dynamic_conv=true)")
+    assert [n.op for n in q.nodes] == ["dynamic_quantize", "dequantize", "dequantize", "conv2d"]
+    np.testing.assert_array_equal(q.constants["w.q"].data, k.astype(np.int8))
+    model = export_model(q)
+    ops = [n.op_type for n in model.graph.node]
+    assert "ConvInteger" in ops and "Conv" not in ops and "DequantizeLinear" not in ops
+    sess = OnnxRuntimeSession(model.SerializeToString(), 1)
+    for x in xs:
+        with torch.no_grad():
+            want = run(g, [torch.as_tensor(x)])[0]
+            got = run(q, [torch.as_tensor(x)])[0]
+        assert_close(got, want, depth=g)
+        assert_close(sess.run([x])[0], want, depth=g)
+
+
+def test_dynamic_conv_with_per_channel_zero_points_exports_as_float_conv():
+    """ConvInteger takes one weight zero point (onnxruntime refuses a per-channel one):
+    asymmetric per-channel weights are written as DequantizeLinear → Conv instead, which
+    computes the same as the interpreter."""
+    from shrinkc.backends.onnx import OnnxRuntimeSession, export_model
+
+    g, _, xs = _grid_conv(1, True)
+    q = optimize(g, "quantize(activations=dynamic,dynamic_conv=true,symmetric_weights=false)")
+    assert np.asarray(q.constants["w.zero_point"].data).any()
+    model = export_model(q)
+    ops = [n.op_type for n in model.graph.node]
+    assert "ConvInteger" not in ops and "Conv" in ops
+    got = OnnxRuntimeSession(model.SerializeToString(), 1).run([xs[0]])[0]
+    with torch.no_grad():
+        want = run(q, [torch.as_tensor(xs[0])])[0].numpy()
+    assert_close(got, want, depth=g)
+
+
 def _ort_fused(model: bytes | str, path) -> tuple[object, list]:
     """(session, the graph onnxruntime runs at ORT_ENABLE_ALL: its nodes)."""
     import onnx
@@ -275,7 +343,7 @@ def _ort_fused(model: bytes | str, path) -> tuple[object, list]:
 # the integer matmuls of a dynamically quantized transformer after onnxruntime's fusions,
 # and the float ops those fusions leave or make. Not compared: quantize_dynamic also makes
 # convolutions ConvInteger (a DynamicQuantizeLinear and a Cast more; shrinkc keeps them
-# float), and the float file it starts from gets intermediate shapes from its shape
+# float unless dynamic_conv=true), and the float file it starts from gets intermediate shapes from its shape
 # inference, which lets onnxruntime fuse an Add into SkipLayerNormalization where shrinkc's
 # batch-polymorphic export has no shapes (so LayerNormalization is counted with it)
 FUSED_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "MatMul",
