@@ -18,11 +18,13 @@ training images (``calibration_subsets``; the same sets for shrinkc and onnxrunt
 row: top-1 accuracy on the 1,000 MNIST-5k test images (every row run by onnxruntime) as
 the mean and min–max over the sets, top-1 agreement with the fp32 model's predictions (a
 far less noisy fidelity measure: 0.1 pt of accuracy is one image, and most changed
-predictions do not cross a label), the ONNX file size, and onnxruntime latency at batch 1
+predictions do not cross a label), the logit SQNR against fp32 (pooled over images and
+sets; continuous, so the least noisy of the three), the ONNX file size, and onnxruntime latency at batch 1
 of the first set's model (warmed up, then timed round-robin over all rows, so load on a
 shared machine hits every row alike). The goal lines under the table compare the means,
 each difference with a 95 % paired bootstrap interval (``paired_interval``: test images and
-calibration sets resampled, the same draw for both rows; ``latency_ratio``: timed rounds
+calibration sets resampled, the same draw for both rows; ``sqnr_interval`` the same for the
+logit SQNR, shown beside the accuracy verdicts; ``latency_ratio``: timed rounds
 resampled), and a goal missed on the means says whether the miss is within that noise
 (the interval reaches the goal) — it is still not called met.
 
@@ -65,7 +67,7 @@ from .bench import Timing, machine_info, set_threads, speedup
 log = logging.getLogger(__name__)
 
 __all__ = ["QuantRow", "bench_transformers", "bench_vision", "latency_ratio", "main", "markdown",
-           "paired_interval"]
+           "paired_interval", "sqnr_interval"]
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
@@ -88,17 +90,33 @@ class QuantRow:
     #: label, and whether it is the fp32 model's (what the paired intervals resample)
     correct: list[np.ndarray] = field(default_factory=list, repr=False)
     agree: list[np.ndarray] = field(default_factory=list, repr=False)
+    #: vision, one per calibration subset, one entry per test image: the squared error of
+    #: the logits against fp32's (``sq_ref``: fp32's squared logits), for the logit SQNR —
+    #: a continuous fidelity measure, far less noisy than counting changed predictions
+    sq_err: list[np.ndarray] = field(default_factory=list, repr=False)
+    sq_ref: np.ndarray | None = field(default=None, repr=False)
     timing: Timing = field(default_factory=Timing)
 
     @property
     def agreement(self) -> float | None:
         return float(np.mean(self.agreements)) if self.agreements else None
 
+    @property
+    def sqnr(self) -> float | None:
+        """Logit SQNR against fp32 in dB, pooled over the test images and calibration sets:
+        ``10 log10(sum |z|^2 / sum |z - z_q|^2)``."""
+        if not self.sq_err or self.sq_ref is None:
+            return None
+        err = float(np.sum([e.sum() for e in self.sq_err]))
+        sig = float(self.sq_ref.sum()) * len(self.sq_err)
+        return float("inf") if err == 0 else 10 * float(np.log10(sig / err))
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("correct", "agree"):
+        for k in ("correct", "agree", "sq_err", "sq_ref"):
             d.pop(k)
         d["agreement"] = self.agreement
+        d["sqnr_db"] = self.sqnr
         d["timing"] = ({"median_ms": self.timing.median, "p10_ms": self.timing.percentile(10),
                         "p90_ms": self.timing.percentile(90)} if self.timing.runs_ms else None)
         return d
@@ -181,12 +199,16 @@ def _add(rows: list[QuantRow], sessions: list, row: QuantRow, sess, feeds, y, re
     return logits
 
 
-def _subset_result(row: QuantRow, subset: int, sess, feeds, y, fp32_pred: np.ndarray,
+def _subset_result(row: QuantRow, subset: int, sess, feeds, y, ref: np.ndarray,
                    seconds: float) -> None:
-    """Accuracy and fp32 agreement of one calibration subset's model, into ``row``."""
-    pred = _logits(sess, feeds).argmax(1)
+    """Accuracy, fp32 agreement and logit error of one calibration subset's model (``ref``:
+    fp32's logits), into ``row``."""
+    logits = _logits(sess, feeds)
+    pred = logits.argmax(1)
     row.correct.append(pred == y)
-    row.agree.append(pred == fp32_pred)
+    row.agree.append(pred == ref.argmax(1))
+    row.sq_err.append(((logits - ref) ** 2).sum(axis=1))
+    row.sq_ref = (ref ** 2).sum(axis=1)
     row.accuracies.append(float(row.correct[-1].mean()))
     row.agreements.append(float(row.agree[-1].mean()))
     row.accuracy = float(np.mean(row.accuracies))
@@ -290,7 +312,7 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
                                  time.perf_counter() - t0))
                 for row, model, seconds in made:
                     sess = _session(model, threads)
-                    _subset_result(row, i, sess, feeds, yn, fp32_pred, seconds)
+                    _subset_result(row, i, sess, feeds, yn, ref, seconds)
                     if i == 0:  # the first subset's model is the one timed
                         row.size_bytes = len(model)
                         rows.append(row)
@@ -428,16 +450,18 @@ def markdown(rows: list[QuantRow], *, threads: int, repeat: int, calib_images: i
               f"(round-robin); {calib_subsets} disjoint set(s) of {calib_images} calibration "
               f"images; {machine_info(threads)}"), "",
              (f"| model | variant | {acc_head} | Δ vs fp32 | agreement with fp32 | "
-              "cosine vs fp32 | ONNX size | ORT ms | vs fp32 |"),
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "logit SQNR vs fp32 | cosine vs fp32 | ONNX size | ORT ms | vs fp32 |"),
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = base[r.model]
         t = r.timing.fmt() if r.timing.runs_ms else "-"
         cos = "-" if r.cosine is None else f"{r.cosine:.6f}"
         dacc = "-" if np.isnan(r.accuracy) else f"{100 * (r.accuracy - b.accuracy):+.2f} pt"
         agree = "-" if r.agreement is None else _pct(r.agreement)
-        lines.append(f"| {r.model} | {r.variant} | {_acc_cell(r)} | {dacc} | {agree} | {cos} | "
-                     f"{r.size_bytes / 1024:.0f} KiB | {t} | {speedup(b.timing, r.timing)} |")
+        sq = "-" if r.sqnr is None else f"{r.sqnr:.2f} dB"
+        lines.append(f"| {r.model} | {r.variant} | {_acc_cell(r)} | {dacc} | {agree} | {sq} | "
+                     f"{cos} | {r.size_bytes / 1024:.0f} KiB | {t} | "
+                     f"{speedup(b.timing, r.timing)} |")
     goals = goal_lines(rows)
     if goals:
         lines += ["", "Goals (issue #15; accuracies are means over the calibration sets):", ""]
@@ -475,16 +499,50 @@ def paired_interval(a: list[np.ndarray], b: list[np.ndarray], *, reps: int = BOO
         raise ValueError(f"unpaired outcomes: {A.shape} vs {B.shape}")
     D = A - B  # sets × images
     sets, images = D.shape
-    rng = np.random.default_rng(seed)
     boot = np.empty(reps)
-    for start in range(0, reps, 250):  # bounded memory: 250 replicates × images at a time
-        n = min(250, reps - start)
-        w = rng.multinomial(sets, np.full(sets, 1.0 / sets), size=n)          # n × sets
-        c = rng.multinomial(images, np.full(images, 1.0 / images), size=n)    # n × images
-        boot[start:start + n] = ((w @ D) * c).sum(axis=1) / (sets * images)
+    for start, w, c in _replicates(sets, images, reps, seed):
+        boot[start:start + len(w)] = ((w @ D) * c).sum(axis=1) / (sets * images)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
     return float(D.mean()), float(lo), float(hi)
+
+
+def _replicates(sets: int, images: int, reps: int, seed: int):
+    """Bootstrap weights, 250 replicates at a time (bounded memory): ``(start, w, c)`` with
+    ``w`` (replicates × sets) and ``c`` (replicates × images) multinomial counts — the
+    calibration sets and the test images resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, reps, 250):
+        n = min(250, reps - start)
+        w = rng.multinomial(sets, np.full(sets, 1.0 / sets), size=n)
+        c = rng.multinomial(images, np.full(images, 1.0 / images), size=n)
+        yield start, w, c
+
+
+def sqnr_interval(a: list[np.ndarray], b: list[np.ndarray], *, reps: int = BOOTSTRAP,
+                  level: float = LEVEL, seed: int = 0) -> tuple[float, float, float]:
+    """Row ``a``'s logit SQNR minus row ``b``'s in dB, and its paired bootstrap interval:
+    ``(difference, lo, hi)``. ``a`` and ``b`` hold one array of per-image squared logit
+    errors (against the same fp32 logits) per calibration set, set ``i`` of both calibrated
+    on the same images; both SQNRs have the same signal, so the difference is
+    ``10 log10(sum err_b / sum err_a)``, each replicate with the same resampled sets and
+    images for both (as ``paired_interval``)."""
+    A = np.stack([np.asarray(x, np.float64) for x in a])
+    B = np.stack([np.asarray(x, np.float64) for x in b])
+    if A.shape != B.shape:
+        raise ValueError(f"unpaired errors: {A.shape} vs {B.shape}")
+
+    def db(ea, eb):
+        with np.errstate(divide="ignore"):
+            return 10 * np.log10(np.maximum(eb, 1e-300) / np.maximum(ea, 1e-300))
+
+    sets, images = A.shape
+    boot = np.empty(reps)
+    for start, w, c in _replicates(sets, images, reps, seed):
+        boot[start:start + len(w)] = db(((w @ A) * c).sum(axis=1), ((w @ B) * c).sum(axis=1))
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return float(db(A.sum(), B.sum())), float(lo), float(hi)
 
 
 def latency_ratio(a: Timing, b: Timing, *, reps: int = BOOTSTRAP, level: float = LEVEL,
@@ -512,6 +570,15 @@ def _diff(a: QuantRow, b: QuantRow, what: str) -> tuple[float, tuple[float, floa
         return _pt(mean), None
     _, lo, hi = paired_interval(xa, xb)
     return _pt(mean), (_pt(lo), _pt(hi))
+
+
+def _sqnr(a: QuantRow, b: QuantRow) -> str:
+    """``; logit SQNR +x.xx dB [lo, hi]``: a's logit SQNR minus b's with its paired interval,
+    or "" when the rows kept no paired logit errors."""
+    if not a.sq_err or len(a.sq_err) != len(b.sq_err):
+        return ""
+    d, lo, hi = sqnr_interval(a.sq_err, b.sq_err)
+    return f"; logit SQNR {d:+.2f} dB [{lo:+.2f}, {hi:+.2f}]"
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
@@ -555,25 +622,27 @@ def goal_lines(rows: list[QuantRow]) -> list[str]:
             a, b = by.get((m, f"shrinkc {c}")), by.get((m, f"ORT {method}"))
             if a is None or b is None:
                 continue
-            cells.append((c, method, _diff(a, b, "correct"), _diff(a, b, "agree")))
+            cells.append((c, method, _diff(a, b, "correct"), _diff(a, b, "agree"), _sqnr(a, b)))
         if cells:
             text = "; ".join(f"{c} vs {method} {da:+.2f} pt{_ci(ca)} (agreement {dg:+.2f} pt"
-                             f"{_ci(cg)})" for c, method, (da, ca), (dg, cg) in cells)
+                             f"{_ci(cg)}{sq})" for c, method, (da, ca), (dg, cg), sq in cells)
             out.append(f"{m}: at least as accurate as quantize_static: "
-                       f"{_verdict([x for _, _, x, _ in cells])} ({text})")
+                       f"{_verdict([x for _, _, x, _, _ in cells])} ({text})")
         eq = [(r.variant.split("+", 1)[1], r) for r in ours
               if r.variant.startswith("shrinkc equalize+")]
         if eq:
             diffs = [(c, _diff(r, by[(m, f"shrinkc {c}")], "correct"),
-                      _diff(r, by[(m, f"shrinkc {c}")], "agree"))
+                      _diff(r, by[(m, f"shrinkc {c}")], "agree"), _sqnr(r, by[(m, f"shrinkc {c}")]))
                      for c, r in eq if (m, f"shrinkc {c}") in by]
             out.append(f"{m}: equalize no worse than without: "
-                       f"{_verdict([x for _, x, _ in diffs])} (" + "; ".join(
-                           f"{c} {d:+.2f} pt{_ci(ci)} (agreement {dg:+.2f} pt{_ci(cg)})"
-                           for c, (d, ci), (dg, cg) in diffs) + ")")
+                       f"{_verdict([x for _, x, _, _ in diffs])} (" + "; ".join(
+                           f"{c} {d:+.2f} pt{_ci(ci)} (agreement {dg:+.2f} pt{_ci(cg)}{sq})"
+                           for c, (d, ci), (dg, cg), sq in diffs) + ")")
     if any(r.correct for r in rows):
         out.append(f"(brackets: {LEVEL:.0%} paired bootstrap intervals over test images and "
-                   f"calibration sets, {BOOTSTRAP} replicates; latency: over timed rounds)")
+                   f"calibration sets, {BOOTSTRAP} replicates; latency: over timed rounds. "
+                   f"The verdicts are on accuracy; agreement with fp32 and the logit SQNR "
+                   f"against fp32 are the less noisy fidelity measures beside it)")
     for m in models:
         for ours_v, theirs_v in (("shrinkc dynamic per-tensor", "ORT quantize_dynamic"),
                                  ("shrinkc dynamic", "ORT quantize_dynamic per-channel")):

@@ -133,3 +133,34 @@ def test_goal_says_whether_a_miss_is_within_noise(right, verdict):
     eq = next(ln for ln in lines if "equalize" in ln)
     assert eq.startswith("m: equalize no worse than without: met")  # same as without
     assert any(ln.startswith("(brackets: 95% paired bootstrap") for ln in lines)
+
+
+def test_sqnr_interval_known_answers():
+    rng = np.random.default_rng(0)
+    err = [rng.exponential(1.0, 1000) for _ in range(4)]
+    assert bench_quant.sqnr_interval(err, err) == (0.0, 0.0, 0.0)
+    # half the error everywhere: +3.01 dB, and every replicate says so
+    d, lo, hi = bench_quant.sqnr_interval([e / 2 for e in err], err)
+    assert d == pytest.approx(10 * np.log10(2)) and lo == pytest.approx(d) == hi
+    # a row 5 % better on average but noisier per image: an interval around +0.2 dB
+    other = [e * rng.uniform(0.5, 1.4, 1000) for e in err]
+    d, lo, hi = bench_quant.sqnr_interval(other, err)
+    assert lo < d < hi and lo < 0.5 and hi > 0.0
+    with pytest.raises(ValueError):
+        bench_quant.sqnr_interval(err, err[:2])
+
+
+def test_goal_lines_give_the_logit_sqnr_beside_the_accuracy():
+    rows = [_paired_row("fp32", 970), _paired_row("shrinkc minmax", 970),
+            _paired_row("ORT MinMax", 970)]
+    rows[0].correct, rows[0].agree = rows[0].correct[:1], rows[0].agree[:1]
+    rng = np.random.default_rng(1)
+    theirs = [rng.exponential(1.0, 1000) for _ in range(4)]
+    rows[1].sq_err, rows[2].sq_err = [e / 10 for e in theirs], theirs
+    for r in rows[1:]:
+        r.sq_ref = np.full(1000, 100.0)
+    assert rows[1].sqnr == pytest.approx(10 * np.log10(100 / np.mean(theirs) * 10))
+    line = next(ln for ln in bench_quant.goal_lines(rows) if "quantize_static" in ln)
+    assert "logit SQNR +10.00 dB [+10.00, +10.00]" in line
+    table = bench_quant.markdown(rows, threads=1, repeat=1, calib_images=1)
+    assert f"| {rows[1].sqnr:.2f} dB |" in table
