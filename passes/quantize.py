@@ -57,10 +57,10 @@ storage encoding (``skipped_encoded``), an already quantized operand
 Options: ``weights`` (int8), ``activations`` (uint8 | int8 | dynamic), ``calibration``
 (minmax | percentile | entropy | mse), ``per_channel``, ``symmetric_weights``, ``bins``
 (histogram bins; entropy needs at least 2048), ``percentile``, ``reduce_range`` (auto |
-true | false), ``exclude``, ``dynamic_conv``. Stats: ``quantized_<op>``, ``activations`` (quantize / dequantize
-pairs or dynamic quantizes), ``shared_ranges``, ``absorbed_activations``, ``bias_int32``,
-``bias_float``, ``weight_qmax``, ``reduce_range``, ``calibration_batches`` and the
-counters above.
+true | false), ``exclude``, ``dynamic_conv``. Stats: ``quantized_<op>``, ``activations``
+(quantize / dequantize pairs or dynamic quantizes), ``shared_ranges``,
+``absorbed_activations``, ``bias_int32``, ``bias_float``, ``weight_qmax``, ``reduce_range``,
+``calibration_batches`` and the counters above.
 """
 
 from __future__ import annotations

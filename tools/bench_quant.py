@@ -19,8 +19,8 @@ row: top-1 accuracy on the 1,000 MNIST-5k test images (every row run by onnxrunt
 the mean and min–max over the sets, top-1 agreement with the fp32 model's predictions (a
 far less noisy fidelity measure: 0.1 pt of accuracy is one image, and most changed
 predictions do not cross a label), the logit SQNR against fp32 (pooled over images and
-sets; continuous, so the least noisy of the three), the ONNX file size, and onnxruntime latency at batch 1
-of the first set's model (warmed up, then timed round-robin over all rows, so load on a
+sets; continuous, so the least noisy of the three), the ONNX file size, and onnxruntime
+latency at batch 1 of the first set's model (warmed up, then timed round-robin over all rows, so load on a
 shared machine hits every row alike). The goal lines under the table compare the means,
 each difference with a 95 % paired bootstrap interval (``paired_interval``: test images and
 calibration sets resampled, the same draw for both rows; ``sqnr_interval`` the same for the

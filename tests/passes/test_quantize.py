@@ -343,9 +343,10 @@ def _ort_fused(model: bytes | str, path) -> tuple[object, list]:
 # the integer matmuls of a dynamically quantized transformer after onnxruntime's fusions,
 # and the float ops those fusions leave or make. Not compared: quantize_dynamic also makes
 # convolutions ConvInteger (a DynamicQuantizeLinear and a Cast more; shrinkc keeps them
-# float unless dynamic_conv=true), and the float file it starts from gets intermediate shapes from its shape
-# inference, which lets onnxruntime fuse an Add into SkipLayerNormalization where shrinkc's
-# batch-polymorphic export has no shapes (so LayerNormalization is counted with it)
+# float unless dynamic_conv=true), and the float file it starts from gets intermediate
+# shapes from its shape inference, which lets onnxruntime fuse an Add into
+# SkipLayerNormalization where shrinkc's batch-polymorphic export has no shapes (so
+# LayerNormalization is counted with it)
 FUSED_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "MatMul",
              "Gelu", "BiasGelu", "Softmax", "Transpose")
 
