@@ -32,14 +32,19 @@ resampled), and a goal missed on the means says whether the miss is within that 
 ``transformers.BertModel`` from ``BERT_CONFIG`` with random weights and 100 random padded
 sequences): shrinkc ``quantize(activations=dynamic)`` per channel and per tensor (and with
 ``quantize-weights`` after it, which makes the embedding tables int8 too, as
-``quantize_dynamic`` does) against ``quantize_dynamic`` (S8 weights; per tensor, its
-default, and per channel): cosine with fp32 (mean over the samples, of the logits / of all
-of BERT's outputs), accuracy (ViT) and onnxruntime latency; the goal lines compare per
-tensor with per tensor and per channel with per channel.
+``quantize_dynamic`` does; and for the ViT with ``dynamic_conv=true``, its patch conv as
+ConvInteger like ``quantize_dynamic``'s) against ``quantize_dynamic`` (S8 weights; per
+tensor, its default, and per channel): cosine with fp32 (mean over the samples, of the
+logits / of all of BERT's outputs), accuracy (ViT) and onnxruntime latency; the goal lines
+compare per tensor with per tensor and per channel with per channel.
 
 Accuracy numbers need no quiet machine. Latency does::
 
     python -m shrinkc.tools.bench_quant --threads 2 --repeat 50
+
+At 2 threads without spinning (the benchmark's sessions) a run of the 0.1 ms ViT waits for
+the pool's second thread at each parallel section, and its median moves with the order of
+the rows; ``--threads 1`` times the graphs alone (see the README's ViT paragraph).
 
 ``--smoke`` (2 timed runs, 100 test images, 32 calibration images, one calibration set,
 one calibrator and one ORT method) checks that it works. Temporary files (the ORT models)
@@ -352,12 +357,14 @@ def _bert(samples: int):
 
 #: The dynamic rows: per channel (the pass's default), per tensor (quantize_dynamic's
 #: default: the same onnxruntime kernels with one weight scale, the like-for-like for
-#: latency), and with ``quantize-weights`` after it, which makes the embedding tables int8
-#: too, as quantize_dynamic does.
+#: latency), with ``quantize-weights`` after it, which makes the embedding tables int8
+#: too, as quantize_dynamic does, and (models with a conv: the ViT's patch embedding) with
+#: ``dynamic_conv``, quantize_dynamic's ConvInteger form of the conv.
 DYNAMIC_PIPELINES = (
     ("shrinkc dynamic", "quantize(activations=dynamic)"),
     ("shrinkc dynamic per-tensor", "quantize(activations=dynamic,per_channel=false)"),
     ("shrinkc dynamic+weights", "quantize(activations=dynamic),quantize-weights"),
+    ("shrinkc dynamic+conv", "quantize(activations=dynamic,dynamic_conv=true)"),
 )
 
 
@@ -393,6 +400,8 @@ def bench_transformers(names=("vit", "bert"), *, test_images: int | None = None,
             _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0), ref_sess,
                  feeds, labels, ref)
             for label, pipeline in DYNAMIC_PIPELINES:
+                if "dynamic_conv" in pipeline and not any(n.op == "conv2d" for n in g.nodes):
+                    continue  # the same graph as "shrinkc dynamic"
                 t0 = time.perf_counter()
                 q = optimize(g, pipeline)
                 model = export_model(q).SerializeToString()

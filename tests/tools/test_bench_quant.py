@@ -20,11 +20,12 @@ def test_bench_quant_smoke(capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     for variant in ("fp32", "shrinkc minmax", "shrinkc equalize+minmax",
                     "shrinkc minmax+bias-correct", "ORT MinMax", "shrinkc dynamic",
-                    "shrinkc dynamic per-tensor", "shrinkc dynamic+weights",
+                    "shrinkc dynamic per-tensor", "shrinkc dynamic+weights", "shrinkc dynamic+conv",
                     "ORT quantize_dynamic", "ORT quantize_dynamic per-channel"):
         assert f"| {variant} |" in out, variant
     rows = [ln for ln in out.splitlines() if ln.startswith(("| lenet5", "| vit", "| bert"))]
-    assert len(rows) == 17
+    assert len(rows) == 18  # dynamic+conv for the ViT only (BERT has no conv)
+    assert not [ln for ln in rows if ln.startswith("| bert | shrinkc dynamic+conv")]
     bert = [ln for ln in rows if ln.startswith("| bert")]
     assert all("| - | - | - |" in ln for ln in bert)  # no labels: cosine only
     assert "2 disjoint set(s) of 4 calibration images" in out
