@@ -400,8 +400,6 @@ def _dynamic_operands(n: Node) -> tuple[Value, Value, Value, Value, Value, Value
     wq, sw, zw = wd.inputs
     if not (wq.is_constant and sw.is_constant and zw.is_constant) or wq.dtype != "i8":
         return None
-    if len(n.inputs) < 2:
-        return None
     out_axis = 0 if n.op in ("linear", "conv2d") else wq.type.rank - 1
     if sw.type.rank == 1 and wd.attrs["axis"] % wq.type.rank != out_axis:
         return None
