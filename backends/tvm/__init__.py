@@ -36,12 +36,14 @@ from .budget import format_budget, parse_budget
 from .errors import LoweringError, StaticShapeError, TargetError, TVMBackendError
 from .imports import import_tvm
 from .targets import (
+    F32_ISAS,
     INT8_ISAS,
     TARGET_PRESETS,
     cpu_features,
     host_cores,
     host_cpu,
     host_target,
+    f32_isa,
     int8_isa,
     resolve_target,
     target_presets,
@@ -108,7 +110,7 @@ def database_coverage(lowered: Any, target: Any, db_dir: Any) -> tuple[int, int]
 
 
 __all__ = [
-    "INT8_ISAS", "int8_isa",
+    "F32_ISAS", "INT8_ISAS", "f32_isa", "int8_isa",
     "format_budget", "parse_budget",
     "CONV_LAYOUTS",
     "DEFAULT_CONV_LAYOUT",

@@ -18,6 +18,8 @@ from tvm import relax
 
 from .errors import TVMBackendError
 from .targets import tvm_target
+from .nan_pool import NanMaxPool
+from .x86_fp32 import F32Kernels
 from .x86_int8 import Int8Kernels, ScheduleInt8Kernels
 
 #: Data layouts ``conv2d`` can be converted to before legalization, with the kernel layout
@@ -96,7 +98,9 @@ def inference_passes(layout: str | None = None) -> list[Any]:
     return [
         *layout_passes(layout),
         FoldTransposedPads(),
+        NanMaxPool(),
         Int8Kernels(),
+        F32Kernels(),
         relax.transform.DeadCodeElimination(),  # the weights' layout permutes it replaced
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),

@@ -181,6 +181,23 @@ INT8_ISAS: tuple[tuple[str, frozenset[str]], ...] = (
 )
 
 
+#: The fp32 vector paths (``x86_fp32``), best first: the CPU features each needs and the
+#: float32 lanes of its vectors.
+F32_ISAS: tuple[tuple[str, frozenset[str], int], ...] = (
+    ("avx512", frozenset({"avx512f"}), 16),
+    ("avx2", frozenset({"avx2", "fma"}), 8),
+)
+
+
+def f32_isa(target: Any = None) -> str | None:
+    """The fp32 vector path of ``target`` (``F32_ISAS``), or None (not x86, or no AVX2 +
+    FMA)."""
+    if not str(resolve_target(target)["mtriple"]).startswith("x86_64"):
+        return None
+    feats = cpu_features(target)
+    return next((name for name, need, _ in F32_ISAS if need <= feats), None)
+
+
 def int8_isa(target: Any = None) -> str | None:
     """The int8 instruction path of ``target`` (``INT8_ISAS``), or None (not x86, or no
     AVX2)."""
@@ -212,6 +229,6 @@ _TUNING_FLAGS = ("fast-", "slow-", "false-deps-", "no-bypass-delay", "prefer-", 
 _PERF_ONLY = {"ermsb", "fsrm", "macrofusion", "branchfusion"}  # REP MOVSB is fast / fusion
 
 
-__all__ = ["INT8_ISAS", "TARGET_PRESETS", "cpu_features", "host_cores", "host_cpu", "host_target",
+__all__ = ["F32_ISAS", "INT8_ISAS", "TARGET_PRESETS", "cpu_features", "f32_isa", "host_cores", "host_cpu", "host_target",
            "host_triple", "int8_isa", "resolve_target", "target_presets", "target_runs_here",
            "tvm_target"]

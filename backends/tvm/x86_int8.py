@@ -46,7 +46,7 @@ import tvm
 from tvm import relax, te, topi
 
 from .imports import memoised_getmodule
-from .targets import int8_isa
+from .targets import F32_ISAS, int8_isa
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ log = logging.getLogger(__name__)
 SCHEDULE_RULE = "shrinkc_int8_dot"
 #: The same for the depthwise kernels (no dot product: int32 lanes over the channels).
 DEPTHWISE_RULE = "shrinkc_int8_depthwise"
+#: The fp32 kernels of ``x86_fp32`` (scheduled here too: ``schedule_dot`` without the
+#: tensor intrinsic, one FMA per input channel).
+F32_RULE, F32_DEPTHWISE_RULE = "shrinkc_f32_dot", "shrinkc_f32_depthwise"
+_DEPTHWISE_RULES = (DEPTHWISE_RULE, F32_DEPTHWISE_RULE)
+#: The NaN-keeping max pool of ``nan_pool`` (``schedule_pool``).
+POOL_RULE = "shrinkc_max_pool"
+KERNEL_RULES = (SCHEDULE_RULE, F32_RULE, *_DEPTHWISE_RULES, POOL_RULE)
 PATH_KEY = "shrinkc_int8_path"
 #: The version of what ``schedule_dot`` / ``schedule_depthwise`` emit, in every kernel block's
 #: annotations, so in the workload a tuning database is keyed by. A database record
@@ -73,7 +80,16 @@ _PAD_VECTOR = 16  # bytes per vector of a root zero padding (see _parallel_pads)
 _BLOCKS = (1, 2, 4)  # output-channel vectors per register tile (tuning samples them)
 #: The untuned default per path: a tile of 8 pixels × 2 vectors is 16 accumulators, half
 #: of AVX-512's 32 vector registers but all of AVX2's 16.
-_DEFAULT_BLOCKS = {"vnni": 2, "avx2": 1}
+_DEFAULT_BLOCKS = {"vnni": 2, "avx2": 1, "f32-avx512": 2, "f32-avx2": 1}
+#: The fp32 paths (``x86_fp32``): the kernel blocks' ``PATH_KEY`` and their float32 lanes.
+F32_LANES = {f"f32-{name}": lanes for name, _, lanes in F32_ISAS}
+
+
+def _intrin_lanes(path: str) -> tuple[str | None, int]:
+    """(tensor intrinsic, output lanes) of a kernel path; no intrinsic for fp32."""
+    if path in F32_LANES:
+        return None, F32_LANES[path]
+    return PATHS[path][0], PATHS[path][1]
 
 
 # ---------------------------------------------------------------------------- intrinsics
@@ -407,7 +423,7 @@ def _kernel_blocks(sch: Any) -> list[Any]:
     out = []
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         ann = sch.get(block).annotations.get("schedule_rule")
-        if ann is not None and str(ann) in (SCHEDULE_RULE, DEPTHWISE_RULE):
+        if ann is not None and str(ann) in KERNEL_RULES:
             out.append(block)
     return out
 
@@ -458,6 +474,17 @@ def _parallel_pads(sch: Any, block: Any, inline: bool = False) -> None:
         sch.vectorize(ch)
 
 
+def _weight_larger(sch: Any, block: Any) -> bool:
+    """Whether a kernel block's weight (its second operand) has more bytes than its input
+    (the first)."""
+    def nbytes(region: Any) -> int:
+        buf = region.source
+        return int(np.prod([int(d) for d in buf.shape])) * buf.dtype.bits // 8
+
+    data, weight = sch.get(block).reads[:2]
+    return nbytes(weight) > nbytes(data)
+
+
 def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | None = None
                  ) -> Any:
     """Schedule one packed kernel block: output lanes by ``L``, the channel reduction by 4,
@@ -470,7 +497,7 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     Measured (untuned ResNet-18 int8, 224 px, 2 threads, Zen 5): tiles of 4 × 1 8.55 ms,
     8 × 1 3.98, 8 × 2 2.81, 8 × 4 3.85 (32 accumulators: every vector register)."""
     register_intrinsics()
-    intrin, lanes, _ = PATHS[_path_of(sch, block)]
+    intrin, lanes = _intrin_lanes(_path_of(sch, block))
     iters = sch.get(block).iter_vars
     n_red = sum(1 for v in iters if int(v.iter_type) == 2)  # CommReduce
     loops = sch.get_loops(block)
@@ -478,7 +505,10 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     *outer, rows, out_ch = spatial
     *r_outer, r_ch = reduce
     o_o, o_i = sch.split(out_ch, [None, lanes])
-    c_o, c_i = sch.split(r_ch, [None, _REDUCE])
+    if intrin is None:  # fp32: one FMA per input channel, the lanes vectorized
+        c_o, c_i = r_ch, None
+    else:
+        c_o, c_i = sch.split(r_ch, [None, _REDUCE])
     r_o, r_i = _split_tile(sch, rows, tile)
     n_ob = int(sch.get(o_o).extent)
     choices = [q for q in _BLOCKS if n_ob % q == 0]
@@ -487,16 +517,24 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     else:
         q = max(c for c in choices if c <= blocks)
     o_oo, o_oi = sch.split(o_o, [None, q])
-    sch.reorder(*outer, r_o, o_oo, *r_outer, c_o, r_i, o_oi, o_i, c_i)
-    par = sch.fuse(*outer, r_o, o_oo)
+    # the operand that is larger outermost, so that consecutive iterations of a thread
+    # reuse the other one's block from its cache
+    par_loops = [o_oo, *outer, r_o] if _weight_larger(sch, block) else [*outer, r_o, o_oo]
+    sch.reorder(*par_loops, *r_outer, c_o, r_i, o_oi, o_i, *([c_i] if c_i else []))
+    par = sch.fuse(*par_loops)
     sch.parallel(par)  # before the tensorization, which makes the block opaque to the check
     _schedule_epilogue(sch, block, par)
     _parallel_pads(sch, block)
-    init = sch.decompose_reduction(block, r_outer[0] if r_outer else c_o)
-    sch.vectorize(sch.get_loops(init)[-1])
+    if intrin is None:
+        sch.vectorize(o_i)  # while the block still has its init (a reduction block)
     sch.unroll(r_i)  # the tile's pixels reuse the weight vector in registers
     sch.unroll(o_oi)
-    sch.tensorize(o_i, intrin)
+    init = sch.decompose_reduction(block, r_outer[0] if r_outer else c_o)
+    init_loop = sch.get_loops(init)[-1]
+    if sch.get(init_loop).kind != tvm.tirx.ForKind.VECTORIZED:
+        sch.vectorize(init_loop)
+    if intrin is not None:
+        sch.tensorize(o_i, intrin)
     return sch
 
 
@@ -504,7 +542,7 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
     """Schedule one depthwise kernel block: channels in vectors of ``L`` int32 lanes, a
     tile of ``tile`` output pixels along W (``None``: sampled) accumulating in registers
     over the unrolled taps, outer loops parallel, the epilogue computed per tile."""
-    _, lanes, _ = PATHS[_path_of(sch, block)]
+    _, lanes = _intrin_lanes(_path_of(sch, block))
     b, y, xx, ch, rh, rw = sch.get_loops(block)
     c_o, c_i = sch.split(ch, [None, lanes])
     x_o, x_i = _split_tile(sch, xx, tile)
@@ -524,11 +562,30 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
     return sch
 
 
-def _schedule_block(sch: Any, block: Any, tile: int, blocks: int) -> Any:
-    """``schedule_dot`` or ``schedule_depthwise``, by the block's rule."""
-    if str(sch.get(block).annotations["schedule_rule"]) == DEPTHWISE_RULE:
+def schedule_pool(sch: Any, block: Any) -> Any:
+    """Schedule an element-wise window block over NHWC (``nan_pool``'s max pool): channels
+    in vectors of 16, rows parallel, the padding computed in the loads, the epilogue per
+    row."""
+    b, y, xx, ch = sch.get_loops(block)
+    if int(sch.get(ch).extent) % 16 == 0:
+        ch = sch.split(ch, [None, 16])[1]
+    par = sch.fuse(b, y)
+    sch.parallel(par)
+    _schedule_epilogue(sch, block, par)
+    _parallel_pads(sch, block, inline=True)
+    sch.vectorize(ch)
+    return sch
+
+
+def _schedule_block(sch: Any, block: Any, tile: int, blocks: int | None) -> Any:
+    """``schedule_dot``, ``schedule_depthwise`` or ``schedule_pool``, by the block's rule;
+    ``blocks`` None: the path's default."""
+    rule = str(sch.get(block).annotations["schedule_rule"])
+    if rule == POOL_RULE:
+        return schedule_pool(sch, block)
+    if rule in _DEPTHWISE_RULES:
         return schedule_depthwise(sch, block, tile)
-    return schedule_dot(sch, block, tile, blocks)
+    return schedule_dot(sch, block, tile, blocks or _DEFAULT_BLOCKS[_path_of(sch, block)])
 
 
 def _schedule_epilogue(sch: Any, block: Any, loop: Any) -> None:
@@ -551,11 +608,34 @@ def _schedule_epilogue(sch: Any, block: Any, loop: Any) -> None:
             break
     last = chain[-1]
     _inline_other_inputs(sch, last, sch.get(block).name_hint)
+    if not _reads_pointwise(sch, last, sch.get(block).writes[0].source):
+        _parallel_vectorize(sch, last)
+        return
     try:
         sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(last)[-1])
     except (RuntimeError, ValueError):
         _parallel_vectorize(sch, last)
+
+
+def _reads_pointwise(sch: Any, block: Any, buffer: Any) -> bool:
+    """Whether ``block`` reads ``buffer`` only at its own iteration point (element-wise,
+    or a slice from 0). A transpose or reshape in the epilogue (a flatten before a
+    classifier) is not, and moving it into the kernel's tile loop is wrong: TVM's
+    ``reverse_compute_at`` accepted a pool → transpose → reshape and gave each tile a
+    wrong slice of the output (measured: LeNet-5's second pool, off by 0.03)."""
+    blk = sch.get(block)
+    point = [iv.var for iv in blk.iter_vars]
+    for region in blk.reads:
+        if not region.source.same_as(buffer):
+            continue
+        ranges = list(region.region)
+        if len(ranges) != len(point):
+            return False
+        for r, v in zip(ranges, point):
+            if not (r.min.same_as(v) and int(getattr(r.extent, "value", -1)) == 1):
+                return False
+    return True
 
 
 def _inline_other_inputs(sch: Any, last: Any, kernel: str) -> None:
@@ -579,26 +659,47 @@ def _inline_other_inputs(sch: Any, last: Any, kernel: str) -> None:
 
 
 def _parallel_vectorize(sch: Any, block: Any) -> None:
-    loops = sch.get_loops(block)
+    """``block`` at the root: its last loop vectorized (split into vectors of 16 when it is
+    longer than 64: a flattened epilogue's 2,048-lane vector stalled LLVM for minutes), the
+    others fused and parallel."""
+    *outer, inner = sch.get_loops(block)
     try:
-        if len(loops) > 1:
-            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
-        sch.vectorize(loops[-1])
+        n = int(sch.get(inner).extent)
+        if n > 64:
+            if n % _PAD_VECTOR:
+                outer, inner = [*outer, inner], None
+            else:
+                o, inner = sch.split(inner, [None, _PAD_VECTOR])
+                outer.append(o)
+        if outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        if inner is not None:
+            sch.vectorize(inner)
     except (RuntimeError, ValueError):
         pass
 
 
-@tvm.register_global_func(f"s_tir.meta_schedule.cpu.{SCHEDULE_RULE}")
 def _meta_schedule_rule(sch: Any, block: Any) -> list[Any]:
     """MetaSchedule's ``ApplyCustomRule`` for the kernel blocks: ``schedule_dot`` with the
     tile sampled."""
     return [schedule_dot(sch, block)]
 
 
-@tvm.register_global_func(f"s_tir.meta_schedule.cpu.{DEPTHWISE_RULE}")
 def _meta_schedule_depthwise_rule(sch: Any, block: Any) -> list[Any]:
     """The same for the depthwise kernels: ``schedule_depthwise``, tile sampled."""
     return [schedule_depthwise(sch, block)]
+
+
+def _meta_schedule_pool_rule(sch: Any, block: Any) -> list[Any]:
+    """The NaN-keeping max pool: ``schedule_pool`` (nothing to sample)."""
+    return [schedule_pool(sch, block)]
+
+
+for _rule, _fn in ((SCHEDULE_RULE, _meta_schedule_rule), (F32_RULE, _meta_schedule_rule),
+                   (DEPTHWISE_RULE, _meta_schedule_depthwise_rule),
+                   (F32_DEPTHWISE_RULE, _meta_schedule_depthwise_rule),
+                   (POOL_RULE, _meta_schedule_pool_rule)):
+    tvm.register_global_func(f"s_tir.meta_schedule.cpu.{_rule}", _fn)
 
 
 @functools.cache
@@ -657,7 +758,7 @@ def schedule_func(func: Any, tile: int = 8, blocks: int | None = None) -> Any | 
         return None
     try:
         for b in kernels:
-            _schedule_block(sch, b, tile, blocks or _DEFAULT_BLOCKS[_path_of(sch, b)])
+            _schedule_block(sch, b, tile, blocks)
     except (RuntimeError, ValueError) as e:
         log.debug("int8 kernel schedule failed, generic kernel kept: %s",
                   str(e).strip().splitlines()[-1])
@@ -689,6 +790,6 @@ class ScheduleInt8Kernels:
         return mod
 
 
-__all__ = ["DEPTHWISE_RULE", "Int8Kernels", "PATHS", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
-           "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_func",
+__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
+           "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
            "schedule_rules"]

@@ -1,0 +1,91 @@
+"""backends/tvm/x86_fp32.py: the packed fp32 FMA kernels replace the convolutions (groups
+1 and depthwise, odd channel counts, strides, dilations, a residual epilogue), use the
+FMA instruction, and match the IR interpreter — on whichever fp32 paths this CPU runs
+(AVX-512, AVX2); the pass is a no-op when turned off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from shrinkc.backends import tvm as btvm
+from shrinkc.backends.tvm import x86_fp32
+from shrinkc.ir.frontends.torch import trace
+from shrinkc.ir.interpreter import run
+from suite import assert_close  # the suite's comparison policy
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+#: fp32 path → the target that selects it.
+TARGETS = {"avx512": "host", "avx2": "x86-avx2"}
+
+
+def _runs(path: str) -> bool:
+    t = btvm.resolve_target(TARGETS[path])
+    return btvm.target_runs_here(t) and btvm.f32_isa(t) == path
+
+
+class _Net(torch.nn.Module):
+    """A 7×7 stride-2 stem 3 → 20 (not a multiple of the lanes), a dilated depthwise 3×3,
+    a 1×1 conv 20 → 32 plus a 1×1 projection of its input (a residual add in the
+    epilogue), a 3×3 stride-2 max pool, a flatten and a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 20, 7, stride=2, padding=3)
+        self.dw = torch.nn.Conv2d(20, 20, 3, padding=2, dilation=2, groups=20)
+        self.pw = torch.nn.Conv2d(20, 32, 1)
+        self.proj = torch.nn.Conv2d(20, 32, 1, bias=False)
+        self.fc = torch.nn.Linear(32 * 8 * 8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(self.dw(h))
+        h = torch.relu(self.pw(h) + self.proj(h))
+        h = torch.nn.functional.max_pool2d(h, 3, stride=2, padding=1)
+        return self.fc(h.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 30, 30)
+    return trace(_Net().eval(), (x,), name="fp32_net"), x.numpy()
+
+
+def _kernels(g, target: str) -> list[str]:
+    mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target(target))
+    return sorted(gv.name_hint for gv, _ in mod.functions_items()
+                  if "conv2d_f32" in gv.name_hint)
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_convolutions_run_on_the_fma_kernels_and_match_the_interpreter(path, graph):
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    g, x = graph
+    names = _kernels(g, TARGETS[path])
+    assert sum("dwconv2d_f32" in n for n in names) == 1, names
+    assert sum("dwconv2d_f32" not in n for n in names) == 3, names  # stem, pw, proj
+    module = btvm.build(g, TARGETS[path])
+    assert "vfmadd" in module.assembly()
+    assert_close(module.run([x])[0], run(g, [x])[0].numpy(), depth=g)
+
+
+def test_weights_are_packed_lane_major():
+    w = np.arange(32 * 3 * 3 * 5, dtype=np.float32).reshape(32, 3, 3, 5)
+    p = x86_fp32.pack_conv_weight(w, 16)
+    assert p.shape == (2, 3, 3, 5, 16)
+    assert p[21 // 16, 2, 1, 4, 21 % 16] == w[21, 2, 1, 4]
+
+
+def test_turned_off_keeps_the_generic_convolutions(graph, monkeypatch):
+    if btvm.f32_isa(btvm.resolve_target("host")) is None:
+        pytest.skip("this CPU has no fp32 kernel path")
+    monkeypatch.setenv(x86_fp32.ENV, "0")
+    assert _kernels(graph[0], "host") == []
+
+
+def test_no_fp32_path_off_x86():
+    assert btvm.f32_isa("aarch64") is None
