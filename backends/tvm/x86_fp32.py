@@ -39,7 +39,7 @@ from tvm import relax, te, topi
 
 from .targets import F32_ISAS, f32_isa
 from .x86_int8 import (F32_DEPTHWISE_RULE, F32_RULE, PATH_KEY, SCHEDULE_VERSION,
-                       SCHEDULE_VERSION_KEY, _constant, _dtype, _shape)
+                       SCHEDULE_VERSION_KEY, bound_constant, expr_dtype, expr_shape)
 
 log = logging.getLogger(__name__)
 
@@ -130,21 +130,21 @@ class _F32KernelRewriter(relax.PyExprMutator):
         if (not isinstance(call, relax.Call) or not isinstance(call.ty, relax.TensorType)
                 or getattr(call.op, "name", "") != "relax.nn.conv2d"):
             return call
-        if any(_dtype(e) != "float32" for e in (call, call.args[0], call.args[1])):
+        if any(expr_dtype(e) != "float32" for e in (call, call.args[0], call.args[1])):
             return call
         at = call.attrs
         if (str(at.data_layout), str(at.kernel_layout), str(at.out_layout)) != (
                 "NHWC", "OHWI", "NHWC"):
             self._skip(call, f"layout {at.data_layout}/{at.kernel_layout} (NHWC/OHWI needed)")
             return call
-        w = _constant(self, call.args[1])
+        w = bound_constant(self, call.args[1])
         if w is None:
             self._skip(call, "the weight is not a constant (keep_params?)")
             return call
         o, _, _, i = w.shape
         groups = int(at.groups)
         if groups != 1:
-            if not (i == 1 and o == groups == _shape(call.args[0])[3]):
+            if not (i == 1 and o == groups == expr_shape(call.args[0])[3]):
                 self._skip(call, f"groups={groups} (grouped, or a depthwise channel "
                                  f"multiplier)")
                 return call

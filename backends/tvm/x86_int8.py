@@ -249,7 +249,7 @@ def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- the Relax pass
-def _constant(mutator: Any, expr: Any) -> np.ndarray | None:
+def bound_constant(mutator: Any, expr: Any) -> np.ndarray | None:
     """The numpy value of ``expr``: a constant, or a ``permute_dims`` of one (what the layout
     conversion makes of a weight); else None."""
     if isinstance(expr, relax.Var):
@@ -260,7 +260,7 @@ def _constant(mutator: Any, expr: Any) -> np.ndarray | None:
     if isinstance(expr, tvm.ir.expr.Constant):
         return expr.value.numpy()
     if (isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.permute_dims"):
-        inner = _constant(mutator, expr.args[0])
+        inner = bound_constant(mutator, expr.args[0])
         if inner is None:
             return None
         axes = expr.attrs.axes
@@ -268,11 +268,11 @@ def _constant(mutator: Any, expr: Any) -> np.ndarray | None:
     return None
 
 
-def _dtype(expr: Any) -> str:
+def expr_dtype(expr: Any) -> str:
     return str(expr.ty.dtype)
 
 
-def _shape(expr: Any) -> list[int]:
+def expr_shape(expr: Any) -> list[int]:
     return [int(d) for d in expr.ty.shape]
 
 
@@ -290,7 +290,7 @@ class _Int8KernelRewriter(relax.PyExprMutator):
     def _weight(self, call: Any, w_arg: Any, dot: bool = True) -> np.ndarray | None:
         """The constant int8 weight; ``dot``: for a dot-product kernel (the AVX2 one
         saturates beyond ±64)."""
-        w = _constant(self, w_arg)
+        w = bound_constant(self, w_arg)
         if w is None:
             self._skip(call, "the weight is not a constant (keep_params?)")
             return None
@@ -304,10 +304,10 @@ class _Int8KernelRewriter(relax.PyExprMutator):
         return w
 
     def _int_operands(self, call: Any) -> bool:
-        if _dtype(call) != "int32" or _dtype(call.args[1]) != "int8":
+        if expr_dtype(call) != "int32" or expr_dtype(call.args[1]) != "int8":
             return False
-        if _dtype(call.args[0]) != "uint8":
-            self._skip(call, f"activations are {_dtype(call.args[0])} (u8 needed)")
+        if expr_dtype(call.args[0]) != "uint8":
+            self._skip(call, f"activations are {expr_dtype(call.args[0])} (u8 needed)")
             return False
         return True
 
@@ -330,13 +330,13 @@ class _Int8KernelRewriter(relax.PyExprMutator):
             return call
         groups = int(at.groups)
         if groups != 1:
-            o, _, _, i = _shape(call.args[1])
-            if not (i == 1 and o == groups == _shape(call.args[0])[3]):
+            o, _, _, i = expr_shape(call.args[1])
+            if not (i == 1 and o == groups == expr_shape(call.args[0])[3]):
                 self._skip(call, f"groups={groups} (grouped, or a depthwise channel "
                                  f"multiplier)")
                 return call
             return self._depthwise(call)
-        o, _, _, i = _shape(call.args[1])
+        o, _, _, i = expr_shape(call.args[1])
         w = self._weight(call, call.args[1])
         if w is None:
             return call
@@ -373,11 +373,11 @@ class _Int8KernelRewriter(relax.PyExprMutator):
         if not pad:
             return y
         y = self.builder_.emit(y)
-        return relax.op.strided_slice(y, axes=[len(_shape(y)) - 1], begin=[0], end=[n])
+        return relax.op.strided_slice(y, axes=[len(expr_shape(y)) - 1], begin=[0], end=[n])
 
     def _matmul(self, call: Any) -> Any:
-        w_shape = _shape(call.args[1])
-        if len(w_shape) != 2 or len(_shape(call.args[0])) < 2:
+        w_shape = expr_shape(call.args[1])
+        if len(w_shape) != 2 or len(expr_shape(call.args[0])) < 2:
             self._skip(call, "not a matmul with a 2-D weight")
             return call
         k, n = w_shape
@@ -790,6 +790,6 @@ class ScheduleInt8Kernels:
         return mod
 
 
-__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
+__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
            "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
            "schedule_rules"]
