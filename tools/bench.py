@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -55,6 +56,48 @@ def speedup(base: Timing, t: Timing) -> str:
     """``base``'s median over ``t``'s as ``"1.23×"`` (> 1: ``t`` is faster), ``"-"`` when
     either has no runs: the speed-up cell of the benchmark tables."""
     return f"{base.median / t.median:.2f}×" if base.runs_ms and t.runs_ms else "-"
+
+
+def rounds_of(repeat: int, block: int = 10) -> list[int]:
+    """Timed runs per round of :func:`time_in_blocks`: ``block`` each (fewer in the last)
+    until ``repeat`` runs."""
+    block = max(1, min(block, repeat))
+    return [min(block, repeat - done) for done in range(0, repeat, block)]
+
+
+def balanced_rounds(repeat: int, runners: int, block: int = 10) -> list[int]:
+    """Timed runs per round of :func:`time_in_blocks` such that every one of ``runners`` is
+    first in equally many rounds: a multiple of ``runners`` rounds of the same number of
+    runs (at most ``block``), at least ``repeat`` runs in all (rounded up to whole rounds)."""
+    n = max(1, runners)
+    rounds = n * max(1, math.ceil(repeat / (max(1, block) * n)))
+    return [max(1, math.ceil(repeat / rounds))] * rounds
+
+
+def time_in_blocks(runners: Sequence[Callable[[], Any]], rounds: Sequence[int], *,
+                   pause: float = 0.3) -> list[Timing]:
+    """Time ``runners`` in interleaved blocks, one :class:`Timing` per runner.
+
+    Round ``r`` gives every runner in turn one block: a ``pause`` (seconds), one untimed
+    run, then ``rounds[r]`` timed runs. The order rotates by one runner per round (round
+    ``r`` starts with runner ``r mod n``), so no runner always follows the same one; with
+    :func:`balanced_rounds` each is first equally often. Not single runs round-robin: on 2
+    cores the thread pools of onnxruntime (spinning) and TVM keep spinning after a run and
+    steal the CPU from the next runner (PyTorch measured 30x slower that way); the pause
+    lets them go to sleep. Run ``k`` of every runner comes from the same round."""
+    timings = [Timing() for _ in runners]
+    order = list(range(len(runners)))
+    for n in rounds:
+        for i in order:
+            run = runners[i]
+            time.sleep(pause)
+            run()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                run()
+                timings[i].runs_ms.append((time.perf_counter() - t0) * 1e3)
+        order = order[1:] + order[:1]
+    return timings
 
 
 @dataclass

@@ -20,13 +20,12 @@ the mean and min–max over the sets, top-1 agreement with the fp32 model's pred
 far less noisy fidelity measure: 0.1 pt of accuracy is one image, and most changed
 predictions do not cross a label), the logit SQNR against fp32 (pooled over images and
 sets; continuous, so the least noisy of the three), the ONNX file size, and onnxruntime
-latency at batch 1 of the first set's model (warmed up, then timed round-robin over all rows, so load on a
-shared machine hits every row alike). The goal lines under the table compare the means,
-each difference with a 95 % paired bootstrap interval (``paired_interval``: test images and
-calibration sets resampled, the same draw for both rows; ``sqnr_interval`` the same for the
-logit SQNR, shown beside the accuracy verdicts; ``latency_ratio``: timed rounds
-resampled), and a goal missed on the means says whether the miss is within that noise
-(the interval reaches the goal) — it is still not called met.
+latency at batch 1 of the first set's model (see *Latency* below). The goal lines under the
+table compare the means, each difference with a 95 % paired bootstrap interval
+(``paired_interval``: test images and calibration sets resampled, the same draw for both
+rows; ``sqnr_interval`` the same for the logit SQNR, shown beside the accuracy verdicts;
+``latency_ratio``: timed rounds resampled), and a goal missed on the means says whether
+the miss is within that noise (the interval reaches the goal) — it is still not called met.
 
 **Transformers** (``--transformers vit,bert``: the zoo ViT, trained and cached, and a
 ``transformers.BertModel`` from ``BERT_CONFIG`` with random weights and 100 random padded
@@ -38,17 +37,28 @@ tensor, its default, and per channel): cosine with fp32 (mean over the samples, 
 logits / of all of BERT's outputs), accuracy (ViT) and onnxruntime latency; the goal lines
 compare per tensor with per tensor and per channel with per channel.
 
+**Latency**: model by model, its rows are warmed up, then timed together in rounds
+(``bench.time_in_blocks``). In each round every row runs one block — a ``--pause`` (0.3 s),
+one untimed run, then its timed runs — and the row order rotates by one per round. The
+number of rounds is a multiple of the model's row count (``bench.balanced_rounds``: at
+least ``--repeat`` runs per row, at most ``--block`` per block), so every row is first
+equally often and no row always follows the same one. Per row: median and p10–p90 of all
+its runs; the ratios (vs fp32, the goal lines) are of medians over the same rounds. Every
+session has the same thread-pool setting: no spinning (``OnnxRuntimeSession``'s default),
+or with ``--spinning`` onnxruntime's own default, busy-waiting workers (the pause before
+each block lets them sleep before the next row runs).
+
 Accuracy numbers need no quiet machine. Latency does::
 
     python -m shrinkc.tools.bench_quant --threads 2 --repeat 50
 
-At 2 threads without spinning (the benchmark's sessions) a run of the 0.1 ms ViT waits for
-the pool's second thread at each parallel section, and its median moves with the order of
-the rows; ``--threads 1`` times the graphs alone (see the README's ViT paragraph).
+At 2 threads without spinning a run of the 0.1 ms ViT waits for the pool's second thread at
+each parallel section (round-robin in a fixed order its median moved with the order of the
+rows); ``--threads 1`` times the graphs alone (see the README's ViT paragraph).
 
-``--smoke`` (2 timed runs, 100 test images, 32 calibration images, one calibration set,
-one calibrator and one ORT method) checks that it works. Temporary files (the ORT models)
-live in one temporary directory per part, removed when it ends.
+``--smoke`` (2 timed runs, no pause, 100 test images, 32 calibration images, one
+calibration set, one calibrator and one ORT method) checks that it works. Temporary files
+(the ORT models) live in one temporary directory per part, removed when it ends.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +78,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Timing, machine_info, set_threads, speedup
+from .bench import Timing, balanced_rounds, machine_info, set_threads, speedup, time_in_blocks
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +112,9 @@ class QuantRow:
     sq_err: list[np.ndarray] = field(default_factory=list, repr=False)
     sq_ref: np.ndarray | None = field(default=None, repr=False)
     timing: Timing = field(default_factory=Timing)
+    #: timed runs per block, one block per round in timing order (the same for every row of a
+    #: model: run ``k`` of each is from the same round)
+    blocks: list[int] = field(default_factory=list)
 
     @property
     def agreement(self) -> float | None:
@@ -123,7 +137,8 @@ class QuantRow:
         d["agreement"] = self.agreement
         d["sqnr_db"] = self.sqnr
         d["timing"] = ({"median_ms": self.timing.median, "p10_ms": self.timing.percentile(10),
-                        "p90_ms": self.timing.percentile(90)} if self.timing.runs_ms else None)
+                        "p90_ms": self.timing.percentile(90), "runs_ms": self.timing.runs_ms}
+                       if self.timing.runs_ms else None)
         return d
 
 
@@ -143,10 +158,10 @@ class _Reader:
         self.i = 0
 
 
-def _session(model: bytes | str, threads: int):
+def _session(model: bytes | str, threads: int, spinning: bool):
     from ..backends.onnx import OnnxRuntimeSession
 
-    return OnnxRuntimeSession(model, threads)
+    return OnnxRuntimeSession(model, threads, spinning=spinning)
 
 
 def _image_feeds(sess_inputs: list[str], X: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -244,7 +259,8 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
                  equalize_models=("mobilenet_v2",), bias_correct: bool = False,
                  calib_images: int = 256, calib_subsets: int = 1,
                  test_images: int | None = None, threads: int = 1,
-                 trained: bool = True) -> tuple[list[QuantRow], list]:
+                 spinning: bool = False, trained: bool = True
+                 ) -> tuple[list[QuantRow], list]:
     """Rows (fp32, shrinkc per calibrator, ORT per method) per model, and their sessions.
 
     Every quantized row is calibrated ``calib_subsets`` times, on disjoint calibration sets
@@ -276,9 +292,9 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
             fp32 = export_model(g).SerializeToString()
             feeds = _image_feeds([g.inputs[0].name], Xn)
             ref = _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0),
-                       _session(fp32, threads), feeds, yn)
+                       _session(fp32, threads, spinning), feeds, yn)
             fp32_pred = ref.argmax(1)
-            rows[-1].correct, rows[-1].agree = [fp32_pred == yn], [fp32_pred == fp32_pred]
+            rows[-1].correct, rows[-1].agree = [fp32_pred == yn], [np.ones(len(yn), bool)]
 
             def opt(c: str) -> str:
                 return (f"quantize(calibration={c},percentile={ORT_PERCENTILE})"
@@ -316,7 +332,7 @@ def bench_vision(models=("resnet18", "mobilenet_v2", "vgg11_bn"), *,
                     made.append((by_label[f"ORT {method}"], out.read_bytes(),
                                  time.perf_counter() - t0))
                 for row, model, seconds in made:
-                    sess = _session(model, threads)
+                    sess = _session(model, threads, spinning)
                     _subset_result(row, i, sess, feeds, yn, ref, seconds)
                     if i == 0:  # the first subset's model is the one timed
                         row.size_bytes = len(model)
@@ -369,7 +385,7 @@ DYNAMIC_PIPELINES = (
 
 
 def bench_transformers(names=("vit", "bert"), *, test_images: int | None = None,
-                       threads: int = 1, trained: bool = True
+                       threads: int = 1, spinning: bool = False, trained: bool = True
                        ) -> tuple[list[QuantRow], list]:
     """fp32, shrinkc dynamic and ``quantize_dynamic`` (per tensor, per channel) per model:
     the zoo ViT (MNIST, trained: accuracy and logit cosine) and a BERT from a config (random
@@ -395,7 +411,7 @@ def bench_transformers(names=("vit", "bert"), *, test_images: int | None = None,
                 g = _trained_graph(name, X, trained)
                 feeds, labels = _image_feeds([g.inputs[0].name], X.numpy()), y.numpy()
             fp32 = export_model(g).SerializeToString()
-            ref_sess = _session(fp32, threads)
+            ref_sess = _session(fp32, threads, spinning)
             ref = _logits(ref_sess, feeds)
             _add(rows, sessions, QuantRow(name, "fp32", 0.0, len(fp32), 0.0), ref_sess,
                  feeds, labels, ref)
@@ -407,7 +423,7 @@ def bench_transformers(names=("vit", "bert"), *, test_images: int | None = None,
                 model = export_model(q).SerializeToString()
                 _add(rows, sessions, QuantRow(name, label, 0.0, len(model),
                                               time.perf_counter() - t0),
-                     _session(model, threads), feeds, labels, ref)
+                     _session(model, threads, spinning), feeds, labels, ref)
             src = tmp / f"{name}.onnx"
             src.write_bytes(fp32)
             for per_channel in (False, True):
@@ -419,23 +435,31 @@ def bench_transformers(names=("vit", "bert"), *, test_images: int | None = None,
                 model = out.read_bytes()
                 _add(rows, sessions, QuantRow(name, label, 0.0, len(model),
                                               time.perf_counter() - t0),
-                     _session(model, threads), feeds, labels, ref)
+                     _session(model, threads, spinning), feeds, labels, ref)
     return rows, sessions
 
 
-def time_rows(sessions: list, warmup: int, repeat: int) -> None:
-    """onnxruntime latency at batch 1 (each row's first sample), round-robin over every row."""
-    feeds = []
-    for row, sess, first in sessions:
-        f = first
-        for _ in range(max(warmup, 1)):
-            sess.session.run(None, f)
-        feeds.append((row, sess, f))
-    for _ in range(repeat):
-        for row, sess, f in feeds:
-            t0 = time.perf_counter()
-            sess.session.run(None, f)
-            row.timing.runs_ms.append((time.perf_counter() - t0) * 1e3)
+def time_rows(sessions: list, warmup: int, repeat: int, *, block: int = 10,
+              pause: float = 0.3) -> None:
+    """onnxruntime latency at batch 1 (each row's first sample): model by model, its rows
+    warmed up, then timed in blocks whose order rotates, every row first equally often
+    (``balanced_rounds``, ``time_in_blocks``; see the module docstring). Sets each row's
+    ``timing`` and ``blocks``."""
+    models: dict[str, list] = {}
+    for entry in sessions:
+        models.setdefault(entry[0].model, []).append(entry)
+    for group in models.values():
+        runners = []
+        for row, sess, feed in group:
+            def run(sess=sess, feed=feed) -> Any:
+                return sess.session.run(None, feed)
+
+            for _ in range(max(warmup, 1)):
+                run()
+            runners.append(run)
+        rounds = balanced_rounds(repeat, len(group), block)
+        for (row, _, _), timing in zip(group, time_in_blocks(runners, rounds, pause=pause)):
+            row.timing, row.blocks = timing, list(rounds)
 
 
 def _pct(v: float) -> str:
@@ -450,14 +474,34 @@ def _acc_cell(r: QuantRow) -> str:
     return _pct(r.accuracy)
 
 
-def markdown(rows: list[QuantRow], *, threads: int, repeat: int, calib_images: int,
-             calib_subsets: int = 1) -> str:
+def timing_note(rows: list[QuantRow], *, pause: float, spinning: bool) -> str:
+    """How the latencies were timed: per model, its rounds × runs per block."""
+    per_model: dict[str, tuple[int, list[int]]] = {}
+    for r in rows:
+        if r.blocks:
+            n, blocks = per_model.get(r.model, (0, r.blocks))
+            per_model[r.model] = (n + 1, blocks)
+    if not per_model:
+        return "Latency not timed."
+    plans = "; ".join(
+        f"{m} {n} rows, {len(b)} blocks × {b[0]} run{'s' if b[0] > 1 else ''}"
+        if len(set(b)) == 1 else f"{m} {n} rows, {len(b)} blocks of {'/'.join(map(str, b))} runs"
+        for m, (n, b) in per_model.items())
+    return (f"Latency (ORT ms: median, p10–p90): each model's rows timed together in rounds; "
+            f"in each round every row runs one block ({pause:g} s pause, 1 untimed run, then "
+            f"the timed runs), the row order rotated by one per round, so every row is first "
+            f"equally often ({plans}); ratios from medians over the same blocks. onnxruntime "
+            f"sessions {'with' if spinning else 'without'} thread spinning, every row alike.")
+
+
+def markdown(rows: list[QuantRow], *, threads: int, calib_images: int,
+             calib_subsets: int = 1, pause: float = 0.3, spinning: bool = False) -> str:
     base = {r.model: r for r in rows if r.variant == "fp32"}
     acc_head = (f"test acc (mean; min–max of {calib_subsets} calibration sets)"
                 if calib_subsets > 1 else "test acc")
-    lines = [(f"int8 in onnxruntime, batch 1, {threads} thread(s), {repeat} timed runs per row "
-              f"(round-robin); {calib_subsets} disjoint set(s) of {calib_images} calibration "
-              f"images; {machine_info(threads)}"), "",
+    lines = [(f"int8 in onnxruntime, batch 1, {threads} thread(s); {calib_subsets} disjoint "
+              f"set(s) of {calib_images} calibration images; {machine_info(threads)}"), "",
+             timing_note(rows, pause=pause, spinning=spinning), "",
              (f"| model | variant | {acc_head} | Δ vs fp32 | agreement with fp32 | "
               "logit SQNR vs fp32 | cosine vs fp32 | ONNX size | ORT ms | vs fp32 |"),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -554,16 +598,33 @@ def sqnr_interval(a: list[np.ndarray], b: list[np.ndarray], *, reps: int = BOOTS
     return float(db(A.sum(), B.sum())), float(lo), float(hi)
 
 
-def latency_ratio(a: Timing, b: Timing, *, reps: int = BOOTSTRAP, level: float = LEVEL,
-                  seed: int = 0) -> tuple[float, float, float]:
+def latency_ratio(a: Timing, b: Timing, blocks: Sequence[int] | None = None, *,
+                  reps: int = BOOTSTRAP, level: float = LEVEL, seed: int = 0
+                  ) -> tuple[float, float, float]:
     """``a``'s median latency over ``b``'s and a bootstrap interval: ``(ratio, lo, hi)``.
-    The rows are timed round-robin, so run ``k`` of both is from the same round (the same
-    load on a shared machine): each replicate resamples rounds, the same for both."""
+
+    Both were timed in the same rounds, ``blocks[r]`` runs each in round ``r`` (default: one
+    run per round, run ``k`` of both from round ``k``): each replicate resamples whole
+    rounds, the same for both (the same load on a shared machine, and the runs of one block
+    are not independent)."""
     x, y = np.asarray(a.runs_ms), np.asarray(b.runs_ms)
-    n = min(len(x), len(y))
-    x, y = x[:n], y[:n]
-    idx = np.random.default_rng(seed).integers(0, n, size=(reps, n))
-    boot = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
+    if blocks is None:
+        n = min(len(x), len(y))
+        x, y, blocks = x[:n], y[:n], [1] * n
+    if not len(x) == len(y) == sum(blocks):
+        raise ValueError(f"{len(x)} and {len(y)} runs, not the {sum(blocks)} of the blocks")
+    picks = np.random.default_rng(seed).integers(0, len(blocks), size=(reps, len(blocks)))
+    if len(set(blocks)) == 1:  # equal blocks: one gather
+        k = blocks[0]
+        idx = (picks[:, :, None] * k + np.arange(k)).reshape(reps, -1)
+        boot = np.median(x[idx], axis=1) / np.median(y[idx], axis=1)
+    else:
+        starts = np.concatenate([[0], np.cumsum(blocks)[:-1]])
+        runs = [np.arange(s, s + k) for s, k in zip(starts, blocks, strict=True)]
+        boot = np.empty(reps)
+        for j, p in enumerate(picks):
+            i = np.concatenate([runs[r] for r in p])
+            boot[j] = np.median(x[i]) / np.median(y[i])
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(boot, [tail, 100 - tail])
     return float(np.median(x) / np.median(y)), float(lo), float(hi)
@@ -660,7 +721,8 @@ def goal_lines(rows: list[QuantRow]) -> list[str]:
                 continue
             closer = a.cosine >= b.cosine
             if a.timing.runs_ms and b.timing.runs_ms:
-                ratio, lo, hi = latency_ratio(a.timing, b.timing)
+                ratio, lo, hi = latency_ratio(a.timing, b.timing,
+                                              a.blocks if a.blocks == b.blocks else None)
                 fast = (f"latency {a.timing.median:.2f} vs {b.timing.median:.2f} ms "
                         f"({ratio:.2f}× [{lo:.2f}, {hi:.2f}])")
                 if closer and ratio <= 1.0:
@@ -702,9 +764,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, metavar="N", help="default: all 1,000")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--repeat", type=int, default=30,
+                   help="timed runs per row, at least (rounded up to whole rounds of blocks)")
+    p.add_argument("--block", type=int, default=10, help="timed runs per block, at most")
+    p.add_argument("--pause", type=float, metavar="S",
+                   help="seconds before each block (default 0.3; 0 with --smoke)")
+    p.add_argument("--spinning", action="store_true",
+                   help="every onnxruntime session with spinning pool threads (onnxruntime's "
+                        "default; without: the threads sleep between runs)")
     p.add_argument("--smoke", action="store_true",
-                   help="2 timed runs, 100 test images, 32 calibration images, minmax only")
+                   help="2 timed runs, no pause, 100 test images, 32 calibration images, "
+                        "minmax only")
     p.add_argument("--untrained", action="store_true", help="random weights (no training)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     a = p.parse_args(argv)
@@ -714,8 +784,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("shrinkc.tools.train").setLevel(logging.INFO)
     calibrators, ort_methods = _split(a.calibrators), _split(a.ort_methods)
     warmup, repeat, calib_images, test_images = a.warmup, a.repeat, a.calib_images, a.test_images
+    pause = a.pause
     if a.smoke:
         warmup, repeat = 1, 2
+        pause = 0.0 if pause is None else pause
         calib_images = calib_images or 32
         test_images = test_images or 100
         calibrators, ort_methods = calibrators[:1], ort_methods[:1]
@@ -723,6 +795,11 @@ def main(argv: list[str] | None = None) -> int:
     calib_subsets = a.calib_seeds or (1 if a.smoke else 4)
     if calib_subsets < 1:
         p.error("--calib-seeds must be >= 1")
+    if repeat < 1 or a.block < 1:
+        p.error("--repeat and --block must be >= 1")
+    pause = 0.3 if pause is None else pause
+    if pause < 0:
+        p.error("--pause must be >= 0")
     set_threads(a.threads)
     rows, sessions = bench_vision(_split(a.models), calibrators=calibrators,
                                   ort_methods=ort_methods,
@@ -730,12 +807,13 @@ def main(argv: list[str] | None = None) -> int:
                                   bias_correct=a.bias_correct, calib_images=calib_images,
                                   calib_subsets=calib_subsets,
                                   test_images=test_images, threads=a.threads,
-                                  trained=not a.untrained)
+                                  spinning=a.spinning, trained=not a.untrained)
     trows, tsessions = bench_transformers(_split(a.transformers), test_images=test_images,
-                                          threads=a.threads, trained=not a.untrained)
-    time_rows(sessions + tsessions, warmup, repeat)
-    print(markdown(rows + trows, threads=a.threads, repeat=repeat, calib_images=calib_images,
-                   calib_subsets=calib_subsets))
+                                          threads=a.threads, spinning=a.spinning,
+                                          trained=not a.untrained)
+    time_rows(sessions + tsessions, warmup, repeat, block=a.block, pause=pause)
+    print(markdown(rows + trows, threads=a.threads, calib_images=calib_images,
+                   calib_subsets=calib_subsets, pause=pause, spinning=a.spinning))
     if a.json:
         with open(a.json, "w") as f:
             json.dump([r.as_dict() for r in rows + trows], f, indent=1)

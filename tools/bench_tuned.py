@@ -22,9 +22,9 @@ four random batches: QDQ with u8 activations, i8 per-channel weights, i32 biases
   only up to the budget; delete it to re-tune from scratch), then built with the database
   applied. Convolutions in NHWC with prepacked weights unless ``--layout`` / ``--no-prepack``.
 
-Backends are timed in interleaved blocks (see ``bench_one``); medians of ``--repeat`` runs; ratios
-are backend median / onnxruntime median (< 1 = faster than onnxruntime). All backends use
-``--threads`` threads.
+Backends are timed in interleaved blocks (``bench.time_in_blocks``); medians of ``--repeat``
+runs; ratios are backend median / onnxruntime median (< 1 = faster than onnxruntime). All
+backends use ``--threads`` threads.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Timing, _ort_runner, _torch_runner, machine_info, set_threads
+from .bench import _ort_runner, _torch_runner, machine_info, rounds_of, set_threads, time_in_blocks
 
 log = logging.getLogger(__name__)
 
@@ -153,32 +153,16 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
         btvm.build_lowered(lowered, tgt, pipeline=pipeline, name=name), xn)
     row["tvm_tuned_build_s"] = time.perf_counter() - t0
 
-    outputs, timings = {}, {}
+    outputs = {}
     for b, (run, to_np) in runners.items():
         out = None
         for _ in range(max(warmup, 1)):
             out = run()
         outputs[b] = np.asarray(to_np(out), dtype=np.float64)
-        timings[b] = Timing()
-    # Interleaved blocks, not single runs round-robin: on 2 cores the thread pools of
-    # onnxruntime and TVM keep spinning after a run and steal the CPU from the next backend
-    # (PyTorch measured 30x slower that way). Each block: 1 untimed run, `block` timed runs,
-    # then a pause so the previous backend's workers go to sleep; the order rotates.
-    block = max(1, min(10, repeat))
+    # interleaved blocks of 10 runs after a pause, the order rotating (see time_in_blocks)
     names = list(runners)
-    done = 0
-    while done < repeat:
-        n = min(block, repeat - done)
-        for b in names:
-            run = runners[b][0]
-            time.sleep(0.3)
-            run()
-            for _ in range(n):
-                t0 = time.perf_counter()
-                run()
-                timings[b].runs_ms.append((time.perf_counter() - t0) * 1e3)
-        names = names[1:] + names[:1]
-        done += n
+    timings = dict(zip(names, time_in_blocks([runners[b][0] for b in names],
+                                              rounds_of(repeat))))
     row["max_diff"] = {b: float(np.max(np.abs(o - reference))) for b, o in outputs.items()}
     # the compiled graphs against each other (for int8 the error vs fp32 is quantization's)
     row["tuned_vs_ort"] = float(np.max(np.abs(outputs["tvm-tuned"] - outputs["onnxruntime"])))

@@ -39,3 +39,27 @@ def test_speedup_cell():
     assert speedup(Timing([2.0, 4.0, 3.0]), Timing([1.0, 1.5, 2.0])) == "2.00×"
     assert speedup(Timing([1.0]), Timing([4.0])) == "0.25×"
     assert speedup(Timing([1.0]), Timing()) == "-" and speedup(Timing(), Timing([1.0])) == "-"
+
+
+def test_block_plans():
+    from shrinkc.tools.bench import balanced_rounds, rounds_of
+
+    # bench_tuned's plan: blocks of 10 until --repeat runs
+    assert rounds_of(30) == [10, 10, 10] and rounds_of(25) == [10, 10, 5]
+    assert rounds_of(3) == [3] and rounds_of(0) == []
+    # a multiple of the runner count of equal rounds, at least `repeat` runs
+    assert balanced_rounds(50, 12) == [5] * 12
+    assert balanced_rounds(200, 7) == [10] * 21
+    assert balanced_rounds(2, 5) == [1] * 5 and balanced_rounds(30, 1) == [10] * 3
+
+
+def test_time_in_blocks_rotates_the_order():
+    """Each block is one untimed and `rounds[r]` timed runs of one runner; round r starts
+    with runner r mod n. Only the calls are checked, not the clock."""
+    from shrinkc.tools.bench import time_in_blocks
+
+    calls: list[str] = []
+    runners = [lambda name=name: calls.append(name) for name in "abc"]
+    timings = time_in_blocks(runners, [2, 1, 1], pause=0.0)
+    assert "".join(calls) == "aaabbbccc" + "bbccaa" + "ccaabb"
+    assert [len(t.runs_ms) for t in timings] == [4, 4, 4]

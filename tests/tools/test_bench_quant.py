@@ -29,10 +29,15 @@ def test_bench_quant_smoke(capsys, monkeypatch, tmp_path):
     bert = [ln for ln in rows if ln.startswith("| bert")]
     assert all("| - | - | - |" in ln for ln in bert)  # no labels: cosine only
     assert "2 disjoint set(s) of 4 calibration images" in out
+    # how it was timed: per model, rounds of blocks (each row first once at --repeat 2)
+    assert "the row order rotated by one per round" in out
+    assert "lenet5 5 rows, 5 blocks × 1 run; vit 7 rows, 7 blocks × 1 run" in out
+    assert "without thread spinning, every row alike" in out
     quantized = [ln for ln in rows if ln.startswith("| lenet5") and "fp32" not in ln]
     assert all("–" in ln.split("|")[3] for ln in quantized)  # mean (min–max) of the 2 sets
-    for goal in ("lenet5: within 1 % of fp32:", "lenet5: at least as accurate as "
-                 "quantize_static:", "lenet5: equalize no worse than without:",
+    for goal in ("lenet5: within 1 % of fp32:",
+                 "lenet5: at least as accurate as quantize_static:",
+                 "lenet5: equalize no worse than without:",
                  "bert: shrinkc dynamic per-tensor vs ORT quantize_dynamic:",
                  "bert: shrinkc dynamic vs ORT quantize_dynamic per-channel:"):
         assert goal in out, goal
@@ -109,6 +114,67 @@ def test_latency_ratio_resamples_rounds_pairwise():
     assert (r, lo, hi) == (1.0, 1.0, 1.0)
 
 
+def test_latency_ratio_resamples_whole_blocks():
+    """Blocks of 5 runs whose load differs block by block: the ratio is exact, and resampling
+    whole blocks (not runs) keeps the pairing."""
+    from shrinkc.tools.bench import Timing
+
+    load = np.repeat(np.random.default_rng(0).uniform(1.0, 3.0, 12), 5)
+    a, b = Timing(list(0.10 * load)), Timing(list(0.11 * load))
+    r, lo, hi = bench_quant.latency_ratio(a, b, [5] * 12)
+    assert r == pytest.approx(0.10 / 0.11) and lo <= r <= hi < 1.0
+    assert bench_quant.latency_ratio(a, a, [5] * 12) == (1.0, 1.0, 1.0)
+    assert bench_quant.latency_ratio(a, b, [4, 6] * 6)[0] == pytest.approx(r)
+    with pytest.raises(ValueError):
+        bench_quant.latency_ratio(a, b, [5] * 11)
+
+
+class _Recorder:
+    """Stands in for an onnxruntime session: ``session.run`` records which row ran."""
+
+    def __init__(self, name: str, calls: list[str]):
+        self.session, self.name, self.calls = self, name, calls
+
+    def run(self, outputs, feeds):
+        self.calls.append(self.name)
+
+
+@pytest.mark.parametrize("repeat", [1, 5, 13])
+def test_rows_are_timed_per_model_in_blocks_whose_order_rotates(repeat):
+    """Model by model: every row once per round, in a block of 1 untimed + n timed runs; the
+    order rotates by one per round, so every row is first in equally many rounds; every row
+    of a model has the same blocks. No clock is asserted."""
+    calls: list[str] = []
+    rows = [bench_quant.QuantRow(m, v, 0.0, 1, 0.0)
+            for m, v in [("a", "fp32"), ("a", "x"), ("a", "y"), ("b", "fp32"), ("b", "x")]]
+    sessions = [(r, _Recorder(f"{r.model}/{r.variant}", calls), {}) for r in rows]
+    bench_quant.time_rows(sessions, warmup=1, repeat=repeat, block=2, pause=0.0)
+    pos = 0
+    for model in ("a", "b"):
+        names = [f"{r.model}/{r.variant}" for r in rows if r.model == model]
+        n = len(names)
+        assert calls[pos:pos + n] == names  # the warm-up, model by model
+        pos += n
+        blocks = next(r.blocks for r in rows if r.model == model)
+        assert all(r.blocks == blocks for r in rows if r.model == model)
+        assert len(blocks) % n == 0 and sum(blocks) >= repeat and max(blocks) <= 2
+        firsts = []
+        for k, runs in enumerate(blocks):
+            order = []
+            for _ in range(n):
+                block = calls[pos:pos + runs + 1]
+                assert len(set(block)) == 1  # one row's block: 1 untimed + `runs` timed
+                order.append(block[0])
+                pos += runs + 1
+            assert order == names[k % n:] + names[:k % n]  # rotated by one per round
+            firsts.append(order[0])
+        assert sorted(firsts) == sorted(names * (len(blocks) // n))  # first equally often
+        for r in rows:
+            if r.model == model:
+                assert len(r.timing.runs_ms) == sum(blocks)
+    assert pos == len(calls)
+
+
 def _paired_row(variant: str, right: int, model: str = "m", agree: int = 1000
                 ) -> bench_quant.QuantRow:
     correct, agrees = _outcomes(right), _outcomes(agree)
@@ -163,5 +229,5 @@ def test_goal_lines_give_the_logit_sqnr_beside_the_accuracy():
     assert rows[1].sqnr == pytest.approx(10 * np.log10(100 / np.mean(theirs) * 10))
     line = next(ln for ln in bench_quant.goal_lines(rows) if "quantize_static" in ln)
     assert "logit SQNR +10.00 dB [+10.00, +10.00]" in line
-    table = bench_quant.markdown(rows, threads=1, repeat=1, calib_images=1)
+    table = bench_quant.markdown(rows, threads=1, calib_images=1)
     assert f"| {rows[1].sqnr:.2f} dB |" in table
