@@ -19,16 +19,23 @@ both axes' stride and padding. ``rank=full`` builds an exact CP of rank
 ``kh·kw·min(C_out, C_in)`` per group without ALS (one SVD per kernel tap). New weights are
 ``<stem>.cp_in/cp_h/cp_w/cp_out.weight``; every node keeps the layer's loc.
 
-ALS is bounded per layer by ``max_iter`` sweeps and ``time_budget`` seconds (checked after
-each sweep: a layer overshoots by at most one sweep, ~1 s on a 256×256×3×3 kernel here).
-With an error to reach and a rank from ``energy`` / ``vbmf`` (a lower bound of the CP
-rank), a fit that misses it is retried at 1.5× the rank (rounded up) while the chain stays
-below break-even, within the same per-layer budget. When the time budget is what stops
-ALS, the result depends on the machine's speed (two runs of ResNet-18 at ``ratio=0.5`` on
-the loaded development machine: largest error 0.615 and 0.762); for a reproducible fit
-give a ``time_budget`` that ``max_iter`` sweeps stay under.
-The defaults, 50 sweeps and 5 s per layer, bound a ResNet-18's 17 k×k convolutions to
-about 100 s of ALS. A layer whose fit does not reach the requested error — ``max_error``,
+ALS is bounded per layer by ``max_iter`` sweeps and by ``work_budget``, an estimated count
+of multiply-adds (``als_sweep_cost`` in ``analyses/decompose.py``: per sweep ``4·numel·R``
+for the MTTKRP plus the Gram and ``R×R`` solve terms): a fit at rank R runs at most
+``clamp(floor(budget / cost_per_sweep), 1, max_iter)`` sweeps, fixed before ALS starts, so
+the same seed gives the same factors in every process and on every machine. With an error
+to reach and a rank from ``energy`` / ``vbmf`` (a lower bound of the CP rank), a fit that
+misses it is retried at 1.5× the rank (rounded up) while the chain stays below break-even,
+within the same per-layer budget (the work of the sweeps already run is subtracted). The
+default 3e9 keeps ResNet-18's ALS where the former 5 s per layer left it on the development
+machine (by the cost estimate at ``ratio=0.5``-like ranks): the 64-channel 3×3 layers
+reach ``max_iter`` (50 sweeps), the 128-channel ones 10–34 sweeps, the first 256-channel
+one 4, the other 256- and 512-channel ones one sweep each. ``time_budget``
+(seconds per layer, checked after each sweep; default none) adds a wall-clock bound: the
+number of sweeps, and so the result, then depends on the machine's speed and load (two runs
+of ResNet-18 at ``ratio=0.5`` with 5 s on the loaded development machine: largest error
+0.615 and 0.762).
+A layer whose fit does not reach the requested error — ``max_error``,
 or ``sqrt(1 - energy)`` with ``energy=`` — is skipped (``skipped_not_converged``, the error
 reached and why ALS stopped in the report).
 
@@ -50,7 +57,10 @@ Options (the rank options are shared with ``tucker-conv`` and ``svd-linear``, se
 * ``min_params`` — layers with fewer weight parameters are left alone (default 1024);
 * ``include`` / ``exclude`` — glob patterns on the node's loc (or name);
 * ``max_iter`` — ALS sweeps per layer (default 50);
-* ``time_budget`` — seconds of ALS per layer (default 5.0);
+* ``work_budget`` — estimated multiply-adds of ALS per layer (default 3e9), shared by the
+  fits of a rank search; deterministic;
+* ``time_budget`` — seconds of ALS per layer (default none: no wall-clock bound; given, it
+  makes the result machine-dependent);
 * ``tol`` — ALS stops when the relative error changes by less than this (default 1e-5);
 * ``max_error`` — the largest relative reconstruction error accepted (default none).
 
@@ -75,7 +85,7 @@ import numpy as np
 
 from ..ir.graph import Graph, Node
 from .analyses import rank as R
-from .analyses.decompose import CP, cp, cp_exact
+from .analyses.decompose import CP, als_sweep_cost, cp, cp_exact
 from .analyses.layers import Layer, conv_layer, group_slices
 from .base import PassContext, option
 from .lowrank import ChainStep, Fit, LowRankPass, Skip
@@ -93,8 +103,11 @@ class CpConv(LowRankPass):
     quiet = frozenset({"skipped_pointwise"})
 
     max_iter: int = option(50, ge=1, help="ALS sweeps per layer")
-    time_budget: float = option(5.0, gt=0, help="seconds of ALS per layer (checked after "
-                                                "each sweep)")
+    work_budget: float = option(3e9, gt=0, help="estimated multiply-adds of ALS per layer "
+                                                "(sweeps = budget / cost of one sweep)")
+    time_budget: float | None = option(None, gt=0, help="seconds of ALS per layer (checked "
+                                                        "after each sweep; makes the result "
+                                                        "machine-dependent)")
     tol: float = option(1e-5, gt=0, help="ALS stops when the relative error changes by "
                                          "less than this")
     max_error: float | None = option(None, gt=0, help="the largest relative reconstruction "
@@ -138,10 +151,12 @@ class CpConv(LowRankPass):
                   if e is not None]
         return min(limits) if limits else None
 
-    def _fit_at(self, blocks: list[np.ndarray], r: int, budget: float, ctx: PassContext
-                ) -> tuple[list[CP], float]:
+    def _fit_at(self, blocks: list[np.ndarray], r: int, work: float, seconds: float | None,
+                ctx: PassContext) -> tuple[list[CP], float]:
+        n = len(blocks)
         fits = [cp_exact(b) if self.rank == "full" else
-                cp(b, r, max_iter=self.max_iter, time_budget=budget / len(blocks), tol=self.tol,
+                cp(b, r, max_iter=self.max_iter, work_budget=work / n, tol=self.tol,
+                   time_budget=None if seconds is None else seconds / n,
                    seed=int(ctx.rng.integers(2 ** 31)))
                 for b in blocks]
         norms = [float(np.sum(b ** 2)) for b in blocks]
@@ -152,19 +167,24 @@ class CpConv(LowRankPass):
         blocks = group_slices(layer)
         want = self._requested_error()
         # energy / vbmf give a lower bound on the CP rank: with an error to reach, grow R
-        # (x1.5, rounded up) while the chain stays below break-even and the budget lasts
+        # (x1.5, rounded up) while the chain stays below break-even and the work budget lasts
         search = want is not None and self.rule().kind in ("energy", "vbmf")
         t0 = time.perf_counter()
-        r, tried = rank[0], []
+        r, tried, spent = rank[0], [], 0.0
         while True:
-            left = self.time_budget - (time.perf_counter() - t0)
-            fits, err = self._fit_at(blocks, r, max(left, 1e-9), ctx)
+            seconds = (None if self.time_budget is None
+                       else max(self.time_budget - (time.perf_counter() - t0), 1e-9))
+            fits, err = self._fit_at(blocks, r, max(self.work_budget - spent, 1.0), seconds,
+                                     ctx)
+            spent += sum(f.iterations * als_sweep_cost(b.shape, r) for f, b in zip(fits, blocks))
             tried.append(f"R={r}: {err:.3g}")
             if not search or err <= want:
                 break
             nxt = R.round_rank(math.ceil(r * 1.5), layer.full[0], self.round_to, up=True)
             if (nxt <= r or self.cost(layer, (nxt,))[0] >= layer.macs
-                    or time.perf_counter() - t0 >= self.time_budget):
+                    or spent >= self.work_budget
+                    or (self.time_budget is not None
+                        and time.perf_counter() - t0 >= self.time_budget)):
                 break
             r = nxt
         stopped = sorted({f.stopped for f in fits})

@@ -12,11 +12,18 @@ every form. Installed and tested: tensorly 0.10.
   the relative error changes by less than ``tol`` (tensorly's default 1e-4: on a
   512×512×3×3 kernel at rank 352 it stopped after 5 sweeps in 7.7 s, while 10 sweeps took
   22 s and lowered the error by 0.03%);
-* ``cp(w, rank, max_iter=..., time_budget=..., tol=..., seed=...)`` — CP-ALS (tensorly's
-  ``parafac``, SVD init) stopped by whichever comes first: convergence (relative error
-  change below ``tol``), ``max_iter`` sweeps, or ``time_budget`` seconds (checked after
-  every sweep, so a run overshoots the budget by at most one sweep — about 1 s on a
-  256×256×3×3 kernel here);
+* ``cp(w, rank, max_iter=..., work_budget=..., time_budget=..., tol=..., seed=...)`` —
+  CP-ALS (tensorly's ``parafac``, SVD init, the rank's columns past a mode's size drawn from
+  ``seed``) stopped by whichever comes first: convergence (relative error change below
+  ``tol``), ``max_iter`` sweeps, the sweeps ``work_budget`` pays for —
+  ``clamp(floor(work_budget / als_sweep_cost(shape, rank)), 1, max_iter)``, a count fixed
+  before the first sweep, so the fit is the same in every process and on every machine —
+  or, only when given, ``time_budget`` seconds (checked after every sweep, so a run
+  overshoots by at most one sweep; the sweep count, and so the factors, then depend on the
+  machine's speed and load);
+* ``als_sweep_cost(shape, rank)`` — the estimated multiply-adds of one CP-ALS sweep: per
+  mode the MTTKRP (``numel·R``), the Gram matrices' Hadamard product (``R²·Σ dims``) and
+  the ``R×R`` solve (``R³``);
 * ``cp_exact(w)`` — an exact CP of rank ``kh·kw·min(C_out, C_in)`` built without ALS
   (one SVD per kernel tap; the CP factors along h and w are one-hot), which is what
   "full rank" means for ``cp-conv``.
@@ -27,6 +34,7 @@ factors (float64), the sweeps run and the seconds spent.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,7 +43,7 @@ import numpy as np
 
 from .rank import relative_error
 
-__all__ = ["CP", "Tucker2", "cp", "cp_exact", "cp_to_tensor", "relative_error", "tucker2",
+__all__ = ["CP", "Tucker2", "als_sweep_cost", "cp", "cp_exact", "cp_to_tensor", "relative_error", "tucker2",
            "tucker_to_tensor"]
 
 
@@ -97,8 +105,8 @@ def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
 class CP:
     """``w ≈ sum_r out[:, r] ⊗ in_[:, r] ⊗ h[:, r] ⊗ w[:, r]`` with the CP weights (λ)
     already folded into the factors, balanced: each factor's column r has norm
-    ``|λ_r ∏ norms|^(1/4)``. ``stopped`` is ``converged``, ``max_iter``, ``time_budget`` or
-    ``exact`` (``cp_exact``)."""
+    ``|λ_r ∏ norms|^(1/4)``. ``stopped`` is ``converged``, ``max_iter``, ``work_budget``,
+    ``time_budget`` or ``exact`` (``cp_exact``)."""
 
     out: np.ndarray  # [C_out, R]
     in_: np.ndarray  # [C_in, R]
@@ -144,31 +152,54 @@ def _balance(weights: np.ndarray | None, factors: list[np.ndarray]) -> list[np.n
     return out
 
 
-def cp(w: np.ndarray, rank: int, *, max_iter: int = 100, time_budget: float = 10.0,
-       tol: float = 1e-6, seed: int = 0) -> CP:
-    """CP-ALS of a 4-D kernel (see the module docstring). ``tol`` must be positive."""
+def als_sweep_cost(shape: tuple[int, ...], rank: int) -> int:
+    """Estimated multiply-adds of one CP-ALS sweep on a tensor of ``shape`` at ``rank``:
+    per mode the MTTKRP (``numel·R``), the Hadamard product of the other modes' Gram
+    matrices (``R²·Σ dims`` for the Grams) and the ``R×R`` solve (``R³``)."""
+    numel = math.prod(shape)
+    return len(shape) * (numel * rank + rank ** 3) + rank * rank * sum(shape)
+
+
+def als_sweeps(shape: tuple[int, ...], rank: int, max_iter: int,
+               work_budget: float | None) -> int:
+    """The sweeps ``work_budget`` pays for: ``clamp(floor(work_budget / cost), 1,
+    max_iter)`` (``max_iter`` without a budget)."""
+    if work_budget is None:
+        return max_iter
+    return max(1, min(max_iter, math.floor(work_budget / als_sweep_cost(shape, rank))))
+
+
+def cp(w: np.ndarray, rank: int, *, max_iter: int = 100, work_budget: float | None = None,
+       time_budget: float | None = None, tol: float = 1e-6, seed: int = 0) -> CP:
+    """CP-ALS of a 4-D kernel (see the module docstring). ``tol`` must be positive. Without
+    ``time_budget`` the result depends only on the arguments (and the BLAS's arithmetic)."""
     import tensorly as tl
     from tensorly.decomposition import parafac
 
     if tol <= 0:  # tensorly 0.10 computes no error (and its callback fails) with tol=0
         raise ValueError("tol must be positive")
     w = np.asarray(w, dtype=np.float64)
+    cap = als_sweeps(w.shape, rank, max_iter, work_budget)
     t0 = time.perf_counter()
     sweeps = [-1]  # the callback also runs once after the initialisation
+    timed_out = [False]
 
     def callback(_cp, _err) -> bool:
         sweeps[0] += 1
-        return time.perf_counter() - t0 > time_budget
+        if time_budget is not None and time.perf_counter() - t0 > time_budget:
+            timed_out[0] = sweeps[0] < cap
+            return True
+        return False
 
     with tl.backend_context("numpy"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = parafac(w, rank, n_iter_max=max_iter, init="svd", tol=tol, random_state=seed,
+        res = parafac(w, rank, n_iter_max=cap, init="svd", tol=tol, random_state=seed,
                       callback=callback)
     seconds = time.perf_counter() - t0
     out, in_, h, ww = _balance(*_cp_parts(res))
     n = max(sweeps[0], 0)
-    stopped = ("time_budget" if seconds > time_budget and n < max_iter
-               else "max_iter" if n >= max_iter else "converged")
+    stopped = ("time_budget" if timed_out[0] and n < cap else "max_iter" if n >= max_iter
+               else "work_budget" if n >= cap else "converged")
     err = relative_error(w, cp_to_tensor(out, in_, h, ww))
     return CP(out, in_, h, ww, err, n, seconds, stopped)
 

@@ -68,7 +68,7 @@ def test_cp_recovers_a_low_rank_kernel_and_balances_lambda():
     rng = np.random.default_rng(3)
     fs = [rng.standard_normal((n, 4)) for n in (10, 8, 3, 3)]
     w = np.einsum("or,ir,hr,wr->oihw", *fs)
-    c = D.cp(w, 4, max_iter=500, tol=1e-12, time_budget=60)
+    c = D.cp(w, 4, max_iter=500, tol=1e-12)
     assert c.error < 1e-6
     assert c.error == pytest.approx(np.linalg.norm(w - D.cp_to_tensor(c.out, c.in_, c.h, c.w))
                                     / np.linalg.norm(w))
@@ -76,13 +76,57 @@ def test_cp_recovers_a_low_rank_kernel_and_balances_lambda():
     np.testing.assert_allclose(norms, np.broadcast_to(norms[0], norms.shape), rtol=1e-10)
 
 
-def test_cp_stops_at_the_iteration_cap_and_at_the_time_budget():
+def test_cp_stops_at_the_iteration_cap_the_work_budget_and_the_time_budget():
     w = _kernel((16, 16, 3, 3), seed=4)
-    capped = D.cp(w, 8, max_iter=3, tol=1e-12, time_budget=60)
+    capped = D.cp(w, 8, max_iter=3, tol=1e-12)
     assert capped.iterations == 3 and capped.stopped == "max_iter"
+    cost = D.als_sweep_cost(w.shape, 8)
+    worked = D.cp(w, 8, max_iter=10_000, tol=1e-15, work_budget=4.9 * cost)
+    assert worked.iterations == 4 and worked.stopped == "work_budget"
+    # the budget pays for at least one sweep, and max_iter still caps it
+    assert D.cp(w, 8, max_iter=10_000, tol=1e-15, work_budget=1.0).iterations == 1
+    assert D.cp(w, 8, max_iter=3, tol=1e-15, work_budget=1e12).stopped == "max_iter"
     timed = D.cp(w, 8, max_iter=10_000, tol=1e-15, time_budget=1e-9)
     assert timed.stopped == "time_budget" and timed.iterations == 1
     assert np.isfinite(timed.error)
+
+
+def test_als_sweep_cost_counts_mttkrp_gram_and_solve():
+    # 4 modes × (numel·R + R³) + R²·Σ dims
+    assert D.als_sweep_cost((2, 3, 4, 5), 6) == 4 * (120 * 6 + 6 ** 3) + 36 * 14
+    assert D.als_sweeps((2, 3, 4, 5), 6, 50, 10 * D.als_sweep_cost((2, 3, 4, 5), 6)) == 10
+    assert D.als_sweeps((2, 3, 4, 5), 6, 50, None) == 50
+
+
+#: CP-ALS in a fresh process whose clock runs ``argv[1]`` times fast; prints a hash of the
+#: factors and the sweeps run.
+_CHILD = """
+import hashlib, sys, time
+import numpy as np
+from shrinkc.passes.analyses import decompose as D
+
+real, scale = time.perf_counter, float(sys.argv[1])
+time.perf_counter = lambda: real() * scale
+w = np.random.default_rng(6).standard_normal((24, 16, 3, 3))
+c = D.cp(w, 20, max_iter=60, tol=1e-15, seed=3)
+h = hashlib.sha256()
+for f in (c.out, c.in_, c.h, c.w):
+    h.update(np.ascontiguousarray(f).tobytes())
+print(h.hexdigest(), c.iterations, c.stopped)
+"""
+
+
+def test_cp_gives_bit_identical_factors_in_two_processes():
+    """One process with a clock 10^5 times fast (a slow or loaded machine): by default no
+    wall clock bounds ALS, so both run the same sweeps and give the same bits."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, scale], stdout=subprocess.PIPE,
+                              text=True) for scale in ("1", "1e5")]
+    runs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert runs[0] == runs[1] and runs[0].split()[1:] == ["60", "max_iter"]
 
 
 def test_cp_is_deterministic_for_a_seed():

@@ -95,7 +95,7 @@ def test_grouped_chain(apply):
 def test_lambda_is_folded_and_balanced(apply):
     w = _cp_kernel(24, 16, 3, 3, 6)
     after, result = apply(conv_graph(weight=w), "cp-conv(rank=6, min_params=0, max_iter=500, "
-                                                "tol=1e-12, time_budget=60)")
+                                                "tol=1e-12)")
     assert result.stats["max_error"] < 1e-6
     c = after.constants
     norms = [np.linalg.norm(c[f"conv.{s}.weight"].data.reshape(-1 if s == "cp_out" else 6,
@@ -136,8 +136,7 @@ def test_exact_when_the_kernel_has_that_cp_rank(case, apply):
     w = _cp_kernel(24, 16 // groups, *k, 5) if groups == 1 else np.concatenate(
         [_cp_kernel(24 // groups, 16 // groups, *k, 5, seed=s) for s in range(groups)])
     before = conv_graph(k=k, weight=w, **shape)
-    after, result = apply(before, "cp-conv(rank=5, min_params=0, max_iter=1000, tol=1e-14, "
-                                  "time_budget=60)")
+    after, result = apply(before, "cp-conv(rank=5, min_params=0, max_iter=1000, tol=1e-14)")
     assert result.stats["max_error"] < 1e-6
     xs = random_inputs(before, seed=1)
     with torch.no_grad():
@@ -161,7 +160,7 @@ def test_energy_sets_the_rank_and_the_requested_error():
     # (rounded up) and error <= sqrt(0.001), which ALS reaches
     planted = conv_graph(weight=_cp_kernel(24, 16, 3, 3, 6), dtype="f32", padding=(1, 1))
     ctx = PassContext()
-    PassManager("cp-conv(energy=0.999, max_iter=300, time_budget=60)", ctx).run(planted)
+    PassManager("cp-conv(energy=0.999, max_iter=300)", ctx).run(planted)
     (row,) = ctx.artifacts["cp-conv"]
     assert row["status"] == "decomposed" and row["rank"] == "8" and row["error"] < 0.001 ** 0.5
     # random weights: rank 16 keeps half the unfoldings' energy, but CP-ALS at that rank
@@ -181,14 +180,80 @@ def test_energy_sets_the_rank_and_the_requested_error():
     assert row["note"].count("R=") >= 2
 
 
-def test_time_budget_bounds_each_layer():
+def test_the_work_budget_bounds_the_sweeps_of_each_layer():
+    from shrinkc.passes.analyses.decompose import als_sweep_cost
+
+    before = conv_graph(c_in=32, c_out=32, dtype="f32", padding=(1, 1))
+    budget = 3.5 * als_sweep_cost((32, 32, 3, 3), 16)
+    ctx = PassContext()
+    PassManager(f"cp-conv(rank=16, work_budget={budget}, max_iter=100000, tol=1e-15)",
+                ctx).run(before)
+    (row,) = ctx.artifacts["cp-conv"]
+    assert row["status"] == "decomposed"
+    assert "ALS 3 sweeps, work_budget" in row["note"]  # floor(3.5)
+
+
+def test_the_rank_search_shares_the_work_budget():
+    # energy=0.99 on random weights misses at every rank (see above); with a budget of one
+    # sweep at the first rank, no larger rank is tried
+    noise = conv_graph(c_in=32, c_out=32, dtype="f32", padding=(1, 1))
+    ctx = PassContext()
+    PassManager("cp-conv(energy=0.99, work_budget=1)", ctx).run(noise)
+    (row,) = ctx.artifacts["cp-conv"]
+    assert row["status"] == "skipped_not_converged"
+    assert "tried" not in row["note"] and "ALS 1 sweeps, work_budget" in row["note"]
+
+
+def test_time_budget_is_an_opt_in_wall_clock_bound():
     before = conv_graph(c_in=32, c_out=32, dtype="f32", padding=(1, 1))
     ctx = PassContext()
-    PassManager("cp-conv(rank=16, time_budget=0.001, max_iter=100000, tol=1e-15)", ctx).run(
-        before)
+    PassManager("cp-conv(rank=16, time_budget=0.001, max_iter=100000, work_budget=1e15, "
+                "tol=1e-15)", ctx).run(before)
     (row,) = ctx.artifacts["cp-conv"]
     assert row["status"] == "decomposed" and "time_budget" in row["note"]
     assert "1 sweeps" in row["note"]  # stopped after the first sweep past the budget
+
+
+#: Runs cp-conv on a small net in a fresh process whose clock runs ``argv[1]`` times fast
+#: (a machine that much slower), and prints a hash of every constant and the report notes.
+_CHILD = """
+import hashlib, sys, time
+import numpy as np
+from shrinkc.ir.graph import Graph
+from shrinkc.ir.types import TensorType
+from shrinkc.passes import PassContext, PassManager
+
+real, scale = time.perf_counter, float(sys.argv[1])
+time.perf_counter = lambda: real() * scale
+rng = np.random.default_rng(0)
+g = Graph("net")
+x = g.add_input(TensorType("f32", (1, 16, 8, 8)), "x")
+for i, (c_in, c_out) in enumerate([(16, 32), (32, 32)]):
+    w = g.add_constant(rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32), f"c{i}.weight")
+    x = g.add_node("conv2d", [x, w], {"padding": (1, 1)}, names=[f"c{i}"], loc=f"c{i}").outputs[0]
+g.outputs = [x]
+ctx = PassContext(seed=0)
+PassManager("cp-conv(rank=16, max_iter=40, tol=1e-15)", ctx).run(g)
+h = hashlib.sha256()
+for k in sorted(g.constants, key=str):
+    h.update(np.ascontiguousarray(g.constants[k].data).tobytes())
+print(h.hexdigest(), [r["note"] for r in ctx.artifacts["cp-conv"]])
+"""
+
+
+def test_the_same_seed_gives_the_same_factors_in_every_process():
+    """Two processes, one with a clock 10^4 times fast (a slow or loaded machine): with the
+    default bounds the factors are bit-identical (a wall-clock default stops the slow one
+    after one sweep)."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, scale], stdout=subprocess.PIPE,
+                              text=True) for scale in ("1", "1e4")]
+    runs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert runs[0] == runs[1]
+    assert "40 sweeps, max_iter" in runs[0] and "time_budget" not in runs[0]
 
 
 def test_costs_are_what_the_op_table_counts(apply):
@@ -252,7 +317,7 @@ def test_energy_grows_the_rank_until_the_error_is_reached():
     w = _cp_kernel(8, 8, 5, 5, 20, seed=9)
     g = conv_graph(c_in=8, c_out=8, k=(5, 5), padding=(2, 2), weight=w, dtype="f32")
     ctx = PassContext()
-    PassManager("cp-conv(energy=0.9999, max_iter=1000, tol=1e-12, time_budget=60)", ctx).run(g)
+    PassManager("cp-conv(energy=0.9999, max_iter=1000, tol=1e-12)", ctx).run(g)
     (row,) = ctx.artifacts["cp-conv"]
     assert row["status"] == "decomposed" and int(row["rank"]) >= 20 and row["error"] <= 0.01
     assert row["note"].count("R=") >= 2 and "R=8" in row["note"]
