@@ -746,10 +746,11 @@ def schedule_rules() -> list[Any]:
     return [r if type(r).__name__ == "ApplyCustomRule" else skip(r) for r in rules]
 
 
-def schedule_func(func: Any, tile: int = 8, blocks: int | None = None) -> Any | None:
-    """``func`` (a PrimFunc with packed kernel blocks) scheduled with default tiles (``tile``
-    pixels × ``blocks`` channel vectors, default per path), or None when it has none or its
-    schedule fails (logged; the function stays generic)."""
+def default_schedule(func: Any, tile: int = 8, blocks: int | None = None) -> Any | None:
+    """The ``s_tir.Schedule`` of ``func`` (a PrimFunc with packed kernel blocks) with default
+    tiles (``tile`` pixels × ``blocks`` channel vectors, default per path), its trace free of
+    sampling (tuning seeds its database with it); None when ``func`` has no kernel block or
+    its schedule fails (logged; the function stays generic)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
@@ -763,7 +764,13 @@ def schedule_func(func: Any, tile: int = 8, blocks: int | None = None) -> Any | 
         log.debug("int8 kernel schedule failed, generic kernel kept: %s",
                   str(e).strip().splitlines()[-1])
         return None
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return sch
+
+
+def schedule_func(func: Any, tile: int = 8, blocks: int | None = None) -> Any | None:
+    """``func`` scheduled by ``default_schedule`` (marked scheduled), or None."""
+    sch = default_schedule(func, tile, blocks)
+    return None if sch is None else sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 @tvm.transform.module_pass(opt_level=0, name="shrinkc.ScheduleInt8Kernels")
@@ -790,6 +797,6 @@ class ScheduleInt8Kernels:
         return mod
 
 
-__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "ScheduleInt8Kernels", "pack_conv_weight",
+__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "ScheduleInt8Kernels", "default_schedule", "pack_conv_weight",
            "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
            "schedule_rules"]

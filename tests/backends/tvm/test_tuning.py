@@ -168,12 +168,39 @@ def test_default_budget_is_the_modules_nhwc_prepacked(tmp_path):
     y = vm["main"](tvm.runtime.tensor(x)).numpy()
     assert_close(y, numpy_reference(x, w1, w2), depth=2)  # two convs, float32 kernels
 
+    # the conv's (a packed fp32 kernel) default, as seeded: no postprocessing (the search
+    # may measure it again with MetaSchedule's weight layout rewrite)
+    seeds = default_schedule_records(tmp_path)
+    assert any(not any(i.kind.name == "EnterPostproc" for i in r.trace.insts) for r in seeds)
+
+    before = tt.database_summary(tmp_path)
     again = tt.tune(mod, "host", total_trials=budget, db_dir=tmp_path,
                     population_size=POPULATION, progress=False)  # fmt: skip
     assert again.new_trials == 0 and {t.status for t in again.tasks} == {"skipped"}
+    assert tt.database_summary(tmp_path) == before  # not measured again
     more = tt.tune(mod, "host", total_trials=first.new_trials + 3, db_dir=tmp_path,
                    population_size=POPULATION, progress=False)  # fmt: skip
     assert 0 < more.new_trials <= 3 and more.failures == 0
+
+
+def default_schedule_records(db_dir) -> list:
+    """The database's records of a kernel workload without sampling, each checked to be
+    the untuned default schedule (up to postprocessing), measured."""
+    from tvm import s_tir
+
+    from shrinkc.backends.tvm import x86_int8
+
+    out = []
+    for r in tt.open_db(db_dir).get_all_tuning_records():
+        default = x86_int8.default_schedule(r.workload.mod["main"])
+        if default is None or any(i.kind.name.startswith("Sample") for i in r.trace.insts):
+            continue
+        replayed = s_tir.Schedule(r.workload.mod)
+        r.trace.apply_to_schedule(replayed, remove_postproc=True)
+        tvm.ir.assert_structural_equal(replayed.mod, default.mod)
+        assert [float(t) for t in r.run_secs] and all(0 < float(t) < 1 for t in r.run_secs)
+        out.append(r)
+    return out
 
 
 def test_keep_params_module_is_not_prepacked():
