@@ -39,7 +39,8 @@ from tvm import relax, te, topi
 
 from .targets import F32_ISAS, f32_isa
 from .x86_int8 import (F32_DEPTHWISE_RULE, F32_RULE, PATH_KEY, SCHEDULE_VERSION,
-                       SCHEDULE_VERSION_KEY, bound_constant, expr_dtype, expr_shape)
+                       SCHEDULE_VERSION_KEY, bound_constant, depthwise_attrs, depthwise_lanes,
+                       expr_dtype, expr_shape)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _conv_te(x: te.Tensor, wp: te.Tensor, strides: Any, padding: Any, dilation: 
 
 
 def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilation: Any,
-                  path: str) -> Any:
+                  path: str, lanes: int) -> Any:
     """NHWC depthwise, the weight ``[KH, KW, C]``; ``C`` may exceed the input's channels
     (zero weights on zero-padded input channels, the extra outputs sliced)."""
     n, ih, iw, ic = (int(d) for d in x.shape)
@@ -111,7 +112,8 @@ def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilati
         (n, oh, ow, c),
         lambda b, y, xx, ch: te.sum(x[b, y * sh + rh * dh, xx * sw + rw * dw, ch]
                                     * w[rh, rw, ch], axis=[rh, rw]),
-        name="dwconv2d_nhwc_f32", attrs=_attrs(F32_DEPTHWISE_RULE, path))
+        name="dwconv2d_nhwc_f32",
+        attrs=depthwise_attrs(F32_DEPTHWISE_RULE, f"f32-{path}", lanes, lanes_of(path)))
 
 
 @relax.expr_functor.mutator
@@ -148,12 +150,13 @@ class _F32KernelRewriter(relax.PyExprMutator):
                 self._skip(call, f"groups={groups} (grouped, or a depthwise channel "
                                  f"multiplier)")
                 return call
-            pad = -o % self.lanes
+            lanes = depthwise_lanes(o, self.lanes)
+            pad = -o % lanes
             wk = np.ascontiguousarray(np.pad(w[..., 0], [(0, pad), (0, 0), (0, 0)])
                                       .transpose(1, 2, 0))
             y = self.builder_.call_te(_depthwise_te, call.args[0], relax.const(wk, "float32"),
                                       at.strides, at.padding, at.dilation, path=self.path,
-                                      primfunc_name_hint="dwconv2d_f32")
+                                      lanes=lanes, primfunc_name_hint="dwconv2d_f32")
         else:
             pad = -o % self.lanes  # output channels padded with zero weights, sliced off
             wp = pack_conv_weight(np.pad(w, [(0, pad), (0, 0), (0, 0), (0, 0)]), self.lanes)

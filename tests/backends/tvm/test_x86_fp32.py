@@ -89,3 +89,55 @@ def test_turned_off_keeps_the_generic_convolutions(graph, monkeypatch):
 
 def test_no_fp32_path_off_x86():
     assert btvm.f32_isa("aarch64") is None
+
+
+def test_depthwise_lanes_divide_the_channels_before_padding():
+    from shrinkc.backends.tvm.x86_int8 import depthwise_lanes
+
+    assert [depthwise_lanes(c, 16) for c in (64, 56, 136, 20, 18, 3)] == [16, 8, 8, 4, 16, 16]
+    assert [depthwise_lanes(c, 8) for c in (56, 20, 18)] == [8, 4, 8]
+
+
+class _CPChain(torch.nn.Module):
+    """A CP-decomposed 7×7 stride-2 conv as cp-conv writes it: 1×1 3 → 56, depthwise 7×1
+    stride (2, 1), depthwise 1×7 stride (1, 2), 1×1 56 → 18; then a depthwise 3×3 on 18
+    channels (no lane count divides them: padded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cp_in = torch.nn.Conv2d(3, 56, 1, bias=False)
+        self.cp_h = torch.nn.Conv2d(56, 56, (7, 1), stride=(2, 1), padding=(3, 0), groups=56,
+                                    bias=False)
+        self.cp_w = torch.nn.Conv2d(56, 56, (1, 7), stride=(1, 2), padding=(0, 3), groups=56,
+                                    bias=False)
+        self.cp_out = torch.nn.Conv2d(56, 18, 1)
+        self.dw = torch.nn.Conv2d(18, 18, 3, padding=1, groups=18)
+
+    def forward(self, x):
+        return self.dw(torch.relu(self.cp_out(self.cp_w(self.cp_h(self.cp_in(x))))))
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_depthwise_channels_not_a_multiple_of_the_lanes_take_fewer_lanes(path):
+    """56 channels on AVX-512 run as 8 lanes, unpadded (padded to 64, the input's extra
+    channels were a per-lane condition in every load: the CP stem's 7×1 depthwise 0.99 →
+    0.044 ms in ResNet-18); 18 channels are still padded; both match the interpreter."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    from shrinkc.backends.tvm.x86_int8 import LANES_KEY
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 20, 20)
+    g = trace(_CPChain().eval(), (x,), name="cp_chain")
+    mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target(TARGETS[path]))
+    dw = {gv.name_hint: f.script() for gv, f in mod.functions_items()
+          if "dwconv2d_f32" in gv.name_hint}
+    assert len(dw) == 3, sorted(dw)
+    lanes = x86_fp32.lanes_of(path)
+    chain = [t for t in dw.values() if "56" in t]
+    assert len(chain) == 2
+    for t in chain:  # fewer lanes only where 56 needs them; never padded to 64 channels
+        assert (LANES_KEY in t) == (56 % lanes != 0), t[:400]
+        assert "T.int64(64)" not in t, t[:400]
+    module = btvm.build(g, TARGETS[path])
+    assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
