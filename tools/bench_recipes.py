@@ -84,7 +84,7 @@ RECIPES: dict[str, Recipe] = {
     "fold": Recipe(_TAIL, "exact clean-up: batch norm folded, identities removed"),
     "tucker": Recipe(f"tucker-conv(energy=0.8),recover(epochs=4, lr=0.001),{_TAIL}",
                      "Tucker-2 of every 3×3 conv (80% energy per mode)"),
-    "cp": Recipe(f"cp-conv(ratio=0.3, time_budget=2.0),recover(epochs=4, lr=0.001),{_TAIL}",
+    "cp": Recipe(f"cp-conv(ratio=0.3),recover(epochs=4, lr=0.001),{_TAIL}",
                  "CP of every conv (30% of its parameters)"),
     "svd": Recipe(f"svd-linear(ratio=0.5),recover(epochs=2, lr=0.001),{_TAIL}",
                   "truncated SVD of the linear and 1×1 layers (half their parameters)"),
@@ -161,7 +161,9 @@ def recipe_passes(pipeline: str, quick: bool = False):
         changes = {}
         if p.name == "recover":
             changes["epochs"] = min(p.epochs, 1)
-        if "time_budget" in names:
+        if "work_budget" in names:  # cp-conv: a tenth of the ALS work, reproducibly
+            changes["work_budget"] = p.work_budget / 10
+        if "time_budget" in names and p.time_budget is not None:
             changes["time_budget"] = min(p.time_budget, 0.5)
         out.append(dataclasses.replace(p, **changes) if changes else p)
     return out

@@ -109,3 +109,13 @@ def test_goal_holds_at_exactly_the_allowed_drop():
     assert got["accuracy_delta"] == -1.0 and got["all"], got
     e.accuracy = 0.965
     assert not br.goal_met(e, ref, ort8)["accuracy"]
+
+
+def test_quick_mode_shortens_cp_by_its_work_budget_not_the_clock():
+    """cp-conv's ALS is bounded by a work budget (reproducible); quick mode takes a tenth
+    of it and sets no wall-clock budget (its default is none: min(None, 0.5) failed)."""
+    full = br.recipe_passes(br.RECIPES["cp"].pipeline)
+    quick = br.recipe_passes(br.RECIPES["cp"].pipeline, quick=True)
+    assert full[0].name == quick[0].name == "cp-conv"
+    assert quick[0].work_budget == full[0].work_budget / 10
+    assert quick[0].time_budget is None
