@@ -492,18 +492,19 @@ def _seed_defaults(tasks: list, db: Any, builder: Any, runner: Any, target: Any,
     if not seeds:
         return 0
     built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, _, sch in seeds])
-    args = [ms.arg_info.ArgInfo.from_prim_func(tmod["main"]) for _, tmod, _ in seeds]
-    for (_, tmod, _), b in zip(seeds, built):
+    todo = []  # (seed, artifact, args) of what built; a failure is not retried next call
+    for (key, tmod, sch), b in zip(seeds, built):
+        done[key] = True
         if b.error_msg is not None:
             logger.debug("default schedule failed to build: %s", _error_tail(b.error_msg))
-    todo = [(seed, b, a) for seed, b, a in zip(seeds, built, args) if b.error_msg is None]
+        else:
+            todo.append(((key, tmod, sch), b.artifact_path,
+                         ms.arg_info.ArgInfo.from_prim_func(tmod["main"])))
     device = "cpu" if target.kind.name == "llvm" else target.kind.name
-    futures = runner.run([ms.runner.RunnerInput(b.artifact_path, device, a)
-                          for _, b, a in todo])
+    futures = runner.run([ms.runner.RunnerInput(path, device, a) for _, path, a in todo])
     n = 0
-    for ((key, tmod, sch), _, a), fut in zip(todo, futures):
+    for ((_, tmod, sch), _, a), fut in zip(todo, futures):
         res = fut.result()
-        done[key] = True
         if res.error_msg is not None or not res.run_secs:
             logger.debug("default schedule failed to run: %s", _error_tail(res.error_msg or ""))
             continue
