@@ -32,15 +32,31 @@ def _nan_max_pool_te(x: te.Tensor, pool_size: Any, strides: Any, padding: Any,
     pt, pl, pb, pr = (int(p) for p in padding)
     oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    if pt or pl or pb or pr:
+    # With dilation 1 a window is contiguous, so a tap in the padding can read the nearest
+    # row / column inside instead (the index clamped): that one is in the same window
+    # whenever the window holds any real tap — every window does when each pad is smaller
+    # than the kernel — so the max and the NaN test are the same, and the loads need no
+    # bounds condition (with one, LLVM emitted gathers: 0.12 ms alone and 0.2-0.5 ms in
+    # ResNet-18 for the 224 px stem pool, against onnxruntime's 0.07).
+    clamp = (dh, dw) == (1, 1) and max(pt, pb) < kh and max(pl, pr) < kw
+    if not clamp and (pt or pl or pb or pr):
         x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=-np.inf, name="pad")
+
+    def index(o: Any, stride: int, tap: int, pad: int, size: int) -> Any:
+        i = o * stride + tap - pad
+        return tvm.tirx.max(tvm.tirx.min(i, size - 1), 0) if pad else tvm.tirx.min(i, size - 1)
 
     def nanmax(b: Any, y: Any, xx: Any, ch: Any) -> Any:
         # the taps written out (an element-wise block, no reduction: a reduction kept its
         # accumulator in the output buffer and LLVM scalarized it, 0.6 ms); the max and
         # "any tap is NaN" as two chains, each tap read in both (a chain of NaN-keeping
         # selects repeats the accumulator in each: exponential in the taps)
-        taps = [x[b, y * sh + i * dh, xx * sw + j * dw, ch] for i in range(kh) for j in range(kw)]
+        if clamp:
+            taps = [x[b, index(y, sh, i, pt, ih), index(xx, sw, j, pl, iw), ch]
+                    for i in range(kh) for j in range(kw)]
+        else:
+            taps = [x[b, y * sh + i * dh, xx * sw + j * dw, ch]
+                    for i in range(kh) for j in range(kw)]
         top, nan = taps[0], tvm.tirx.isnan(taps[0])
         for v in taps[1:]:
             top, nan = tvm.tirx.max(top, v), tvm.tirx.Or(nan, tvm.tirx.isnan(v))
