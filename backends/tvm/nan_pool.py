@@ -24,6 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from .relax_rewrite import bound_call, rewrite_functions
 from .x86_int8 import POOL_RULE, SCHEDULE_VERSION, SCHEDULE_VERSION_KEY
 
 
@@ -81,19 +82,12 @@ class _NanMaxPoolRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.rewritten = 0
 
-    def _producer(self, expr: Any, op_name: str) -> Any:
-        if isinstance(expr, relax.Var):
-            expr = self.lookup_binding(expr)
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == op_name:
-            return expr
-        return None
-
     def _nan_pool_of(self, expr: Any) -> Any:
         """The max pool of ``sqrt(-max_pool2d(astype(isnan(x))))``, and ``x``."""
         expr_, pool = expr, None
         for op_name in ("relax.sqrt", "relax.negative", "relax.nn.max_pool2d", "relax.astype",
                         "relax.isnan"):
-            call = self._producer(expr_, op_name)
+            call = bound_call(self, expr_, op_name)
             if call is None:
                 return None, None
             if op_name == "relax.nn.max_pool2d":
@@ -106,7 +100,7 @@ class _NanMaxPoolRewriter(relax.PyExprMutator):
         if getattr(call.op, "name", "") != "relax.add":
             return call
         for first, second in ((0, 1), (1, 0)):
-            pool = self._producer(call.args[first], "relax.nn.max_pool2d")
+            pool = bound_call(self, call.args[first], "relax.nn.max_pool2d")
             mask_pool, x = self._nan_pool_of(call.args[second])
             if pool is None or mask_pool is None or not pool.args[0].same_as(x):
                 continue
@@ -131,10 +125,8 @@ class NanMaxPool:
 
     def transform_module(self, mod: Any, ctx: Any) -> Any:
         rewriter = _NanMaxPoolRewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.get() if rewriter.rewritten else mod
+        rewritten = rewrite_functions(mod, rewriter)
+        return rewritten if rewriter.rewritten else mod
 
 
 __all__ = ["NanMaxPool"]

@@ -19,6 +19,7 @@ from tvm import relax
 from .errors import TVMBackendError
 from .targets import tvm_target
 from .nan_pool import NanMaxPool
+from .relax_rewrite import bound_call, rewrite_functions
 from .x86_fp32 import F32Kernels
 from .x86_int8 import Int8Kernels, ScheduleInt8Kernels
 
@@ -49,19 +50,12 @@ class _TransposedPadFolder(relax.PyExprMutator):
     """``permute_dims(nn.pad(permute_dims(x, a)), b)`` with ``b ∘ a`` the identity →
     ``nn.pad(x)`` with the pad widths permuted."""
 
-    def _producer(self, expr: Any, op_name: str) -> Any:
-        if isinstance(expr, relax.Var):
-            expr = self.lookup_binding(expr)
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == op_name:
-            return expr
-        return None
-
     def visit_call_(self, op: Any) -> Any:
         call = super().visit_call_(op)
         if getattr(call.op, "name", "") != "relax.permute_dims" or call.attrs.axes is None:
             return call
-        pad = self._producer(call.args[0], "relax.nn.pad")
-        first = self._producer(pad.args[0], "relax.permute_dims") if pad is not None else None
+        pad = bound_call(self, call.args[0], "relax.nn.pad")
+        first = bound_call(self, pad.args[0], "relax.permute_dims") if pad is not None else None
         if first is None or first.attrs.axes is None:
             return call
         a = [int(i) for i in first.attrs.axes]
@@ -83,11 +77,7 @@ class FoldTransposedPads:
     chains pass signed activations, 2 threads): those functions were 0.35 of 1.09 ms."""
 
     def transform_module(self, mod: Any, ctx: Any) -> Any:
-        folder = _TransposedPadFolder(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gv, folder.visit_expr(func))
-        return folder.builder_.get()
+        return rewrite_functions(mod, _TransposedPadFolder(mod))
 
 
 def inference_passes(layout: str | None = None) -> list[Any]:

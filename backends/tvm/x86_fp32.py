@@ -37,10 +37,11 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from .relax_rewrite import rewrite_functions, slice_channels
 from .targets import F32_ISAS, f32_isa
 from .x86_int8 import (F32_DEPTHWISE_RULE, F32_RULE, PATH_KEY, SCHEDULE_VERSION,
-                       SCHEDULE_VERSION_KEY, bound_constant, depthwise_attrs, depthwise_lanes,
-                       expr_dtype, expr_shape)
+                       SCHEDULE_VERSION_KEY, bound_constant, depthwise_attrs, depthwise_weight,
+                       expr_dtype, nhwc_conv_kind)
 
 log = logging.getLogger(__name__)
 
@@ -135,25 +136,17 @@ class _F32KernelRewriter(relax.PyExprMutator):
         if any(expr_dtype(e) != "float32" for e in (call, call.args[0], call.args[1])):
             return call
         at = call.attrs
-        if (str(at.data_layout), str(at.kernel_layout), str(at.out_layout)) != (
-                "NHWC", "OHWI", "NHWC"):
-            self._skip(call, f"layout {at.data_layout}/{at.kernel_layout} (NHWC/OHWI needed)")
+        kind, why = nhwc_conv_kind(call)
+        if kind is None:
+            self._skip(call, why)
             return call
         w = bound_constant(self, call.args[1])
         if w is None:
             self._skip(call, "the weight is not a constant (keep_params?)")
             return call
-        o, _, _, i = w.shape
-        groups = int(at.groups)
-        if groups != 1:
-            if not (i == 1 and o == groups == expr_shape(call.args[0])[3]):
-                self._skip(call, f"groups={groups} (grouped, or a depthwise channel "
-                                 f"multiplier)")
-                return call
-            lanes = depthwise_lanes(o, self.lanes)
-            pad = -o % lanes
-            wk = np.ascontiguousarray(np.pad(w[..., 0], [(0, pad), (0, 0), (0, 0)])
-                                      .transpose(1, 2, 0))
+        o = w.shape[0]
+        if kind == "depthwise":
+            wk, lanes, pad = depthwise_weight(w, self.lanes)
             y = self.builder_.call_te(_depthwise_te, call.args[0], relax.const(wk, "float32"),
                                       at.strides, at.padding, at.dilation, path=self.path,
                                       lanes=lanes, primfunc_name_hint="dwconv2d_f32")
@@ -164,10 +157,7 @@ class _F32KernelRewriter(relax.PyExprMutator):
                                       at.strides, at.padding, at.dilation, path=self.path,
                                       primfunc_name_hint="conv2d_f32")
         self.rewritten += 1
-        if not pad:
-            return y
-        y = self.builder_.emit(y)
-        return relax.op.strided_slice(y, axes=[3], begin=[0], end=[o])
+        return slice_channels(self.builder_, y, o, pad)
 
 
 def enabled() -> bool:
@@ -187,12 +177,10 @@ class F32Kernels:
         if path is None or not enabled():
             return mod
         rewriter = _F32KernelRewriter(mod, path)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        mod = rewrite_functions(mod, rewriter)
         if rewriter.rewritten:
             log.debug("fp32 %s kernels: %d conv2d", path, rewriter.rewritten)
-        return rewriter.builder_.get()
+        return mod
 
 
 __all__ = ["ENV", "F32Kernels", "enabled", "lanes_of", "pack_conv_weight"]

@@ -46,6 +46,7 @@ import tvm
 from tvm import relax, te, topi
 
 from .imports import memoised_getmodule
+from .relax_rewrite import rewrite_functions, slice_channels
 from .targets import F32_ISAS, int8_isa
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,34 @@ def expr_shape(expr: Any) -> list[int]:
     return [int(d) for d in expr.ty.shape]
 
 
+def nhwc_conv_kind(call: Any) -> tuple[str | None, str]:
+    """Which packed kernel an NHWC / OHWI ``conv2d`` call can use: ``"dense"`` (groups 1),
+    ``"depthwise"`` (one input channel per group, no channel multiplier), or None and why
+    not."""
+    at = call.attrs
+    if (str(at.data_layout), str(at.kernel_layout), str(at.out_layout)) != (
+            "NHWC", "OHWI", "NHWC"):
+        return None, f"layout {at.data_layout}/{at.kernel_layout} (NHWC/OHWI needed)"
+    groups = int(at.groups)
+    if groups == 1:
+        return "dense", ""
+    o, _, _, i = expr_shape(call.args[1])
+    if i == 1 and o == groups == expr_shape(call.args[0])[3]:
+        return "depthwise", ""
+    return None, f"groups={groups} (grouped, or a depthwise channel multiplier)"
+
+
+def depthwise_weight(w: np.ndarray, lanes: int) -> tuple[np.ndarray, int, int]:
+    """An OHWI depthwise weight ``[C, KH, KW, 1]`` as the kernels' ``[KH, KW, C + pad]``,
+    the lanes its kernel uses (``depthwise_lanes``) and ``pad``, the zero-weight channels
+    added to reach a multiple of them (their outputs are sliced off)."""
+    c = w.shape[0]
+    lanes = depthwise_lanes(c, lanes)
+    pad = -c % lanes
+    wk = np.ascontiguousarray(np.pad(w[..., 0], [(0, pad), (0, 0), (0, 0)]).transpose(1, 2, 0))
+    return wk, lanes, pad
+
+
 @relax.expr_functor.mutator
 class _Int8KernelRewriter(relax.PyExprMutator):
     def __init__(self, mod: Any, path: str):
@@ -352,17 +381,11 @@ class _Int8KernelRewriter(relax.PyExprMutator):
 
     def _conv(self, call: Any) -> Any:
         at = call.attrs
-        if (str(at.data_layout), str(at.kernel_layout), str(at.out_layout)) != (
-                "NHWC", "OHWI", "NHWC"):
-            self._skip(call, f"layout {at.data_layout}/{at.kernel_layout} (NHWC/OHWI needed)")
+        kind, why = nhwc_conv_kind(call)
+        if kind is None:
+            self._skip(call, why)
             return call
-        groups = int(at.groups)
-        if groups != 1:
-            o, _, _, i = expr_shape(call.args[1])
-            if not (i == 1 and o == groups == expr_shape(call.args[0])[3]):
-                self._skip(call, f"groups={groups} (grouped, or a depthwise channel "
-                                 f"multiplier)")
-                return call
+        if kind == "depthwise":
             return self._depthwise(call)
         o, _, _, i = expr_shape(call.args[1])
         w = self._weight(call, call.args[1])
@@ -380,29 +403,19 @@ class _Int8KernelRewriter(relax.PyExprMutator):
         self.rewritten += 1
         y = self.builder_.call_te(_conv_te, call.args[0], wp, at.strides, at.padding,
                                   at.dilation, path=self.path, primfunc_name_hint="conv2d_int8")
-        return self._slice(y, o, o_pad)
+        return slice_channels(self.builder_, y, o, o_pad)
 
     def _depthwise(self, call: Any) -> Any:
         at = call.attrs
         w = self._weight(call, call.args[1], dot=False)
         if w is None:
             return call
-        c = w.shape[0]
-        lanes = depthwise_lanes(c, self.lanes)
-        pad = -c % lanes  # channels padded to the lanes with zero weights
-        wk = np.ascontiguousarray(np.pad(w[..., 0], [(0, pad), (0, 0), (0, 0)]).transpose(1, 2, 0))
+        wk, lanes, pad = depthwise_weight(w, self.lanes)
         self.rewritten += 1
         y = self.builder_.call_te(_depthwise_te, call.args[0], relax.const(wk, "int8"),
                                   at.strides, at.padding, at.dilation, path=self.path,
                                   lanes=lanes, primfunc_name_hint="dwconv2d_int8")
-        return self._slice(y, c, pad)
-
-    def _slice(self, y: Any, n: int, pad: int) -> Any:
-        """``y`` without the ``pad`` last channels its zero-padded weight added."""
-        if not pad:
-            return y
-        y = self.builder_.emit(y)
-        return relax.op.strided_slice(y, axes=[len(expr_shape(y)) - 1], begin=[0], end=[n])
+        return slice_channels(self.builder_, y, w.shape[0], pad)
 
     def _matmul(self, call: Any) -> Any:
         w_shape = expr_shape(call.args[1])
@@ -423,7 +436,7 @@ class _Int8KernelRewriter(relax.PyExprMutator):
         self.rewritten += 1
         y = self.builder_.call_te(_matmul_te, call.args[0], wp, path=self.path,
                                   primfunc_name_hint="matmul_int8")
-        return self._slice(y, n, n_pad)
+        return slice_channels(self.builder_, y, n, n_pad)
 
 
 @tvm.transform.module_pass(opt_level=0, name="shrinkc.Int8Kernels")
@@ -438,12 +451,10 @@ class Int8Kernels:
             return mod
         register_intrinsics()
         rewriter = _Int8KernelRewriter(mod, path)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        mod = rewrite_functions(mod, rewriter)
         if rewriter.rewritten:
             log.debug("int8 %s kernels: %d conv2d / matmul", path, rewriter.rewritten)
-        return rewriter.builder_.get()
+        return mod
 
 
 # ---------------------------------------------------------------------------- the schedule
@@ -828,6 +839,6 @@ class ScheduleInt8Kernels:
         return mod
 
 
-__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "LANES_KEY", "ScheduleInt8Kernels", "default_schedule", "depthwise_attrs", "depthwise_lanes", "pack_conv_weight",
+__all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "depthwise_weight", "nhwc_conv_kind", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "LANES_KEY", "ScheduleInt8Kernels", "default_schedule", "depthwise_attrs", "depthwise_lanes", "pack_conv_weight",
            "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
            "schedule_rules"]

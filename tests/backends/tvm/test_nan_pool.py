@@ -54,11 +54,11 @@ def test_one_kernel_keeps_nan_and_equals_the_interpreter(channels, kernel, strid
 
 
 def _pool_func(g: Graph):
-    from tvm import s_tir
     from shrinkc.backends.tvm import x86_int8
+    from tvm import s_tir
 
     mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target("host"))
-    (gv, func), = [(gv, f) for gv, f in mod.functions_items()
+    (func,) = [f for gv, f in mod.functions_items()
                    if isinstance(f, tvm.tirx.PrimFunc) and "max_pool2d_nan" in gv.name_hint]
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     x86_int8.schedule_pool(sch, sch.get_sblock("max_pool2d_nan"))
