@@ -9,11 +9,11 @@ larger than 1×1 and ``g`` groups (depthwise excluded), and produces, per group,
     conv2d 1×kw  depthwise on R     (stride [1, s_w], padding [0, p_w], dilation [1, d_w])
     conv2d 1×1   R -> C_out (+ b)   (groups=g)
 
-from ``W ≈ Σ_r out_r ⊗ in_r ⊗ h_r ⊗ w_r`` (CP-ALS in float64 through tensorly's
-``parafac``, ``analyses/decompose.py``), the CP weights λ folded into the four factors
-(balanced: each factor's column carries the fourth root of the term's norm). The IR's
-padding is symmetric per axis, so splitting stride / padding / dilation per axis is exact
-(the 1×1 before them maps zero padding to zero). A kernel with ``kh = 1`` (or ``kw = 1``)
+from ``W ≈ Σ_r out_r ⊗ in_r ⊗ h_r ⊗ w_r`` (CP-ALS in float64, ``analyses/decompose.py``:
+tensorly's ``parafac`` algorithm with a staged MTTKRP), the CP weights λ folded into the
+four factors (balanced: each factor's column carries the fourth root of the term's norm).
+The IR's padding is symmetric per axis, so splitting stride / padding / dilation per axis
+is exact (the 1×1 before them maps zero padding to zero). A kernel with ``kh = 1`` (or ``kw = 1``)
 gets no k×1 (1×k) step: its factor is folded into the first 1×1 and the other step takes
 both axes' stride and padding. ``rank=full`` builds an exact CP of rank
 ``kh·kw·min(C_out, C_in)`` per group without ALS (one SVD per kernel tap). New weights are
