@@ -414,9 +414,9 @@ def _agree(got: list[np.ndarray], want: list[np.ndarray], names: list[str], scal
             assert_close(a, b, tol=1e-4, msg=name)  # f32 logits: float rounding only
 
 
-def _segment_case(reference_graphs, name: str, reduce_range):
+def _segment_case(reference_graphs, name: str, reduce_range, passes: str = ""):
     _, x, g = reference_graphs(name)
-    g = optimize(g, "fold-bn")
+    g = optimize(g, "fold-bn" + passes, example_inputs=(x,), seed=0)
     q = optimize(g, f"quantize(reduce_range={reduce_range})", calibration=_calib(g, 3))
     cut = cut_at_quantizes(q)
     with torch.no_grad():
@@ -435,6 +435,21 @@ def test_onnxruntime_agrees_to_one_step(reference_graphs, name, reduce_range):
     from shrinkc.backends.onnx import run_onnxruntime
 
     _, cut, feeds, want = _segment_case(reference_graphs, name, reduce_range)
+    got = run_onnxruntime(cut, [f.numpy() for f in feeds], threads=1)
+    _agree(got, want, [v.name for v in cut.outputs], None)
+
+
+def test_onnxruntime_agrees_to_one_step_on_cp_chains(reference_graphs):
+    """The CP chains (1×1 → depthwise k×1 → depthwise 1×k → 1×1, signed activations
+    between) too. End to end, onnxruntime's output differs from the interpreter's far more
+    on the decomposed ResNet-18 than on the original (ImageNet stem, 64 px: 1.07 of 11.6
+    against 0.27 of 19.9): one-step ties amplified through 82 quantized layers, not a
+    segment that disagrees."""
+    from shrinkc.backends.onnx import run_onnxruntime
+
+    q, cut, feeds, want = _segment_case(reference_graphs, "resnet18", "auto",
+                                        ",cp-conv(ratio=0.5)")
+    assert sum(n.op == "conv2d" and n.attrs["groups"] > 1 for n in q.nodes) >= 16
     got = run_onnxruntime(cut, [f.numpy() for f in feeds], threads=1)
     _agree(got, want, [v.name for v in cut.outputs], None)
 
