@@ -8,7 +8,7 @@ larger than 1×1 and ``g`` groups (depthwise excluded), and produces, per group,
     conv2d 1×1   R_out -> C_out  (+ b)    (U_out; groups=g)
 
 with ``W ≈ core ×₀ U_out ×₁ U_in`` fitted in float64 by HOOI from the HOSVD (tensorly's
-``partial_tucker``, at most ``max_iter`` sweeps; ``analyses/decompose.py``) and stored in
+``partial_tucker`` algorithm, at most ``max_iter`` sweeps; ``analyses/decompose.py``) and stored in
 the layer's dtype. Full ranks reproduce the layer exactly. The core's output keeps the
 layer's name; new weights are ``<stem>.tucker_in/core/out.weight``; all three nodes keep
 the layer's loc.

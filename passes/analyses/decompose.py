@@ -1,16 +1,17 @@
-"""Tensor decompositions of conv kernels: Tucker-2 (through tensorly) and CP (CP-ALS of our
-own), in float64.
-
-tensorly's ``partial_tucker`` return type changed across versions (``(core, factors)`` up to
-0.7, ``((core, factors), errors)`` from 0.8), so its result goes through ``_tucker_parts``,
-which accepts both. Installed and tested: tensorly 0.10.
+"""Tensor decompositions of conv kernels, Tucker-2 and CP, in float64: tensorly's
+algorithms written out in numpy, so that no step forms more than it needs (tensorly 0.10
+stays the reference the tests compare with).
 
 * ``tucker2(w, rank_out, rank_in, max_iter=..., tol=...)`` — ``w [C_out, C_in, kh, kw] ≈
-  core ×₀ U_out ×₁ U_in`` by HOOI from the HOSVD (tensorly's ``partial_tucker`` on modes 0
-  and 1, ``init="svd"``), at most ``max_iter`` sweeps (0: the HOSVD itself), stopping when
-  the relative error changes by less than ``tol`` (tensorly's default 1e-4: on a
-  512×512×3×3 kernel at rank 352 it stopped after 5 sweeps in 7.7 s, while 10 sweeps took
-  22 s and lowered the error by 0.03%);
+  core ×₀ U_out ×₁ U_in`` by HOOI from the HOSVD: the algorithm of tensorly's
+  ``partial_tucker`` on modes 0 and 1 (``init="svd"``; each sweep takes each factor as the
+  leading left singular vectors of the kernel with the other mode projected; the error
+  after 0, 1 and 5 sweeps equal to ``partial_tucker``'s, tested), the singular vectors
+  from ``left_svd``'s Gram-matrix eigendecomposition. At most ``max_iter`` sweeps (0: the
+  HOSVD itself), stopping from the third sweep on when the relative error changes by less
+  than ``tol`` (1e-4: a 512×512×3×3 kernel at rank 352 stops after 5 sweeps, at 0.03 %
+  less error than 10: 1.3 s on one thread, 4.5 s with
+  ``partial_tucker``, to the same error);
 * ``cp(w, rank, max_iter=..., work_budget=..., time_budget=..., tol=..., seed=...)`` —
   CP-ALS: the algorithm of tensorly's ``parafac`` (SVD init, the rank's columns past a
   mode's size drawn from ``seed``; each sweep solves every mode's factor against the
@@ -69,13 +70,23 @@ def tucker_to_tensor(core: np.ndarray, out_factor: np.ndarray, in_factor: np.nda
     return np.einsum("abhw,oa,ib->oihw", core, out_factor, in_factor, optimize=True)
 
 
-def _tucker_parts(result) -> tuple[np.ndarray, list[np.ndarray], int | None]:
-    """``(core, factors, sweeps)`` from any version's ``partial_tucker`` result."""
-    first, second = result
-    if isinstance(first, np.ndarray):  # tensorly <= 0.7: (core, factors)
-        return first, list(second), None
-    core, factors = first  # tensorly >= 0.8: ((core, factors), rec_errors)
-    return core, list(factors), len(second)
+def _sign_fixed(u: np.ndarray) -> np.ndarray:
+    """``u`` with each column's largest-magnitude entry made positive (an SVD / eigh may
+    return either sign, and LAPACK builds differ in which; tensorly's ``svd_flip``)."""
+    big = np.argmax(np.abs(u), axis=0)
+    return u * np.where(u[big, np.arange(u.shape[1])] < 0, -1.0, 1.0)
+
+
+def _leading(a: np.ndarray, rank: int) -> np.ndarray:
+    """The ``rank`` leading left singular vectors of ``a [m, n]`` (``rank <= m``), sign-fixed;
+    past ``a``'s own rank (``rank > n``) completed by an orthonormal basis of the rest
+    (QR against seeded random columns, as tensorly's ``_complete_factor`` does)."""
+    u = _sign_fixed(left_svd(a)[0][:, :rank])
+    if u.shape[1] < rank:
+        extra = np.random.RandomState(0).standard_normal((u.shape[0], rank - u.shape[1]))
+        q, _ = np.linalg.qr(np.concatenate([u, extra], axis=1))
+        u = np.concatenate([u, _sign_fixed(q[:, u.shape[1]:rank])], axis=1)
+    return u
 
 
 def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
@@ -84,24 +95,31 @@ def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
     ``hosvd``: the leading left singular vectors of the mode-0 and mode-1 unfoldings (at
     least ``rank_out`` / ``rank_in`` columns) when the caller has them: HOOI starts from
     them instead of computing the HOSVD again."""
-    import tensorly as tl
-    from tensorly.decomposition import partial_tucker
-
     w = np.asarray(w, dtype=np.float64)
     t0 = time.perf_counter()
-    with tl.backend_context("numpy"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "n_eigenvecs larger than min(matrix.shape)"
-        init: object = "svd"
-        if hosvd is not None and hosvd[0].shape[1] >= rank_out and hosvd[1].shape[1] >= rank_in:
-            factors = [hosvd[0][:, :rank_out], hosvd[1][:, :rank_in]]
-            init = (np.einsum("oihw,oa,ib->abhw", w, *factors, optimize=True), factors)
-        res = partial_tucker(w, rank=[rank_out, rank_in], modes=[0, 1], n_iter_max=max_iter,
-                             init=init, tol=tol)
-    core, (u_out, u_in), sweeps = _tucker_parts(res)
-    core, u_out, u_in = (np.asarray(a, dtype=np.float64) for a in (core, u_out, u_in))
+    if hosvd is not None and hosvd[0].shape[1] >= rank_out and hosvd[1].shape[1] >= rank_in:
+        u_out, u_in = hosvd[0][:, :rank_out], hosvd[1][:, :rank_in]
+    else:
+        u_out, u_in = _leading(unfold(w, 0), rank_out), _leading(unfold(w, 1), rank_in)
+    norm2 = float(np.sum(w * w))
+    errors: list[float] = []
+    sweeps = 0
+    while sweeps < max_iter:
+        # each factor: the leading left singular vectors of w with the other mode projected
+        y = np.tensordot(w, u_in, axes=([1], [0]))  # [C_out, kh, kw, R_in]
+        u_out = _leading(y.reshape(y.shape[0], -1), rank_out)
+        y = np.tensordot(w, u_out, axes=([0], [0]))  # [C_in, kh, kw, R_out]
+        u_in = _leading(y.reshape(y.shape[0], -1), rank_in)
+        sweeps += 1
+        # orthonormal factors: ||w - ŵ||² = ||w||² - ||core||², core = y ×₀ u_in
+        core2 = float(np.sum(np.tensordot(y, u_in, axes=([0], [0])) ** 2))
+        errors.append(math.sqrt(abs(norm2 - core2) / norm2) if norm2 else 0.0)
+        if sweeps >= 3 and abs(errors[-2] - errors[-1]) < tol:
+            break
+    core = np.tensordot(np.tensordot(w, u_out, axes=([0], [0])), u_in, axes=([0], [0]))
+    core = np.ascontiguousarray(core.transpose(2, 3, 0, 1))  # [R_out, R_in, kh, kw]
     err = relative_error(w, tucker_to_tensor(core, u_out, u_in))
-    return Tucker2(core, u_out, u_in, err, max_iter if sweeps is None else sweeps,
-                   time.perf_counter() - t0)
+    return Tucker2(core, u_out, u_in, err, sweeps, time.perf_counter() - t0)
 
 
 # ============================================================================ CP
@@ -197,9 +215,7 @@ def _svd_init(w: np.ndarray, rank: int, seed: int) -> list[np.ndarray]:
     factors = []
     for mode in range(w.ndim):
         u, s = left_svd(unfold(w, mode))
-        u, s = u[:, :rank], s[:rank]
-        big = np.argmax(np.abs(u), axis=0)
-        u = u * np.where(u[big, np.arange(u.shape[1])] < 0, -1.0, 1.0)
+        u, s = _sign_fixed(u[:, :rank]), s[:rank]
         if mode == 0:
             u = u * s
         if u.shape[1] < rank:

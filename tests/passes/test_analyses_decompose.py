@@ -40,11 +40,28 @@ def test_tucker2_error_is_the_reconstruction_error_and_hooi_improves_on_hosvd():
     assert hosvd.iterations == 0
 
 
-def test_tucker_parts_reads_old_and_new_return_types():
-    core, factors = np.zeros((2, 2)), [np.eye(2), np.eye(2)]
-    assert D._tucker_parts((core, factors))[2] is None  # tensorly <= 0.7
-    c, f, sweeps = D._tucker_parts(((core, factors), [0.1, 0.05]))  # >= 0.8
-    assert c is core and len(f) == 2 and sweeps == 2
+def test_tucker2_is_tensorlys_partial_tucker():
+    """The same algorithm as ``partial_tucker(modes=[0, 1], init="svd")``: the same error
+    after the HOSVD and after 1 and 5 sweeps, to rounding."""
+    from tensorly.decomposition import partial_tucker
+
+    w = _kernel((16, 12, 3, 3), seed=12)
+    for sweeps in (0, 1, 5):
+        (core, (u_out, u_in)), _ = partial_tucker(w, rank=[6, 5], modes=[0, 1],
+                                                  n_iter_max=sweeps, tol=1e-15)
+        if sweeps == 0:  # tensorly 0.10 leaves the init's core; project once here
+            core = np.einsum("oihw,oa,ib->abhw", w, u_out, u_in)
+        ref = np.linalg.norm(w - D.tucker_to_tensor(core, u_out, u_in)) / np.linalg.norm(w)
+        assert D.tucker2(w, 6, 5, max_iter=sweeps, tol=1e-15).error == pytest.approx(
+            ref, rel=1e-9)
+
+
+def test_tucker2_past_the_unfoldings_rank_completes_an_orthonormal_factor():
+    # a 1×1 kernel 16→2: the mode-0 unfolding of w ×₁ U_in has 2 columns, rank_out is 5
+    w = _kernel((16, 2, 1, 1), seed=13)
+    t = D.tucker2(w, 5, 2)
+    np.testing.assert_allclose(t.out_factor.T @ t.out_factor, np.eye(5), atol=1e-12)
+    assert t.error < 1e-12
 
 
 def test_mttkrp_is_the_unfolding_times_the_khatri_rao_product():
