@@ -41,15 +41,14 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .rank import left_svd, relative_error, unfold
 
-__all__ = ["CP", "Tucker2", "als_sweep_cost", "cp", "cp_exact", "cp_to_tensor", "mttkrp", "relative_error",
-           "tucker2", "tucker_to_tensor"]
+__all__ = ["CP", "Tucker2", "als_sweep_cost", "cp", "cp_exact", "cp_to_tensor", "mttkrp",
+           "relative_error", "tucker2", "tucker_to_tensor"]
 
 
 # ============================================================================ Tucker-2
