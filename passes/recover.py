@@ -23,12 +23,15 @@ stay pruned, shared weights keep their codebook). Typical use, a recipe in one p
   teacher run on each batch), ``world_size`` (data-parallel processes; under ``torchrun``
   the process group is used as it is), ``threads`` (torch threads while training, 1 by default so that
   the result does not depend on the core count; none = as set), ``loss`` (``kl``: the
-  softened logits; ``mse``: the outputs matched as features — hidden states, embeddings).
+  softened logits; ``mse``: the outputs matched as features — hidden states, embeddings),
+  ``keep_better`` (default true: when training makes the loss on the training data worse —
+  it diverged — the pass keeps the weights it started from and warns).
   The seed is drawn from the context's (per pass text, as for every pass).
 
 Stats: ``epochs``, ``steps``, ``samples``, ``labels`` (1 if labelled), ``distilled`` (1 if
 a teacher was used), ``parameters`` (trained elements), ``bn_recalibrated``,
-``bn_skipped_shared``, ``shift``, ``loss_first_epoch``, ``loss_last_epoch``, ``train_accuracy``
+``bn_skipped_shared``, ``shift``, ``loss_first_epoch``, ``loss_last_epoch``,
+``loss_before`` / ``loss_after`` / ``kept_input`` (``keep_better``), ``train_accuracy``
 (against the labels, or agreement with the teacher), ``world_size``, ``seconds``. The
 per-epoch records are ``ctx.artifacts["recover"]`` (a list, one entry per ``recover`` run).
 """
@@ -71,6 +74,8 @@ class Recover(Pass):
     threads: int | None = option(1, ge=1, help="torch threads while training (none: as set)")
     loss: Literal["kl", "mse"] = option("kl", help="distillation term: kl (softened logits) "
                                         "or mse (outputs matched as features)")
+    keep_better: bool = option(True, help="if training makes the loss on the training data "
+                                          "worse (diverged), keep the starting weights")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         data = ctx.training if ctx.training is not None else ctx.calibration
@@ -91,7 +96,8 @@ class Recover(Pass):
                              bn_samples=self.bn_samples, shift=self.shift,
                              seed=int(ctx.rng.integers(2 ** 31)),
                              output=0, loss=self.loss,
-                             world_size=self.world_size, threads=self.threads)
+                             world_size=self.world_size, threads=self.threads,
+                             keep_better=self.keep_better)
         except RecoverError as e:
             raise PassError(str(e)) from None
         ctx.artifacts.setdefault(self.name, []).append(result.history)

@@ -137,6 +137,27 @@ def test_deterministic_under_a_seed():
                for n in lossy.constants)
 
 
+def test_a_diverging_run_keeps_the_weights_it_started_from():
+    """keep_better (default): a learning rate far too high makes the loss on the training
+    data worse, so the input weights come back (with BN re-estimated, as before training),
+    flagged in the stats; keep_better=False returns the diverged weights."""
+    _, g = _trained("mlp")
+    _, _, Xte, yte = _digits()
+    lossy = shrinkc.optimize(g, "prune-weights(sparsity=0.7)")
+    kw = _defaults({"epochs": 1, "lr": 50.0, "batch_size": 32})
+    kept = distill(lossy, g, _subset(200), **kw)
+    assert kept.stats["kept_input"] == 1
+    assert kept.stats["loss_after"] > kept.stats["loss_before"]
+    for name, v in lossy.constants.items():
+        assert np.array_equal(kept.graph.constants[name].data, v.data), name
+    diverged = distill(lossy, g, _subset(200), keep_better=False, **kw)
+    assert "kept_input" not in diverged.stats
+    assert evaluate(diverged.graph, Xte, yte) < evaluate(kept.graph, Xte, yte)
+    # a run that trains keeps its weights
+    good = distill(lossy, g, _subset(200), **{**kw, "lr": 1e-3})
+    assert good.stats["kept_input"] == 0 and good.stats["loss_after"] < good.stats["loss_before"]
+
+
 def test_label_free_distillation_matches_the_teacher():
     _, g = _trained("mlp")
     X, _ = _subset(400)
