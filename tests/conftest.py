@@ -29,6 +29,7 @@ tests; module-level helpers import them with ``from suite import …`` (see belo
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -112,6 +113,25 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def tiny_model():
     """``tiny_model(name) -> (module, input)``: see ``make_tiny``."""
     return make_tiny
+
+
+def _drop_handlers_on_closed_streams() -> None:
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in list(getattr(logger, "handlers", ())):
+            if (isinstance(h, logging.StreamHandler)
+                    and getattr(getattr(h, "stream", None), "closed", False)):
+                logger.removeHandler(h)
+
+
+@pytest.fixture(autouse=True)
+def _no_logging_to_closed_streams():
+    """A handler left bound to an earlier test's captured stderr (``capsys`` closes it) makes
+    every later record print "--- Logging error ---" and a traceback to the current stderr,
+    which a test reading its stderr then sees (the CLI's own handler, for one, stays on the
+    root logger after ``main()``; which test runs after which depends on the xdist split)."""
+    _drop_handlers_on_closed_streams()
+    yield
+    _drop_handlers_on_closed_streams()
 
 
 @pytest.fixture(scope="session")
