@@ -204,7 +204,8 @@ def test_default_backend_is_onnxruntime_with_the_reason(reference_graphs):
     r = cm.report()
     assert cm.backend == "onnxruntime"
     assert "no target, tuning budget or covering tuning database" in r.reason
-    assert "no tuning database at" in r.reason and "10-90x slower" in r.reason
+    assert "no tuning database at" in r.reason
+    assert "only built and timed when tuning is asked" in r.reason
     assert f"backend    onnxruntime: {r.reason}" in str(r)
     assert_close(cm(x).numpy(), _want(g, x), depth=g)
 

@@ -11,7 +11,7 @@ a TVM target dict as JSON), ``onnxruntime``, ``torch``. Without ``--backend`` sh
 TVM when ``--target`` is given; when tuning is asked (``--tune-trials``, ``--tune-budget``) or
 the tuning database already covers the model, it builds tuned TVM and onnxruntime, times
 both on the check input and keeps the faster (the report names both medians); else
-onnxruntime (untuned TVM is 10-90x slower on CPU).
+onnxruntime (untuned TVM is only built and timed when tuning is asked).
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def test_cross_compile_aarch64_writes_an_object_archive(capsys, tmp_path):
 def test_json_report_and_default_backend(capsys):
     assert main(["compile", "zoo:lenet5", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["backend"] == "onnxruntime" and "10-90x slower" in report["reason"]
+    assert report["backend"] == "onnxruntime"
+    assert "only built and timed when tuning is asked" in report["reason"]
     assert report["params"] == 61706 and report["max_abs_error"] < 1e-4
 
 
