@@ -9,8 +9,10 @@ here once:
   or a compressed graph: its accuracy, parameters, MACs, bytes on disk (the ONNX file, and
   shrinkc's ``.shrkz`` storage), latency per backend, and free-form ``extra`` facts.
 * **Latency** (:class:`LatencyPool`): every runner is warmed up when added, then all are
-  timed round-robin in one process (one run of each per round), so load on a shared
-  machine hits all alike; medians and p10–p90 (``bench.Timing``). Runners:
+  timed round-robin in one process (one run of each per round, the order rotated by one
+  runner per round, so that no runner always runs right after the same one: a spinning
+  thread pool steals from whatever runs next), so load on a shared machine hits all
+  alike; medians and p10–p90 (``bench.Timing``). Runners:
   :func:`torch_eager`, :func:`torch_graph` (``to_torch``), :func:`ort_graph` (``to_onnx``
   in an onnxruntime session), :func:`ort_model` (an ONNX file as it is), :func:`tvm_graph`
   (untuned TVM).
@@ -267,7 +269,8 @@ def accuracy(predict: Callable[[torch.Tensor], np.ndarray], X: torch.Tensor, y: 
 
 
 class LatencyPool:
-    """Runners warmed up when added, then timed round-robin in one process (see above)."""
+    """Runners warmed up when added, then timed round-robin in one process, the order
+    rotated by one runner per round (see above)."""
 
     def __init__(self, warmup: int = 5):
         self.warmup = warmup
@@ -282,8 +285,9 @@ class LatencyPool:
 
     def run(self, repeat: int, progress: Callable[[str], None] | None = None) -> None:
         t_start = time.perf_counter()
+        n = len(self._runs)
         for k in range(repeat):
-            for timing, fn in self._runs:
+            for timing, fn in self._runs[k % n:] + self._runs[:k % n] if n else ():
                 t0 = time.perf_counter()
                 fn()
                 timing.runs_ms.append((time.perf_counter() - t0) * 1e3)
