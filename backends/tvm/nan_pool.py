@@ -46,9 +46,12 @@ def _nan_max_pool_te(x: te.Tensor, pool_size: Any, strides: Any, padding: Any,
     if not clamp and (pt or pl or pb or pr):
         x = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=-np.inf, name="pad")
 
-    def index(o: Any, stride: int, tap: int, pad: int, size: int) -> Any:
-        i = o * stride + tap - pad
-        return tvm.tirx.max(tvm.tirx.min(i, size - 1), 0) if pad else tvm.tirx.min(i, size - 1)
+    def index(o: Any, stride: int, tap: int, before: int, after: int, size: int) -> Any:
+        """The input row / column tap ``tap`` of output ``o`` reads, clamped into the
+        input on each side that has padding."""
+        i = o * stride + tap - before
+        i = tvm.tirx.max(i, 0) if before else i
+        return tvm.tirx.min(i, size - 1) if after else i
 
     def nanmax(b: Any, y: Any, xx: Any, ch: Any) -> Any:
         # the taps written out (an element-wise block, no reduction: a reduction kept its
@@ -56,7 +59,7 @@ def _nan_max_pool_te(x: te.Tensor, pool_size: Any, strides: Any, padding: Any,
         # "any tap is NaN" as two chains, each tap read in both (a chain of NaN-keeping
         # selects repeats the accumulator in each: exponential in the taps)
         if clamp:
-            taps = [x[b, index(y, sh, i, pt, ih), index(xx, sw, j, pl, iw), ch]
+            taps = [x[b, index(y, sh, i, pt, pb, ih), index(xx, sw, j, pl, pr, iw), ch]
                     for i in range(kh) for j in range(kw)]
         else:
             taps = [x[b, y * sh + i * dh, xx * sw + j * dw, ch]

@@ -103,6 +103,7 @@ def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
     norm2 = float(np.sum(w * w))
     errors: list[float] = []
     sweeps = 0
+    core = None  # [kh, kw, R_out, R_in]: w ×₀ u_out ×₁ u_in, from the last sweep
     while sweeps < max_iter:
         # each factor: the leading left singular vectors of w with the other mode projected
         y = np.tensordot(w, u_in, axes=([1], [0]))  # [C_out, kh, kw, R_in]
@@ -110,12 +111,14 @@ def tucker2(w: np.ndarray, rank_out: int, rank_in: int, *, max_iter: int = 10,
         y = np.tensordot(w, u_out, axes=([0], [0]))  # [C_in, kh, kw, R_out]
         u_in = _leading(y.reshape(y.shape[0], -1), rank_in)
         sweeps += 1
-        # orthonormal factors: ||w - ŵ||² = ||w||² - ||core||², core = y ×₀ u_in
-        core2 = float(np.sum(np.tensordot(y, u_in, axes=([0], [0])) ** 2))
-        errors.append(math.sqrt(abs(norm2 - core2) / norm2) if norm2 else 0.0)
+        # orthonormal factors: ||w - ŵ||² = ||w||² - ||core||²
+        core = np.tensordot(y, u_in, axes=([0], [0]))
+        errors.append(math.sqrt(abs(norm2 - float(np.sum(core ** 2))) / norm2) if norm2
+                      else 0.0)
         if sweeps >= 3 and abs(errors[-2] - errors[-1]) < tol:
             break
-    core = np.tensordot(np.tensordot(w, u_out, axes=([0], [0])), u_in, axes=([0], [0]))
+    if core is None:  # max_iter=0: the HOSVD's core
+        core = np.tensordot(np.tensordot(w, u_out, axes=([0], [0])), u_in, axes=([0], [0]))
     core = np.ascontiguousarray(core.transpose(2, 3, 0, 1))  # [R_out, R_in, kh, kw]
     err = relative_error(w, tucker_to_tensor(core, u_out, u_in))
     return Tucker2(core, u_out, u_in, err, sweeps, time.perf_counter() - t0)
