@@ -37,16 +37,19 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from . import winograd
 from .relax_rewrite import rewrite_functions, slice_channels
 from .targets import F32_ISAS, f32_isa
 from .x86_int8 import (F32_DEPTHWISE_RULE, F32_RULE, PATH_KEY, SCHEDULE_VERSION,
                        SCHEDULE_VERSION_KEY, bound_constant, depthwise_attrs, depthwise_weight,
-                       expr_dtype, nhwc_conv_kind)
+                       expr_dtype, expr_shape, nhwc_conv_kind)
 
 log = logging.getLogger(__name__)
 
 #: The environment variable that turns the fp32 kernels off ("0").
 ENV = "SHRINKC_TVM_F32_KERNELS"
+#: The one that turns the Winograd kernel off ("0"; the direct kernel for every conv).
+WINOGRAD_ENV = "SHRINKC_TVM_WINOGRAD"
 
 
 def lanes_of(path: str) -> int:
@@ -123,6 +126,7 @@ class _F32KernelRewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.path = path
         self.lanes = lanes_of(path)
+        self.winograd = os.environ.get(WINOGRAD_ENV, "1") != "0"
         self.rewritten = 0
 
     def _skip(self, call: Any, why: str) -> None:
@@ -152,10 +156,19 @@ class _F32KernelRewriter(relax.PyExprMutator):
                                       lanes=lanes, primfunc_name_hint="dwconv2d_f32")
         else:
             pad = -o % self.lanes  # output channels padded with zero weights, sliced off
-            wp = pack_conv_weight(np.pad(w, [(0, pad), (0, 0), (0, 0), (0, 0)]), self.lanes)
-            y = self.builder_.call_te(_conv_te, call.args[0], relax.const(wp, "float32"),
-                                      at.strides, at.padding, at.dilation, path=self.path,
-                                      primfunc_name_hint="conv2d_f32")
+            w = np.pad(w, [(0, pad), (0, 0), (0, 0), (0, 0)])
+            why = winograd.applies(w.shape[1:3], at.strides, at.dilation,
+                                   expr_shape(call.args[0]), at.padding, o)
+            if why is None and self.winograd:
+                y = self.builder_.call_te(
+                    winograd.conv_te, call.args[0],
+                    relax.const(winograd.transform_weight(w, self.lanes), "float32"),
+                    at.padding, path=self.path, primfunc_name_hint="conv2d_wino_f32")
+            else:
+                y = self.builder_.call_te(_conv_te, call.args[0],
+                                          relax.const(pack_conv_weight(w, self.lanes), "float32"),
+                                          at.strides, at.padding, at.dilation, path=self.path,
+                                          primfunc_name_hint="conv2d_f32")
         self.rewritten += 1
         return slice_channels(self.builder_, y, o, pad)
 
@@ -183,4 +196,4 @@ class F32Kernels:
         return mod
 
 
-__all__ = ["ENV", "F32Kernels", "enabled", "lanes_of", "pack_conv_weight"]
+__all__ = ["ENV", "WINOGRAD_ENV", "F32Kernels", "enabled", "lanes_of", "pack_conv_weight"]

@@ -69,15 +69,17 @@ PATH_KEY = "shrinkc_int8_path"
 #: replays the schedule's instructions as they were when it was tuned (not the rule), so
 #: bump this when the schedule changes: old records then stop matching and get retuned
 #: instead of silently bringing the old schedule back. 2: the padding of 47071ea; 3: the
-#: intrinsics without temporaries (their tiles were tuned against a per-iteration cost).
-SCHEDULE_VERSION_KEY, SCHEDULE_VERSION = "shrinkc_int8_schedule", 3
+#: intrinsics without temporaries (their tiles were tuned against a per-iteration cost); 4:
+#: register tiles across rows shorter than a tile.
+SCHEDULE_VERSION_KEY, SCHEDULE_VERSION = "shrinkc_int8_schedule", 4
 #: Per int8 path: (tensor intrinsic, output lanes L, largest |weight| that is exact).
 PATHS: dict[str, tuple[str, int, int]] = {
     "vnni": ("shrinkc_dot_16x4_vnni", 16, 128),
     "avx2": ("shrinkc_dot_8x4_avx2", 8, 64),
 }
 _REDUCE = 4  # bytes per lane per instruction
-_PAD_VECTOR = 16  # bytes per vector of a root zero padding (see _parallel_pads)
+_MAX_TILE = 8  # output pixels per register tile, at most
+_PAD_VECTOR = 16  # bytes per vector of a root zero padding (see parallel_pads)
 _BLOCKS = (1, 2, 4)  # output-channel vectors per register tile (tuning samples them)
 #: The untuned default per path: a tile of 8 pixels × 2 vectors is 16 accumulators, half
 #: of AVX-512's 32 vector registers but all of AVX2's 16.
@@ -458,12 +460,26 @@ class Int8Kernels:
 
 
 # ---------------------------------------------------------------------------- the schedule
+#: Kernel rules of other modules (``register_kernel_rule``): rule → schedule function.
+_REGISTERED: dict[str, Any] = {}
+
+
+def register_kernel_rule(rule: str, schedule: Any) -> None:
+    """A kernel block annotation ``schedule_rule = rule`` of another module, scheduled by
+    ``schedule(sch, block, tile=None, blocks=None)`` (None: sampled, for tuning) in
+    untuned builds (``default_schedule``) and by MetaSchedule's ``ApplyCustomRule``."""
+    _REGISTERED[rule] = schedule
+    tvm.register_global_func(f"s_tir.meta_schedule.cpu.{rule}",
+                             lambda sch, block: [schedule(sch, block)], override=True)
+
+
 def _kernel_blocks(sch: Any) -> list[Any]:
-    """The blocks of ``sch``'s ``main`` made by ``_conv_te`` / ``_matmul_te``."""
+    """The blocks of ``sch``'s ``main`` made by ``_conv_te`` / ``_matmul_te`` (or with a
+    registered rule)."""
     out = []
     for block in sch.get_child_blocks(sch.get_sblock("root")):
         ann = sch.get(block).annotations.get("schedule_rule")
-        if ann is not None and str(ann) in KERNEL_RULES:
+        if ann is not None and (str(ann) in KERNEL_RULES or str(ann) in _REGISTERED):
             out.append(block)
     return out
 
@@ -478,14 +494,14 @@ def _split_tile(sch: Any, loop: Any, tile: int | None) -> tuple[Any, Any]:
     of its extent up to ``tile``, or sampled (at most 8) when ``tile`` is None (tuning)."""
     extent = int(sch.get(loop).extent)
     if tile is None:
-        factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
+        factors = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=_MAX_TILE)
     else:
         tile = max(d for d in range(1, min(tile, extent) + 1) if extent % d == 0)
         factors = [extent // tile, tile]
     return sch.split(loop, factors)
 
 
-def _parallel_pads(sch: Any, block: Any, inline: bool = False) -> None:
+def parallel_pads(sch: Any, block: Any, inline: bool = False) -> None:
     """The kernel's zero padding. ``inline`` (the depthwise kernel, one multiply-add per
     load): computed in the kernel's loads, a border test per tap; else (the dot kernels,
     where each load feeds a tile of channel vectors) at the root, rows parallel, channels
@@ -525,8 +541,8 @@ def _weight_larger(sch: Any, block: Any) -> bool:
     return nbytes(weight) > nbytes(data)
 
 
-def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | None = None
-                 ) -> Any:
+def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | None = None,
+                 epilogue: bool = True) -> Any:
     """Schedule one packed kernel block: output lanes by ``L``, the channel reduction by 4,
     tensorized with the path's intrinsic; a register tile of ``tile`` output pixels (conv:
     along W; matmul: rows) × ``blocks`` vectors of ``L`` output channels: each weight
@@ -543,6 +559,13 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     loops = sch.get_loops(block)
     spatial, reduce = loops[:len(loops) - n_red], loops[len(loops) - n_red:]
     *outer, rows, out_ch = spatial
+    if intrin is None and outer and int(sch.get(rows).extent) < _MAX_TILE:
+        # fp32 rows shorter than a tile (a convolution's last 2×2 or 4×4 pixels): the tile
+        # takes pixels of the next rows too, so each weight vector is loaded once per tile
+        # instead of once per row (measured: ResNet-18 at 64 px, whose 512-channel 2×2
+        # convolutions are bound by reading their 9.4 MB weight, 222 → 205 µs each). Not
+        # with a tensor intrinsic: the fused pixel index cannot be blockized for it.
+        rows = sch.fuse(outer.pop(), rows)
     *r_outer, r_ch = reduce
     o_o, o_i = sch.split(out_ch, [None, lanes])
     if intrin is None:  # fp32: one FMA per input channel, the lanes vectorized
@@ -563,8 +586,9 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
     sch.reorder(*par_loops, *r_outer, c_o, r_i, o_oi, o_i, *([c_i] if c_i else []))
     par = sch.fuse(*par_loops)
     sch.parallel(par)  # before the tensorization, which makes the block opaque to the check
-    _schedule_epilogue(sch, block, par)
-    _parallel_pads(sch, block)
+    if epilogue:
+        _schedule_epilogue(sch, block, par)
+    parallel_pads(sch, block)
     if intrin is None:
         sch.vectorize(o_i)  # while the block still has its init (a reduction block)
     sch.unroll(r_i)  # the tile's pixels reuse the weight vector in registers
@@ -592,7 +616,7 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
     par = sch.fuse(b, y, x_o, c_o)
     sch.parallel(par)
     _schedule_epilogue(sch, block, par)
-    _parallel_pads(sch, block, inline=True)
+    parallel_pads(sch, block, inline=True)
     sch.vectorize(c_i)  # while the block still has its init (a reduction block)
     sch.unroll(rh)
     sch.unroll(rw)
@@ -614,7 +638,7 @@ def schedule_pool(sch: Any, block: Any) -> Any:
     par = sch.fuse(b, y)
     sch.parallel(par)
     _schedule_epilogue(sch, block, par)
-    _parallel_pads(sch, block, inline=True)
+    parallel_pads(sch, block, inline=True)
     sch.vectorize(ch)
     return sch
 
@@ -623,6 +647,8 @@ def _schedule_block(sch: Any, block: Any, tile: int, blocks: int | None) -> Any:
     """``schedule_dot``, ``schedule_depthwise`` or ``schedule_pool``, by the block's rule;
     ``blocks`` None: the path's default."""
     rule = str(sch.get(block).annotations["schedule_rule"])
+    if rule in _REGISTERED:
+        return _REGISTERED[rule](sch, block, tile, blocks)
     if rule == POOL_RULE:
         return schedule_pool(sch, block)
     if rule in _DEPTHWISE_RULES:
@@ -651,13 +677,13 @@ def _schedule_epilogue(sch: Any, block: Any, loop: Any) -> None:
     last = chain[-1]
     _inline_other_inputs(sch, last, sch.get(block).name_hint)
     if not _reads_pointwise(sch, last, sch.get(block).writes[0].source):
-        _parallel_vectorize(sch, last)
+        parallel_vectorize(sch, last)
         return
     try:
         sch.reverse_compute_at(last, loop, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(last)[-1])
     except (RuntimeError, ValueError):
-        _parallel_vectorize(sch, last)
+        parallel_vectorize(sch, last)
 
 
 def _reads_pointwise(sch: Any, block: Any, buffer: Any) -> bool:
@@ -700,7 +726,7 @@ def _inline_other_inputs(sch: Any, last: Any, kernel: str) -> None:
         todo.extend(inputs)
 
 
-def _parallel_vectorize(sch: Any, block: Any) -> None:
+def parallel_vectorize(sch: Any, block: Any) -> None:
     """``block`` at the root: its last loop vectorized (split into vectors of 16 when it is
     longer than 64: a flattened epilogue's 2,048-lane vector stalled LLVM for minutes), the
     others fused and parallel."""
@@ -840,5 +866,6 @@ class ScheduleInt8Kernels:
 
 
 __all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "depthwise_weight", "nhwc_conv_kind", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "LANES_KEY", "ScheduleInt8Kernels", "default_schedule", "depthwise_attrs", "depthwise_lanes", "pack_conv_weight",
-           "pack_matmul_weight", "register_intrinsics", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
+           "pack_matmul_weight", "parallel_pads", "parallel_vectorize", "register_intrinsics",
+           "register_kernel_rule", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
            "schedule_rules"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import tvm
 from shrinkc.backends import tvm as btvm
 from shrinkc.backends.tvm import x86_fp32
 from shrinkc.ir.frontends.torch import trace
@@ -141,3 +142,113 @@ def test_depthwise_channels_not_a_multiple_of_the_lanes_take_fewer_lanes(path):
         assert "T.int64(64)" not in t, t[:400]
     module = btvm.build(g, TARGETS[path])
     assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
+
+
+# ------------------------------------------------------------------------------ Winograd
+
+
+def test_winograd_transforms_compute_the_correlation_of_a_tile():
+    """``Aᵀ [U ⊙ (Bᵀ d B)] A`` with ``U = transform_weight(g)`` is the 2×2 valid
+    correlation of a 4×4 tile with the 3×3 kernel (known answer, float64)."""
+    from shrinkc.backends.tvm import winograd
+
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((4, 4))
+    g = rng.standard_normal((3, 3)).astype(np.float32)
+    u = winograd.transform_weight(g.reshape(1, 3, 3, 1), lanes=1)[:, :, 0, 0, 0]
+    bt, at = winograd._BT.astype(np.float64), winograd._AT.astype(np.float64)
+    y = at @ (u * (bt @ d @ bt.T)) @ at.T
+    want = np.array([[(d[i:i + 3, j:j + 3] * g).sum() for j in range(2)] for i in range(2)])
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+class _Wino(torch.nn.Module):
+    """3×3 stride-1 convolutions that take the Winograd kernel — 32 → 48 (a tile count
+    of 64 from a 15×15 input: odd, the last tile half outside), 48 → 48 with a residual
+    add, 48 → 40 unpadded (output channels padded to the lanes, sliced) — and two that
+    keep the direct kernel: 16 output channels (fewer than MIN_CHANNELS) and one on a
+    3×3 image (fewer than MIN_TILES)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(32, 48, 3, padding=1)
+        self.b = torch.nn.Conv2d(48, 48, 3, padding=1)
+        self.c = torch.nn.Conv2d(48, 40, 3)
+        self.narrow = torch.nn.Conv2d(40, 16, 3, padding=1)
+        self.small = torch.nn.Conv2d(40, 32, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = torch.relu(self.b(h) + h)
+        h = torch.relu(self.c(h))
+        return self.narrow(h), self.small(torch.nn.functional.max_pool2d(h, 4))
+
+
+@pytest.fixture(scope="module")
+def wino_graph():
+    torch.manual_seed(0)
+    x = torch.randn(1, 32, 15, 15)
+    return trace(_Wino().eval(), (x,), name="wino_net"), x.numpy()
+
+
+def _wino_kernels(g, target: str) -> tuple[int, int]:
+    """(Winograd, direct) fp32 convolution functions of ``g`` built for ``target``."""
+    mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target(target))
+    names = [gv.name_hint for gv, _ in mod.functions_items()]
+    return (sum("conv2d_wino_f32" in n for n in names), sum("conv2d_f32" in n for n in names))
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_winograd_convolutions_match_the_interpreter(path, wino_graph, caplog):
+    """... and every kernel keeps its schedule (the 3×3-pixel one tiles across rows)."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    g, x = wino_graph
+    assert _wino_kernels(g, TARGETS[path]) == (3, 2)
+    with caplog.at_level("DEBUG", logger="shrinkc.backends.tvm"):
+        module = btvm.build(g, TARGETS[path])
+    assert "schedule failed" not in caplog.text
+    for got, want in zip(module.run([x]), run(g, [x]), strict=True):
+        assert_close(got, want.numpy(), depth=g)
+
+
+def test_winograd_turned_off_keeps_the_direct_kernel(wino_graph, monkeypatch):
+    if btvm.f32_isa(btvm.resolve_target("host")) is None:
+        pytest.skip("this CPU has no fp32 kernel path")
+    monkeypatch.setenv(x86_fp32.WINOGRAD_ENV, "0")
+    assert _wino_kernels(wino_graph[0], "host") == (0, 5)
+
+
+def test_winograd_schedule_with_sampled_tiles_matches(wino_graph):
+    """What MetaSchedule's custom rule does with a Winograd function (tiles sampled, not
+    the defaults) builds and computes the same as the default schedule."""
+    if btvm.f32_isa(btvm.resolve_target("host")) is None:
+        pytest.skip("this CPU has no fp32 kernel path")
+    from tvm import s_tir
+    from shrinkc.backends.tvm import winograd, x86_int8
+    from shrinkc.backends.tvm.pipeline import prepare
+
+    g, _ = wino_graph
+    # what tuning extracts its tasks from: not yet scheduled
+    mod = prepare(btvm.lower(g).mod, btvm.resolve_target("host"), cpu_weight_prepack=False)
+    gv = next(gv for gv, _ in mod.functions_items() if "wino" in gv.name_hint
+              and "add1" in gv.name_hint)  # the residual one: bias, add, ReLU
+    func = mod[gv].with_attr("global_symbol", "main")
+    outs = []
+    for seed in (None, 3, 4):
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}), seed=seed or 1)
+        (block,) = x86_int8._kernel_blocks(sch)
+        if seed is None:
+            winograd.schedule(sch, block, tile=8, blocks=2)
+        else:
+            winograd.schedule(sch, block)  # sampled, as the tuning rule does
+            assert any(i.kind.name == "SamplePerfectTile" for i in sch.trace.insts)
+        lib = tvm.compile(sch.mod, target=tvm.target.Target(btvm.resolve_target("host")))
+        args = [np.random.default_rng(1).standard_normal([int(d) for d in p.shape])
+                .astype("float32") for p in (v.ty for v in func.params)]
+        tensors = [tvm.runtime.tensor(a) for a in args]
+        lib["main"](*tensors)
+        outs.append(tensors[-1].numpy())
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-5, atol=1e-5)
+    assert np.abs(outs[0]).max() > 0
