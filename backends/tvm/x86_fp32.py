@@ -19,6 +19,9 @@ against onnxruntime's NCHWc convolutions in fp32 ResNet-18 at 224 px): 64 channe
 56 px 451 µs (onnxruntime 455), 128 at 28 px 449 (463), 256 at 14 px 450 (483), 512 at 7
 px 466 (620); 250-257 GMAC/s, onnxruntime's level or better, untuned.
 
+3×3 stride-1 convolutions with enough channels and pixels take the Winograd kernel of
+``winograd`` instead (``winograd.applies``; ``SHRINKC_TVM_WINOGRAD=0``: direct everywhere).
+
 Depthwise convolutions: ``L`` channels per vector, taps unrolled, the padding computed in
 the loads (``schedule_depthwise``). Everything else (grouped convolutions, other layouts,
 weights that are parameters, dtypes other than float32) keeps the generic kernel, with a
