@@ -489,7 +489,17 @@ def _path_of(sch: Any, block: Any) -> str:
     return str(sch.get(block).annotations[PATH_KEY])
 
 
-def _split_tile(sch: Any, loop: Any, tile: int | None) -> tuple[Any, Any]:
+def channel_blocks(sch: Any, n_vectors: int, blocks: int | None) -> Any:
+    """Output-channel vectors per register tile for ``n_vectors`` of them: the largest of
+    ``_BLOCKS`` dividing them up to ``blocks``, or sampled among those when ``blocks`` is
+    None (tuning)."""
+    choices = [q for q in _BLOCKS if n_vectors % q == 0]
+    if blocks is None:
+        return sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices))
+    return max(c for c in choices if c <= blocks)
+
+
+def split_tile(sch: Any, loop: Any, tile: int | None) -> tuple[Any, Any]:
     """``loop`` split into (outer, a register tile of output pixels): the largest divisor
     of its extent up to ``tile``, or sampled (at most 8) when ``tile`` is None (tuning)."""
     extent = int(sch.get(loop).extent)
@@ -572,14 +582,8 @@ def schedule_dot(sch: Any, block: Any, tile: int | None = None, blocks: int | No
         c_o, c_i = r_ch, None
     else:
         c_o, c_i = sch.split(r_ch, [None, _REDUCE])
-    r_o, r_i = _split_tile(sch, rows, tile)
-    n_ob = int(sch.get(o_o).extent)
-    choices = [q for q in _BLOCKS if n_ob % q == 0]
-    if blocks is None:
-        q = sch.sample_categorical(choices, [1.0 / len(choices)] * len(choices))
-    else:
-        q = max(c for c in choices if c <= blocks)
-    o_oo, o_oi = sch.split(o_o, [None, q])
+    r_o, r_i = split_tile(sch, rows, tile)
+    o_oo, o_oi = sch.split(o_o, [None, channel_blocks(sch, int(sch.get(o_o).extent), blocks)])
     # the operand that is larger outermost, so that consecutive iterations of a thread
     # reuse the other one's block from its cache
     par_loops = [o_oo, *outer, r_o] if _weight_larger(sch, block) else [*outer, r_o, o_oo]
@@ -611,7 +615,7 @@ def schedule_depthwise(sch: Any, block: Any, tile: int | None = None) -> Any:
              else _intrin_lanes(_path_of(sch, block))[1])
     b, y, xx, ch, rh, rw = sch.get_loops(block)
     c_o, c_i = sch.split(ch, [None, lanes])
-    x_o, x_i = _split_tile(sch, xx, tile)
+    x_o, x_i = split_tile(sch, xx, tile)
     sch.reorder(b, y, x_o, c_o, rh, rw, x_i, c_i)
     par = sch.fuse(b, y, x_o, c_o)
     sch.parallel(par)
@@ -648,7 +652,7 @@ def _schedule_block(sch: Any, block: Any, tile: int, blocks: int | None) -> Any:
     ``blocks`` None: the path's default."""
     rule = str(sch.get(block).annotations["schedule_rule"])
     if rule in _REGISTERED:
-        return _REGISTERED[rule](sch, block, tile, blocks)
+        return _REGISTERED[rule](sch, block, tile, blocks or _DEFAULT_BLOCKS[_path_of(sch, block)])
     if rule == POOL_RULE:
         return schedule_pool(sch, block)
     if rule in _DEPTHWISE_RULES:
@@ -866,6 +870,6 @@ class ScheduleInt8Kernels:
 
 
 __all__ = ["DEPTHWISE_RULE", "F32_DEPTHWISE_RULE", "bound_constant", "depthwise_weight", "nhwc_conv_kind", "expr_dtype", "expr_shape", "F32_LANES", "F32_RULE", "Int8Kernels", "KERNEL_RULES", "PATHS", "POOL_RULE", "SCHEDULE_RULE", "LANES_KEY", "ScheduleInt8Kernels", "default_schedule", "depthwise_attrs", "depthwise_lanes", "pack_conv_weight",
-           "pack_matmul_weight", "parallel_pads", "parallel_vectorize", "register_intrinsics",
+           "pack_matmul_weight", "channel_blocks", "split_tile", "parallel_pads", "parallel_vectorize", "register_intrinsics",
            "register_kernel_rule", "schedule_depthwise", "schedule_dot", "schedule_pool", "schedule_func",
            "schedule_rules"]

@@ -184,11 +184,22 @@ class _Wino(torch.nn.Module):
         return self.narrow(h), self.small(torch.nn.functional.max_pool2d(h, 4))
 
 
-@pytest.fixture(scope="module")
-def wino_graph():
+@pytest.fixture(scope="module", params=[15, 16], ids=["odd", "even"])
+def wino_graph(request):
+    """15 px: odd outputs, the three stages apart; 16 px: even outputs and small weights,
+    row-blocked (``winograd.row_blocked``) where the output channels need no padding."""
     torch.manual_seed(0)
-    x = torch.randn(1, 32, 15, 15)
+    x = torch.randn(1, 32, request.param, request.param)
     return trace(_Wino().eval(), (x,), name="wino_net"), x.numpy()
+
+
+def _blocked(g, target: str) -> int:
+    """Winograd functions of ``g`` built for ``target`` that are row-blocked."""
+    from shrinkc.backends.tvm import winograd
+
+    mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target(target))
+    return sum(winograd.BLOCKED_KEY in f.script() for gv, f in mod.functions_items()
+               if "conv2d_wino_f32" in gv.name_hint)
 
 
 def _wino_kernels(g, target: str) -> tuple[int, int]:
@@ -205,6 +216,10 @@ def test_winograd_convolutions_match_the_interpreter(path, wino_graph, caplog):
         pytest.skip(f"this CPU cannot run the {path} fp32 path")
     g, x = wino_graph
     assert _wino_kernels(g, TARGETS[path]) == (3, 2)
+    # even: a and b row-blocked, and c where its 40 output channels need no padding to the
+    # lanes (AVX2's 8; AVX-512's 16 pad them, and a padded one is not blocked)
+    even = x.shape[-1] % 2 == 0
+    assert _blocked(g, TARGETS[path]) == (2 + (40 % x86_fp32.lanes_of(path) == 0)) * even
     with caplog.at_level("DEBUG", logger="shrinkc.backends.tvm"):
         module = btvm.build(g, TARGETS[path])
     assert "schedule failed" not in caplog.text
