@@ -6,8 +6,10 @@ For each model: trace it once, then time the backends on the same input at batch
 - ``onnxruntime``: ``shrinkc.to_onnx`` of the traced graph, one ``InferenceSession``;
 - ``tvm``: ``backends.tvm.build`` of the traced graph for the target (untuned), on the VM.
 
-Each backend is warmed up, then the timed runs go round-robin over the backends (one run of
-each per round), so a burst of load on a shared machine hits every backend alike. Reported:
+Each backend is warmed up, then the backends are timed in interleaved blocks
+(:func:`time_in_blocks`: a short pause, one untimed run, then a block of timed runs per
+backend, the order rotating every round), so a burst of load on a shared machine hits every
+backend alike and no backend's spinning thread pool steals the next one's CPU. Reported:
 median, p10 and p90 of the per-run wall times, and the speed-up vs PyTorch (PyTorch median
 / backend median: > 1 is faster). Every backend uses the same number of threads (torch
 ``set_num_threads``, onnxruntime ``intra_op_num_threads``, ``TVM_NUM_THREADS``). Outputs are
@@ -170,8 +172,9 @@ def _tvm_runner(graph: Any, x: np.ndarray, target: Any) -> tuple[Callable[[], An
 def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
                 model_kwargs: dict[str, Any] | None = None,
                 backends: Sequence[str] = BACKENDS, warmup: int = 5, repeat: int = 30,
-                threads: int | None = None, target: Any = None,
-                seed: int = 0, progress: Callable[[str], None] | None = None) -> BenchRow:
+                threads: int | None = None, target: Any = None, seed: int = 0,
+                pause: float = 0.3,
+                progress: Callable[[str], None] | None = None) -> BenchRow:
     """Time ``backends`` on zoo model ``name`` at batch 1 (see the module docstring).
     ``progress(stage)`` is told what starts (each backend's build, the timing)."""
     def stage(text: str) -> None:
@@ -222,11 +225,10 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
     if "torch" in outputs:
         row.max_diff = {b: float(np.max(np.abs(o - outputs["torch"]))) for b, o in
                         outputs.items()}
-    for _ in range(repeat):  # round-robin: one run of each backend per round
-        for b, (run, _) in runners.items():
-            t0 = time.perf_counter()
-            run()
-            row.timings[b].runs_ms.append((time.perf_counter() - t0) * 1e3)
+    names = list(runners)
+    timed = time_in_blocks([runners[b][0] for b in names],
+                           balanced_rounds(repeat, len(names)), pause=pause)
+    row.timings.update(zip(names, timed))
     log.info("%s: %s", name, ", ".join(f"{b} {t.median:.2f} ms" for b, t in row.timings.items()))
     return row
 
@@ -286,8 +288,8 @@ def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int
             f"{r.build_s.get('tvm', float('nan')):.1f} | "
             f"{'–' if diff is None else f'{diff:.1e}'} |")
     foot = [f"\nBatch 1, fp32, {machine_info(threads)}. Medians of {repeat} runs after "
-            f"{warmup} warm-up runs (p10–p90 in parentheses), backends timed round-robin in "
-            f"one process. Ratios are PyTorch median / backend median (> 1 = faster than "
+            f"{warmup} warm-up runs (p10–p90 in parentheses), backends timed in interleaved "
+            f"blocks in one process. Ratios are PyTorch median / backend median (> 1 = faster than "
             f"PyTorch eager)."]
     if target:
         foot.append(f"TVM target: `{json.dumps(target)}`, untuned (no MetaSchedule).")
