@@ -42,6 +42,9 @@ class Timing:
     """Per-run wall times of one backend, in milliseconds."""
 
     runs_ms: list[float] = field(default_factory=list)
+    #: the first (untimed) run of each block of :func:`time_in_blocks`: the latency after
+    #: ``pause`` seconds idle, with the caches and the CPU as the other backends left them
+    first_ms: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -77,23 +80,36 @@ def balanced_rounds(repeat: int, runners: int, block: int = 10) -> list[int]:
 
 
 def time_in_blocks(runners: Sequence[Callable[[], Any]], rounds: Sequence[int], *,
-                   pause: float = 0.3) -> list[Timing]:
+                   pause: float = 0.3, settle: int = 1) -> list[Timing]:
     """Time ``runners`` in interleaved blocks, one :class:`Timing` per runner.
 
-    Round ``r`` gives every runner in turn one block: a ``pause`` (seconds), one untimed
-    run, then ``rounds[r]`` timed runs. The order rotates by one runner per round (round
-    ``r`` starts with runner ``r mod n``), so no runner always follows the same one; with
-    :func:`balanced_rounds` each is first equally often. Not single runs round-robin: on 2
-    cores the thread pools of onnxruntime (spinning) and TVM keep spinning after a run and
-    steal the CPU from the next runner (PyTorch measured 30x slower that way); the pause
-    lets them go to sleep. Run ``k`` of every runner comes from the same round."""
+    Round ``r`` gives every runner in turn one block: a ``pause`` (seconds), ``settle``
+    untimed runs (the first one's time goes to ``Timing.first_ms``), then ``rounds[r]``
+    timed runs. The order rotates by one runner per round (round ``r`` starts with runner
+    ``r mod n``), so no runner always follows the same one; with :func:`balanced_rounds`
+    each is first equally often. Not single runs round-robin: on 2 cores the thread pools of
+    onnxruntime (spinning) and TVM keep spinning after a run and steal the CPU from the next
+    runner (PyTorch measured 30x slower that way); the pause lets them go to sleep. Run
+    ``k`` of every runner comes from the same round.
+
+    ``settle``: after an idle pause a model whose weights do not fit in L2 runs slower for
+    several runs, not one (measured on a KVM Xeon, 2 threads, pruned ResNet-18 at 64 px, 10.7
+    MiB of weights: TVM 0.72, 0.59, 0.54 … 0.48 ms in the 10 runs after 0.3 s idle, against
+    0.42 back to back; onnxruntime 0.72, 0.54, then its steady 0.47; the same after 30 runs of
+    another module with the same kernels, so it is the model's own data, not the code or the
+    thread pool). ``settle=1`` times that transition; a larger ``settle`` times the steady
+    state (back-to-back inference) and ``first_ms`` the first run after idle."""
     timings = [Timing() for _ in runners]
     order = list(range(len(runners)))
     for n in rounds:
         for i in order:
             run = runners[i]
             time.sleep(pause)
-            run()
+            for k in range(max(1, settle)):
+                t0 = time.perf_counter()
+                run()
+                if k == 0:
+                    timings[i].first_ms.append((time.perf_counter() - t0) * 1e3)
             for _ in range(n):
                 t0 = time.perf_counter()
                 run()

@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
               max_trials_per_task: int | None = None, population: int | None = None,
               stem: str = "auto", seed: int = 0, layout: str | None = None,
               variant: str = "fp32", budget: str | None = None,
-              passes: str | None = None) -> dict[str, Any]:
+              passes: str | None = None, settle: int = 10) -> dict[str, Any]:
     from .. import optimize
     from ..backends import tvm as btvm
     from ..backends.tvm import tuning as tt
@@ -162,13 +163,15 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
     # interleaved blocks of 10 runs after a pause, the order rotating (see time_in_blocks)
     names = list(runners)
     timings = dict(zip(names, time_in_blocks([runners[b][0] for b in names],
-                                              rounds_of(repeat))))
+                                              rounds_of(repeat), settle=settle)))
     row["max_diff"] = {b: float(np.max(np.abs(o - reference))) for b, o in outputs.items()}
     # the compiled graphs against each other (for int8 the error vs fp32 is quantization's)
     row["tuned_vs_ort"] = float(np.max(np.abs(outputs["tvm-tuned"] - outputs["onnxruntime"])))
     row["output_scale"] = float(np.max(np.abs(reference)))
     row["ms"] = {b: t.median for b, t in timings.items()}
     row["ms_fmt"] = {b: t.fmt() for b, t in timings.items()}
+    row["first_ms"] = {b: statistics.median(t.first_ms) for b, t in timings.items()}
+    row["settle"] = settle
     row["load"] = os.getloadavg()
     return row
 
@@ -182,14 +185,23 @@ def _slug(text: str) -> str:
     return f"{short}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
-def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int) -> str:
+def _first_run(row: dict[str, Any]) -> str:
+    first = row.get("first_ms") or {}
+    if "onnxruntime" not in first or "tvm-tuned" not in first:
+        return "-"
+    return f"{first['onnxruntime']:.2f}, {first['tvm-tuned'] / first['onnxruntime']:.2f}×"
+
+
+def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int,
+             settle: int = 10) -> str:
     from .table import human
 
     lines = ["| model | variant | input | MACs | weights | PyTorch ms | onnxruntime ms | "
              "TVM untuned ms | TVM tuned ms | tuned / ORT | tuned / fp32 ORT | untuned / ORT | "
              "trials (tasks) | tuning min | build fails | max Δ vs fp32 torch | "
-             "max Δ tuned vs ORT |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "max Δ tuned vs ORT | first run after idle: ORT ms, tuned / ORT |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             "---:|"]
     fp32_ort = {(r["model"], r["input"]): r["ms"]["onnxruntime"] for r in rows
                 if r.get("variant", "fp32") == "fp32" and not r.get("passes")}
     for r in rows:
@@ -209,7 +221,7 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
             f"{r['tune_s'] / 60:.1f} | {r['build_errors']} | "
             f"{max(v for k, v in r['max_diff'].items() if k != 'torch'):.1e} "
             f"(of {r.get('output_scale', float('nan')):.1f}) | "
-            f"{r.get('tuned_vs_ort', float('nan')):.1e} |")
+            f"{r.get('tuned_vs_ort', float('nan')):.1e} | {_first_run(r)} |")
     return "\n".join(lines) + (
         f"\n\nBatch 1, width 1.0, pipeline `{PIPELINE}` (exact); int8 rows add min/max QDQ "
         f"(the `quantize` pass: u8 activations, i8 per-channel weights, i32 bias), "
@@ -217,7 +229,9 @@ def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int)
         f"kernels and TVM with the integer lowering of `backends/tvm/int8.py`. "
         f"onnxruntime with its default thread spinning (TVM's pool spins too). "
         f"{machine_info(threads)}. Medians of {repeat} runs after {warmup} warm-ups "
-        f"(p10–p90), backends timed in interleaved blocks of 10 runs in one process. Ratios: "
+        f"(p10–p90), backends timed in interleaved blocks in one process (a 0.3 s pause, "
+        f"{settle} untimed runs, 10 timed runs: the steady state of back-to-back inference; "
+        f"the last column is the median first run after the pause). Ratios: "
         f"backend median / onnxruntime median on the same graph (< 1 = faster); "
         f"tuned / fp32 ORT: against onnxruntime on the original fp32 graph.\n")
 
@@ -245,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--settle", type=int, default=10,
+                   help="untimed runs after each block's idle pause before its timed runs "
+                        "(default 10: the steady state; 1 times the runs right after idle, "
+                        "where the weights are coming back into the cache)")
     p.add_argument("--no-prepack", action="store_true",
                    help="cpu_weight_prepack=False (default: on, as shrinkc compile builds)")
     p.add_argument("--variants", default="fp32",
@@ -257,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                         "onnxruntime on the compressed graph")
     p.add_argument("--out", type=Path, help="also write the Markdown (and .json) here")
     args = p.parse_args(argv)
+    if args.settle < 1:
+        p.error(f"--settle {args.settle}: must be >= 1 (the first run after the pause)")
     if args.trials is None and args.budget is None:
         args.trials = 128
     if args.budget is not None:
@@ -277,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                               max_trials_per_task=args.max_trials_per_task,
                               population=args.population, stem=args.stem,
                               layout=args.layout, variant=variant, budget=args.budget,
-                              passes=args.passes))
-        md = markdown(rows, args.threads, args.warmup, args.repeat)
+                              passes=args.passes, settle=args.settle))
+        md = markdown(rows, args.threads, args.warmup, args.repeat, args.settle)
         print(md, flush=True)
         if args.out:
             args.out.write_text(md)

@@ -63,3 +63,8 @@ def test_time_in_blocks_rotates_the_order():
     timings = time_in_blocks(runners, [2, 1, 1], pause=0.0)
     assert "".join(calls) == "aaabbbccc" + "bbccaa" + "ccaabb"
     assert [len(t.runs_ms) for t in timings] == [4, 4, 4]
+    assert [len(t.first_ms) for t in timings] == [3, 3, 3]  # one per block
+    calls.clear()  # `settle` untimed runs per block, the first of them recorded
+    timings = time_in_blocks(runners[:2], [1, 1], pause=0.0, settle=3)
+    assert "".join(calls) == "aaaabbbb" + "bbbbaaaa"
+    assert [(len(t.runs_ms), len(t.first_ms)) for t in timings] == [(2, 2), (2, 2)]
