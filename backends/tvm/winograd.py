@@ -116,14 +116,45 @@ def _sum(terms: list[Any]) -> Any:
     return acc
 
 
-def row_blocked(x_shape: Any, padding: Any, in_ch: int, out_ch: int) -> bool:
+def row_blocked(x_shape: Any, padding: Any, in_ch: int, out_ch: int, padded_out: int = 0
+                ) -> bool:
     """Whether a convolution takes the row-blocked schedule: an even output size (so the
-    output is exactly the 2×2 tiles) and a transformed weight of at most
-    ``BLOCKED_WEIGHT_BYTES``."""
+    output is exactly the 2×2 tiles), a transformed weight of at most
+    ``BLOCKED_WEIGHT_BYTES``, and no output channels padded with zero weights
+    (``padded_out``: the slice that drops them, folded into the row loop, did not compile —
+    "variables (o,) are used, but are not passed in")."""
+    if padded_out:
+        return False
     _, ih, iw, _ = (int(d) for d in x_shape)
     pt, pl, pb, pr = (int(p) for p in padding)
     even = (ih + pt + pb - 2) % 2 == 0 and (iw + pl + pr - 2) % 2 == 0
     return even and 16 * in_ch * out_ch * 4 <= BLOCKED_WEIGHT_BYTES
+
+
+def _tile_transform(xp: te.Tensor, e: Any, nu: Any, b: Any, ti: Any, tj: Any, c: Any) -> Any:
+    """Element ``(e, ν)`` of ``Bᵀ d B`` for the 4×4 input tile ``(ti, tj)`` of image ``b``,
+    channel ``c``, of the padded input ``xp``."""
+    return _sum([_coef(_BT, e, r) * _coef(_BT, nu, s) * xp[b, 2 * ti + r, 2 * tj + s, c]
+                 for r in range(4) for s in range(4)])
+
+
+def _inverse_transform(m: Any, y: Any, xx: Any) -> Any:
+    """Output pixel ``(y, xx)`` of ``Aᵀ M A``: ``m(e, ν)`` reads the product of the pixel's
+    tile."""
+    return _sum([_coef(_AT, y % 2, e) * _coef(_AT, xx % 2, nu) * m(e, nu)
+                 for e in range(4) for nu in range(4)])
+
+
+def _schedule_pack_vectors(sch: Any, tile_loop: Any, e: Any, nu: Any, c: Any, lanes: int
+                           ) -> None:
+    """The pack's channels in vectors (of the largest divisor of the channels ≤ ``lanes``)
+    inside ``tile_loop``, its 4×4 unrolled."""
+    n_c = int(sch.get(c).extent)
+    c_o, c_i = sch.split(c, [None, max(d for d in range(1, lanes + 1) if n_c % d == 0)])
+    sch.reorder(tile_loop, c_o, e, nu, c_i)
+    sch.unroll(e)
+    sch.unroll(nu)
+    sch.vectorize(c_i)
 
 
 def conv_te(x: te.Tensor, u: te.Tensor, padding: Any, path: str, blocked: bool = False
@@ -146,11 +177,9 @@ def conv_te(x: te.Tensor, u: te.Tensor, padding: Any, path: str, blocked: bool =
         if oh % 2 or ow % 2:
             raise ValueError(f"row-blocked Winograd needs an even output size, not {oh}×{ow}")
 
-        def pack2(e: Any, nu: Any, b: Any, ti: Any, tj: Any, c: Any) -> Any:
-            return _sum([_coef(_BT, e, r) * _coef(_BT, nu, s) * xp[b, 2 * ti + r, 2 * tj + s, c]
-                         for r in range(4) for s in range(4)])
-
-        v = te.compute((4, 4, n, th, tw, ic), pack2, name="wino_pack")
+        v = te.compute((4, 4, n, th, tw, ic),
+                       lambda e, nu, b, ti, tj, c: _tile_transform(xp, e, nu, b, ti, tj, c),
+                       name="wino_pack")
         rc = te.reduce_axis((0, ic), "rc")
         m = te.compute(
             (4, 4, n, th, tw, ob * lanes),
@@ -159,15 +188,12 @@ def conv_te(x: te.Tensor, u: te.Tensor, padding: Any, path: str, blocked: bool =
             name="wino_gemm", attrs={**attrs, BLOCKED_KEY: 1})
         return te.compute(
             (n, oh, ow, ob * lanes),
-            lambda b, y, xx, o: _sum([_coef(_AT, y % 2, e) * _coef(_AT, xx % 2, nu)
-                                      * m[e, nu, b, y // 2, xx // 2, o]
-                                      for e in range(4) for nu in range(4)]),
+            lambda b, y, xx, o: _inverse_transform(
+                lambda e, nu: m[e, nu, b, y // 2, xx // 2, o], y, xx),
             name="wino_inverse")
 
     def pack(e: Any, nu: Any, p: Any, c: Any) -> Any:
-        b, ti, tj = p // (th * tw), p // tw % th, p % tw
-        return _sum([_coef(_BT, e, r) * _coef(_BT, nu, s) * xp[b, 2 * ti + r, 2 * tj + s, c]
-                     for r in range(4) for s in range(4)])
+        return _tile_transform(xp, e, nu, p // (th * tw), p // tw % th, p % tw, c)
 
     v = te.compute((4, 4, n * th * tw, ic), pack, name="wino_pack")
     rc = te.reduce_axis((0, ic), "rc")
@@ -179,8 +205,7 @@ def conv_te(x: te.Tensor, u: te.Tensor, padding: Any, path: str, blocked: bool =
 
     def inverse(b: Any, y: Any, xx: Any, o: Any) -> Any:
         p = b * th * tw + y // 2 * tw + xx // 2
-        return _sum([_coef(_AT, y % 2, e) * _coef(_AT, xx % 2, nu) * m[e, nu, p, o]
-                     for e in range(4) for nu in range(4)])
+        return _inverse_transform(lambda e, nu: m[e, nu, p, o], y, xx)
 
     return te.compute((n, oh, ow, ob * lanes), inverse, name="wino_inverse")
 
@@ -201,13 +226,8 @@ def schedule(sch: Any, block: Any, tile: int | None = None, blocks: int | None =
     x86_int8.schedule_dot(sch, block, tile, blocks, epilogue=False)
     x86_int8.parallel_pads(sch, pack)
     e, nu, p, c = sch.get_loops(pack)
-    n_c = int(sch.get(c).extent)  # vectors of the largest divisor of the channels ≤ L
-    c_o, c_i = sch.split(c, [None, max(d for d in range(1, lanes + 1) if n_c % d == 0)])
-    sch.reorder(p, c_o, e, nu, c_i)
+    _schedule_pack_vectors(sch, p, e, nu, c, lanes)
     sch.parallel(p)
-    sch.unroll(e)
-    sch.unroll(nu)
-    sch.vectorize(c_i)
     b, y, xx, o = sch.get_loops(inv)
     yo, yi = sch.split(y, [None, 2])
     xo, xi = sch.split(xx, [None, 2])
@@ -270,12 +290,7 @@ def _schedule_blocked(sch: Any, block: Any, lanes: int, tile: int | None,
     sch.vectorize(sch.get_loops(init)[-1])
     # the row's pack: channels in vectors, the 4×4 unrolled
     e, nu, _, _, tj, c = sch.get_loops(pack)[-6:]
-    n_c = int(sch.get(c).extent)
-    c_o, c_i = sch.split(c, [None, max(d for d in range(1, lanes + 1) if n_c % d == 0)])
-    sch.reorder(tj, c_o, e, nu, c_i)
-    sch.unroll(e)
-    sch.unroll(nu)
-    sch.vectorize(c_i)
+    _schedule_pack_vectors(sch, tj, e, nu, c, lanes)
     for rest in leftovers:
         x86_int8.parallel_vectorize(sch, rest)
     return sch

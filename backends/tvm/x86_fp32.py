@@ -163,10 +163,8 @@ class _F32KernelRewriter(relax.PyExprMutator):
             why = winograd.applies(w.shape[1:3], at.strides, at.dilation,
                                    expr_shape(call.args[0]), at.padding, o)
             if why is None and self.winograd:
-                # not with padded output channels: the slice folded into the row loop
-                # did not compile ("variables (o,) are used, but are not passed in")
-                blocked = pad == 0 and winograd.row_blocked(
-                    expr_shape(call.args[0]), at.padding, w.shape[3], w.shape[0])
+                blocked = winograd.row_blocked(expr_shape(call.args[0]), at.padding,
+                                               w.shape[3], w.shape[0], padded_out=pad)
                 y = self.builder_.call_te(
                     winograd.conv_te, call.args[0],
                     relax.const(winograd.transform_weight(w, self.lanes), "float32"),

@@ -227,6 +227,20 @@ def test_winograd_convolutions_match_the_interpreter(path, wino_graph, caplog):
         assert_close(got, want.numpy(), depth=g)
 
 
+def test_which_winograd_convolutions_are_row_blocked():
+    """Even outputs, a transformed weight within ``BLOCKED_WEIGHT_BYTES`` and no padded
+    output channels."""
+    from shrinkc.backends.tvm import winograd
+
+    same = (1, 1, 1, 1)
+    assert winograd.row_blocked((1, 16, 16, 32), same, 32, 32)
+    assert not winograd.row_blocked((1, 16, 16, 32), same, 32, 32, padded_out=8)
+    assert not winograd.row_blocked((1, 15, 15, 32), same, 32, 32)  # 15×15 outputs
+    assert winograd.row_blocked((1, 15, 15, 32), (1, 1, 2, 2), 32, 32)  # 16×16
+    big = int((winograd.BLOCKED_WEIGHT_BYTES / 64) ** 0.5) + 1  # 16·4·C² bytes
+    assert not winograd.row_blocked((1, 16, 16, big), same, big, big)
+
+
 def test_winograd_turned_off_keeps_the_direct_kernel(wino_graph, monkeypatch):
     if btvm.f32_isa(btvm.resolve_target("host")) is None:
         pytest.skip("this CPU has no fp32 kernel path")
