@@ -189,7 +189,7 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
                 model_kwargs: dict[str, Any] | None = None,
                 backends: Sequence[str] = BACKENDS, warmup: int = 5, repeat: int = 30,
                 threads: int | None = None, target: Any = None, seed: int = 0,
-                pause: float = 0.3,
+                pause: float = 0.3, settle: int = 10,
                 progress: Callable[[str], None] | None = None) -> BenchRow:
     """Time ``backends`` on zoo model ``name`` at batch 1 (see the module docstring).
     ``progress(stage)`` is told what starts (each backend's build, the timing)."""
@@ -243,7 +243,7 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
                         outputs.items()}
     names = list(runners)
     timed = time_in_blocks([runners[b][0] for b in names],
-                           balanced_rounds(repeat, len(names)), pause=pause)
+                           balanced_rounds(repeat, len(names)), pause=pause, settle=settle)
     row.timings.update(zip(names, timed))
     log.info("%s: %s", name, ", ".join(f"{b} {t.median:.2f} ms" for b, t in row.timings.items()))
     return row
@@ -279,7 +279,8 @@ def machine_info(threads: int) -> str:
 
 
 def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int,
-             target: dict[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
+             target: dict[str, Any] | None = None, notes: Sequence[str] = (),
+             settle: int = 10) -> str:
     """The results as a Markdown table (milliseconds: median (p10–p90))."""
     from .table import human, human_bytes
 
@@ -305,7 +306,8 @@ def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int
             f"{'–' if diff is None else f'{diff:.1e}'} |")
     foot = [f"\nBatch 1, fp32, {machine_info(threads)}. Medians of {repeat} runs after "
             f"{warmup} warm-up runs (p10–p90 in parentheses), backends timed in interleaved "
-            f"blocks in one process. Ratios are PyTorch median / backend median (> 1 = faster than "
+            f"blocks in one process (each: a pause, {settle} untimed runs, then the timed "
+            f"ones). Ratios are PyTorch median / backend median (> 1 = faster than "
             f"PyTorch eager)."]
     if target:
         foot.append(f"TVM target: `{json.dumps(target)}`, untuned (no MetaSchedule).")
@@ -321,7 +323,7 @@ def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int
 def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmup: int = 5,
               repeat: int = 30, threads: int | None = None, target: Any = None,
               input_shape: Sequence[int] | None = None,
-              model_kwargs: dict[str, Any] | None = None,
+              model_kwargs: dict[str, Any] | None = None, settle: int = 10,
               progress: Callable[[str], None] | None = None) -> tuple[list[BenchRow], str]:
     """Benchmark each model; returns the rows and the Markdown table."""
     threads = threads or default_threads()
@@ -338,8 +340,10 @@ def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmu
                 progress(f"[{_i + 1}/{len(names)}] {text}")
         rows.append(bench_model(name, input_shape=input_shape, model_kwargs=model_kwargs,
                                 backends=backends, warmup=warmup, repeat=repeat,
-                                threads=threads, target=resolved, progress=report))
-    return rows, markdown(rows, threads=threads, warmup=warmup, repeat=repeat, target=resolved)
+                                threads=threads, target=resolved, settle=settle,
+                                progress=report))
+    return rows, markdown(rows, threads=threads, warmup=warmup, repeat=repeat, target=resolved,
+                          settle=settle)
 
 
 __all__ = ["BACKENDS", "BenchRow", "Timing", "bench_model", "markdown", "run_bench", "speedup"]

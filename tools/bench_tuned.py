@@ -160,7 +160,8 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
         for _ in range(max(warmup, 1)):
             out = run()
         outputs[b] = np.asarray(to_np(out), dtype=np.float64)
-    # interleaved blocks of 10 runs after a pause, the order rotating (see time_in_blocks)
+    # interleaved blocks: a pause, `settle` untimed runs, 10 timed, the order rotating
+    # (see time_in_blocks)
     names = list(runners)
     timings = dict(zip(names, time_in_blocks([runners[b][0] for b in names],
                                               rounds_of(repeat), settle=settle)))

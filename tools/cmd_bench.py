@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
                         "with --quick, no tvm)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per backend (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--settle", type=int, default=10,
+                   help="untimed runs after each block's idle pause (default 10: the steady "
+                        "state; 1 also times the runs right after idle)")
     p.add_argument("--threads", type=int, help="threads per backend (default: physical cores; "
                    "with --recipes 1)")
     p.add_argument("--target", default=None, help="TVM target preset or JSON dict (default host)")
@@ -60,8 +63,8 @@ def run(args) -> int:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise ValueError(f"--backends {args.backends!r}: choose from {', '.join(BACKENDS)}")
-    if args.repeat < 1 or args.warmup < 0:
-        raise ValueError("--repeat must be >= 1 and --warmup >= 0")
+    if args.repeat < 1 or args.warmup < 0 or args.settle < 1:
+        raise ValueError("--repeat and --settle must be >= 1 and --warmup >= 0")
     if args.recipes or args.list_recipes:
         from .bench_recipes import run_cli
 
@@ -85,6 +88,7 @@ def run(args) -> int:
         _, table = run_bench(names, backends=backends, warmup=args.warmup, repeat=args.repeat,
                              threads=args.threads, target=target,
                              input_shape=parse_shape(args.input_shape), model_kwargs=kwargs,
+                             settle=args.settle,
                              progress=status if status.bar is not None else None)
     print(table)
     if args.output:

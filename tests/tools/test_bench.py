@@ -22,6 +22,7 @@ def test_bench_model_times_every_backend():
         assert col in header
     assert "| lenet_300_100 | 1×1×28×28 | 266.61K |" in table
     assert "1 threads per backend" in table and "Medians of 3 runs" in table
+    assert "10 untimed runs" in table  # the default settle
 
 
 def test_bench_command(capsys):
@@ -31,6 +32,9 @@ def test_bench_command(capsys):
     assert "| lenet5 |" in out and "×" in out
     assert main(["bench", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["bench", "lenet5", "--settle", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--settle must be >= 1" in err and "Traceback" not in err
 
 
 def test_speedup_cell():
