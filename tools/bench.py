@@ -7,8 +7,9 @@ For each model: trace it once, then time the backends on the same input at batch
 - ``tvm``: ``backends.tvm.build`` of the traced graph for the target (untuned), on the VM.
 
 Each backend is warmed up, then the backends are timed in interleaved blocks
-(:func:`time_in_blocks`: a short pause, one untimed run, then a block of timed runs per
-backend, the order rotating every round), so a burst of load on a shared machine hits every
+(:func:`time_in_blocks`: a short pause, ``settle`` untimed runs (default
+:data:`STEADY_SETTLE`), then a block of timed runs per backend, the order rotating every
+round), so a burst of load on a shared machine hits every
 backend alike and no backend's spinning thread pool steals the next one's CPU. Reported:
 median, p10 and p90 of the per-run wall times, and the speed-up vs PyTorch (PyTorch median
 / backend median: > 1 is faster). Every backend uses the same number of threads (torch
@@ -79,6 +80,11 @@ def balanced_rounds(repeat: int, runners: int, block: int = 10) -> list[int]:
     return [max(1, math.ceil(repeat / rounds))] * rounds
 
 
+#: Untimed runs after each block's pause for timing the steady state (``time_in_blocks``'s
+#: ``settle``): the default of ``shrinkc bench`` and ``bench_tuned``.
+STEADY_SETTLE = 10
+
+
 def time_in_blocks(runners: Sequence[Callable[[], Any]], rounds: Sequence[int], *,
                    pause: float = 0.3, settle: int = 1) -> list[Timing]:
     """Time ``runners`` in interleaved blocks, one :class:`Timing` per runner.
@@ -105,11 +111,11 @@ def time_in_blocks(runners: Sequence[Callable[[], Any]], rounds: Sequence[int], 
         for i in order:
             run = runners[i]
             time.sleep(pause)
-            for k in range(max(1, settle)):
-                t0 = time.perf_counter()
+            t0 = time.perf_counter()
+            run()
+            timings[i].first_ms.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(settle - 1):
                 run()
-                if k == 0:
-                    timings[i].first_ms.append((time.perf_counter() - t0) * 1e3)
             for _ in range(n):
                 t0 = time.perf_counter()
                 run()
@@ -189,7 +195,7 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
                 model_kwargs: dict[str, Any] | None = None,
                 backends: Sequence[str] = BACKENDS, warmup: int = 5, repeat: int = 30,
                 threads: int | None = None, target: Any = None, seed: int = 0,
-                pause: float = 0.3, settle: int = 10,
+                pause: float = 0.3, settle: int = STEADY_SETTLE,
                 progress: Callable[[str], None] | None = None) -> BenchRow:
     """Time ``backends`` on zoo model ``name`` at batch 1 (see the module docstring).
     ``progress(stage)`` is told what starts (each backend's build, the timing)."""
@@ -237,7 +243,6 @@ def bench_model(name: str, *, input_shape: Sequence[int] | None = None,
         for _ in range(max(warmup, 1)):
             out = run()
         outputs[b] = np.asarray(to_np(out), dtype=np.float64)
-        row.timings[b] = Timing()
     if "torch" in outputs:
         row.max_diff = {b: float(np.max(np.abs(o - outputs["torch"]))) for b, o in
                         outputs.items()}
@@ -280,7 +285,7 @@ def machine_info(threads: int) -> str:
 
 def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int,
              target: dict[str, Any] | None = None, notes: Sequence[str] = (),
-             settle: int = 10) -> str:
+             settle: int = STEADY_SETTLE) -> str:
     """The results as a Markdown table (milliseconds: median (p10–p90))."""
     from .table import human, human_bytes
 
@@ -323,7 +328,7 @@ def markdown(rows: Sequence[BenchRow], *, threads: int, warmup: int, repeat: int
 def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmup: int = 5,
               repeat: int = 30, threads: int | None = None, target: Any = None,
               input_shape: Sequence[int] | None = None,
-              model_kwargs: dict[str, Any] | None = None, settle: int = 10,
+              model_kwargs: dict[str, Any] | None = None, settle: int = STEADY_SETTLE,
               progress: Callable[[str], None] | None = None) -> tuple[list[BenchRow], str]:
     """Benchmark each model; returns the rows and the Markdown table."""
     threads = threads or default_threads()
@@ -346,4 +351,4 @@ def run_bench(names: Sequence[str], *, backends: Sequence[str] = BACKENDS, warmu
                           settle=settle)
 
 
-__all__ = ["BACKENDS", "BenchRow", "Timing", "bench_model", "markdown", "run_bench", "speedup"]
+__all__ = ["BACKENDS", "STEADY_SETTLE", "BenchRow", "Timing", "bench_model", "markdown", "run_bench", "speedup"]

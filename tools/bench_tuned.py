@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import _ort_runner, _torch_runner, machine_info, rounds_of, set_threads, time_in_blocks
+from .bench import (STEADY_SETTLE, _ort_runner, _torch_runner, machine_info, rounds_of,
+                    set_threads, time_in_blocks)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def bench_one(name: str, size: int, *, trials: int | None, db_root: Path, thread
               max_trials_per_task: int | None = None, population: int | None = None,
               stem: str = "auto", seed: int = 0, layout: str | None = None,
               variant: str = "fp32", budget: str | None = None,
-              passes: str | None = None, settle: int = 10) -> dict[str, Any]:
+              passes: str | None = None, settle: int = STEADY_SETTLE) -> dict[str, Any]:
     from .. import optimize
     from ..backends import tvm as btvm
     from ..backends.tvm import tuning as tt
@@ -194,7 +195,7 @@ def _first_run(row: dict[str, Any]) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], threads: int, warmup: int, repeat: int,
-             settle: int = 10) -> str:
+             settle: int = STEADY_SETTLE) -> str:
     from .table import human
 
     lines = ["| model | variant | input | MACs | weights | PyTorch ms | onnxruntime ms | "
@@ -260,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeat", type=int, default=30)
-    p.add_argument("--settle", type=int, default=10,
+    p.add_argument("--settle", type=int, default=STEADY_SETTLE,
                    help="untimed runs after each block's idle pause before its timed runs "
-                        "(default 10: the steady state; 1 times the runs right after idle, "
+                        "(default %(default)s: the steady state; 1 times the runs right after idle, "
                         "where the weights are coming back into the cache)")
     p.add_argument("--no-prepack", action="store_true",
                    help="cpu_weight_prepack=False (default: on, as shrinkc compile builds)")

@@ -29,8 +29,10 @@ def add_parser(sub) -> None:
                         "with --quick, no tvm)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per backend (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    p.add_argument("--settle", type=int, default=10,
-                   help="untimed runs after each block's idle pause (default 10: the steady "
+    from .bench import STEADY_SETTLE
+
+    p.add_argument("--settle", type=int, default=STEADY_SETTLE,
+                   help="untimed runs after each block's idle pause (default %(default)s: the steady "
                         "state; 1 also times the runs right after idle)")
     p.add_argument("--threads", type=int, help="threads per backend (default: physical cores; "
                    "with --recipes 1)")
