@@ -1,4 +1,4 @@
-"""TVM backend: IR → Relax (one lowering per op) → ``tvm.compile`` for a target → a VM,
+"""TVM backend: IR → Relax (one lowering per op) → ``relax.build`` for a target → a VM,
 optionally MetaSchedule-tuned.
 
 The package, one concept per module::
@@ -15,7 +15,7 @@ The package, one concept per module::
     x86_int8.py   the integer convs / matmuls on VNNI / AVX2 dot-product kernels (packed
                   weights, hand-written schedule, MetaSchedule custom rule)
     pipeline.py   the Relax pipeline (layout, legalize, fuse; prepare for tuning)
-    driver.py     build / build_lowered: lower → pipeline → tvm.compile → TVMModule
+    driver.py     build / build_lowered: lower → pipeline → relax.build → TVMModule
     module.py     TVMModule: run here, save (model.so / model.tar), load
     tuning/       workers, database, search (tune), rpc
 

@@ -1,4 +1,4 @@
-"""The Relax pipeline: what runs between ``lower`` and ``tvm.compile``.
+"""The Relax pipeline: what runs between ``lower`` and ``relax.build``.
 
 ``inference_passes(layout)``: convolutions to ``layout`` (``ConvertLayout``, default NHWC;
 ``FoldTransposedPads`` for the pads it leaves behind), ``DecomposeOpsForInference``,

@@ -24,6 +24,7 @@ from typing import Any
 import tvm
 from tvm import relax
 
+from ..driver import EXEC_MODE
 from ..pipeline import default_prepack, prepare
 from ..targets import tvm_target
 from ..x86_int8 import ScheduleInt8Kernels
@@ -173,7 +174,7 @@ def apply_database(
     cpu_weight_prepack: bool | None = None,
     layout: str | None = None,
 ) -> tvm.IRModule:
-    """The Relax module with the database's schedules applied (what ``tvm.compile`` takes).
+    """The Relax module with the database's schedules applied (what ``relax.build`` takes).
 
     Equivalent to ``relax.get_pipeline("static_shape_tuning", total_trials=0, ...)``.
     """
@@ -207,7 +208,8 @@ def compile_tuned(
     cpu_weight_prepack: bool | None = None,
     layout: str | None = None,
 ):
-    """Apply the tuning database (0 new trials) and ``tvm.compile`` the module.
+    """Apply the tuning database (0 new trials) and ``relax.build`` the module (the VM in
+    ``driver.EXEC_MODE``, as ``build``).
 
     Returns the Relax executable (``relax.VirtualMachine(ex, tvm.cpu())`` runs it;
     ``ex.export_library("m.so")`` saves it). With ``cpu_weight_prepack=True`` weights given
@@ -217,8 +219,8 @@ def compile_tuned(
     applied = apply_database(mod, target, db_dir, cpu_weight_prepack=cpu_weight_prepack,
                              layout=layout)
     t0 = time.perf_counter()
-    ex = tvm.compile(applied, target=target)
-    logger.debug("tvm.compile took %.1f s", time.perf_counter() - t0)
+    ex = relax.build(applied, target=target, exec_mode=EXEC_MODE)
+    logger.debug("relax.build took %.1f s", time.perf_counter() - t0)
     return ex
 
 
