@@ -36,7 +36,8 @@ def slice_channels(builder: Any, y: Any, n: int, pad: int) -> Any:
     weights a kernel was padded with), ``y`` itself when ``pad`` is 0."""
     if not pad:
         return y
-    y = builder.emit(y)
+    if not isinstance(y, relax.Var):
+        y = builder.emit(y)
     return relax.op.strided_slice(y, axes=[len(y.ty.shape) - 1], begin=[0], end=[n])
 
 

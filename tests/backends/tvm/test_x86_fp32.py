@@ -144,6 +144,78 @@ def test_depthwise_channels_not_a_multiple_of_the_lanes_take_fewer_lanes(path):
     assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
 
 
+class _RankChain(torch.nn.Module):
+    """cp-conv's chain at rank ``r``: 1×1 24 → r (no bias), depthwise 3×1, depthwise 1×3,
+    1×1 r → 32 with bias and ReLU; all weights positive with ``positive``."""
+
+    def __init__(self, r: int, positive: bool = False):
+        super().__init__()
+        self.cp_in = torch.nn.Conv2d(24, r, 1, bias=False)
+        self.cp_h = torch.nn.Conv2d(r, r, (3, 1), padding=(1, 0), groups=r, bias=False)
+        self.cp_w = torch.nn.Conv2d(r, r, (1, 3), padding=(0, 1), groups=r, bias=False)
+        self.cp_out = torch.nn.Conv2d(r, 32, 1)
+        if positive:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.abs_()
+
+    def forward(self, x):
+        return torch.relu(self.cp_out(self.cp_w(self.cp_h(self.cp_in(x)))))
+
+
+def _chain_functions(g, target: str) -> list[str]:
+    mod = btvm.optimize_relax(btvm.lower(g).mod, btvm.resolve_target(target))
+    return sorted(gv.name_hint for gv, _ in mod.functions_items())
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_a_chain_reads_the_padded_channels_instead_of_slicing_them(path, monkeypatch):
+    """A rank the lanes leave half a vector of (16·L + L/2): the first 1×1's output keeps
+    its zero-weight channels (made exactly 0 by a ``where`` fused into it), both
+    depthwise kernels and the last 1×1 read them with zero weights, nothing is sliced;
+    the result is the sliced build's bit for bit, and the interpreter's. An infinite input
+    stays +inf, as in the interpreter: without the ``where`` the padded channels were
+    inf · 0 = NaN, and the last 1×1 spread them into every output."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    lanes = x86_fp32.lanes_of(path)
+    torch.manual_seed(0)
+    x = torch.randn(1, 24, 6, 6).numpy()
+    g = trace(_RankChain(16 * lanes + lanes // 2).eval(), (torch.from_numpy(x),),
+              name="rank_chain")
+    names = _chain_functions(g, TARGETS[path])
+    assert not any("strided_slice" in n for n in names), names
+    assert sum("where" in n for n in names) == 1, names
+    read = btvm.build(g, TARGETS[path]).run([x])[0]
+    assert_close(read, run(g, [x])[0].numpy(), depth=g)
+    monkeypatch.setattr(x86_fp32, "READ_PADDED", False)
+    assert sum("strided_slice" in n for n in _chain_functions(g, TARGETS[path])) == 1
+    assert np.array_equal(read, btvm.build(g, TARGETS[path]).run([x])[0])
+    monkeypatch.setattr(x86_fp32, "READ_PADDED", True)
+
+    gp = trace(_RankChain(16 * lanes + lanes // 2, positive=True).eval(),
+               (torch.from_numpy(x),), name="rank_chain_pos")
+    xi = np.abs(x)
+    xi[0, 0, 2, 3] = np.inf
+    got, ref = btvm.build(gp, TARGETS[path]).run([xi])[0], run(gp, [xi])[0].numpy()
+    assert np.isposinf(ref).any() and not np.isnan(ref).any()
+    assert np.array_equal(np.isposinf(got), np.isposinf(ref)) and not np.isnan(got).any()
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_a_chain_slices_where_the_padding_is_a_large_share(path):
+    """Half a vector on a rank of 1.5 vectors: reading the padded channels would cost a
+    third more work in the chain (``READ_PADDED_MAX_SHARE``), so they are sliced off."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    lanes = x86_fp32.lanes_of(path)
+    torch.manual_seed(0)
+    x = torch.randn(1, 24, 6, 6)
+    g = trace(_RankChain(lanes + lanes // 2).eval(), (x,), name="rank_chain_short")
+    names = _chain_functions(g, TARGETS[path])
+    assert any("strided_slice" in n for n in names) and not any("where" in n for n in names)
+
+
 # ------------------------------------------------------------------------------ Winograd
 
 
