@@ -29,7 +29,15 @@ padded tensor with zero weights for those channels (``READ_PADDED``, up to a six
 the channels), as in cp-conv's chains 1×1 → depthwise k×1 → depthwise 1×k → 1×1 at a rank
 of 16·n + 8 on AVX-512 (ResNet-18 64 px after ``cp-conv(ratio=0.5)``, untuned, side by
 side: 1.142 → 1.119 ms, the same output bit for bit). A 1×1's padded channels are x · 0,
-NaN for an infinite x, so a ``where`` fused into it makes them exactly 0 first. Everything else (grouped convolutions, other layouts,
+NaN for an infinite x, so a ``where`` fused into it makes them exactly 0 first.
+
+A 1×1 convolution from at most ``MERGE_MAX_CHANNELS`` (an image's) channels whose output
+a depthwise convolution reads is merged into it first (``_PointwiseDepthwiseMerger``):
+one convolution with the depthwise's window, weights ``K[r, i, j] · B[r, c]``. cp-conv
+writes a stem 7×7 as 1×1 3 → R at full resolution, then the strided depthwise 7×1: the
+merged 7×1 conv 3 → R has 1.6× their multiply-adds but no R-channel tensor at full
+resolution (ResNet-18 64 px after ``cp-conv(ratio=0.5)``, R = 56, untuned, side by side:
+1.120 → 1.068 ms; outputs within 4e-5 of 10, a different rounding of the same sum). Everything else (grouped convolutions, other layouts,
 weights that are parameters, dtypes other than float32) keeps the generic kernel, with a
 debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
 with MetaSchedule's generic schedules).
@@ -65,6 +73,9 @@ READ_PADDED = True
 #: Up to which share of the real channels the padded ones are read (numerator,
 #: denominator): each costs as much as a real one.
 READ_PADDED_MAX_SHARE = (1, 16)
+#: A 1×1 convolution from at most this many channels whose output a depthwise one reads
+#: is merged into it (``_PointwiseDepthwiseMerger``; 0: never).
+MERGE_MAX_CHANNELS = 4
 
 
 def lanes_of(path: str) -> int:
@@ -133,6 +144,44 @@ def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilati
                                     * w[rh, rw, ch], axis=[rh, rw]),
         name="dwconv2d_nhwc_f32",
         attrs=depthwise_attrs(F32_DEPTHWISE_RULE, f"f32-{path}", lanes, lanes_of(path)))
+
+
+@relax.expr_functor.mutator
+class _PointwiseDepthwiseMerger(relax.PyExprMutator):
+    """``depthwise(conv1x1(x, B), K)`` → ``conv(x, W)``, ``W[r, i, j, c] = K[r, i, j] ·
+    B[r, c]``, with the depthwise's strides, padding and dilation, where the 1×1 reads at
+    most ``MERGE_MAX_CHANNELS`` channels (float32, constant weights; the 1×1 has no bias,
+    stride or padding in the graph: a bias is a separate add, which would not match)."""
+
+    def __init__(self, mod: Any):
+        super().__init__(mod)
+        self.merged = 0
+
+    def visit_call_(self, op: Any) -> Any:
+        call = super().visit_call_(op)
+        if (not isinstance(call, relax.Call) or not isinstance(call.ty, relax.TensorType)
+                or getattr(call.op, "name", "") != "relax.nn.conv2d"
+                or nhwc_conv_kind(call)[0] != "depthwise"):
+            return call
+        pw = bound_call(self, call.args[0], "relax.nn.conv2d")
+        if pw is None or nhwc_conv_kind(pw)[0] != "dense":
+            return call
+        if any(expr_dtype(e) != "float32" for e in (call, pw, pw.args[0])):
+            return call
+        at = pw.attrs
+        if (any(int(v) != 1 for v in (*at.strides, *at.dilation))
+                or any(int(v) != 0 for v in at.padding)):
+            return call
+        b, k = bound_constant(self, pw.args[1]), bound_constant(self, call.args[1])
+        if b is None or k is None or b.shape[1:3] != (1, 1) or b.shape[3] > MERGE_MAX_CHANNELS:
+            return call
+        w = (k.astype(np.float64) * b.astype(np.float64)).astype(np.float32)  # [R, KH, KW, C]
+        self.merged += 1
+        d = call.attrs
+        return relax.op.nn.conv2d(pw.args[0], relax.const(w, "float32"), strides=d.strides,
+                                  padding=d.padding, dilation=d.dilation, groups=1,
+                                  data_layout="NHWC", kernel_layout="OHWI", out_layout="NHWC",
+                                  out_dtype="float32")
 
 
 @relax.expr_functor.mutator
@@ -248,11 +297,13 @@ class F32Kernels:
         path = f32_isa(target) if target is not None else None
         if path is None or not enabled():
             return mod
+        merger = _PointwiseDepthwiseMerger(mod)
+        mod = rewrite_functions(mod, merger) if MERGE_MAX_CHANNELS else mod
         rewriter = _F32KernelRewriter(mod, path)
         mod = rewrite_functions(mod, rewriter)
         if rewriter.rewritten:
-            log.debug("fp32 %s kernels: %d conv2d, %d reading a padded input", path,
-                      rewriter.rewritten, rewriter.peeled)
+            log.debug("fp32 %s kernels: %d conv2d (%d merged 1×1 → depthwise), %d reading a "
+                      "padded input", path, rewriter.rewritten, merger.merged, rewriter.peeled)
         return mod
 
 

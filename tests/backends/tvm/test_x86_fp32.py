@@ -119,13 +119,16 @@ class _CPChain(torch.nn.Module):
 
 
 @pytest.mark.parametrize("path", list(TARGETS))
-def test_depthwise_channels_not_a_multiple_of_the_lanes_take_fewer_lanes(path):
+def test_depthwise_channels_not_a_multiple_of_the_lanes_take_fewer_lanes(path, monkeypatch):
     """56 channels on AVX-512 run as 8 lanes, unpadded (padded to 64, the input's extra
     channels were a per-lane condition in every load: the CP stem's 7×1 depthwise 0.99 →
-    0.044 ms in ResNet-18); 18 channels are still padded; both match the interpreter."""
+    0.044 ms in ResNet-18); 18 channels are still padded; both match the interpreter.
+    (The 1×1 from 3 channels would be merged into the 7×1: not here.)"""
     if not _runs(path):
         pytest.skip(f"this CPU cannot run the {path} fp32 path")
     from shrinkc.backends.tvm.x86_int8 import LANES_KEY
+
+    monkeypatch.setattr(x86_fp32, "MERGE_MAX_CHANNELS", 0)
 
     torch.manual_seed(0)
     x = torch.randn(1, 3, 20, 20)
@@ -142,6 +145,32 @@ def test_depthwise_channels_not_a_multiple_of_the_lanes_take_fewer_lanes(path):
         assert "T.int64(64)" not in t, t[:400]
     module = btvm.build(g, TARGETS[path])
     assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
+
+
+class _WideChain(_CPChain):
+    """``_CPChain`` from 8 channels: too many to merge the 1×1 into the depthwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.cp_in = torch.nn.Conv2d(8, 56, 1, bias=False)
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_a_pointwise_conv_from_an_image_merges_into_the_depthwise_after_it(path):
+    """cp-conv's stem chain starts with a 1×1 from the image's 3 channels to the rank,
+    at full resolution, then the strided depthwise 7×1: they become one 7×1 conv 3 → 56
+    (weights K[r, i] · B[r, c]), one depthwise kernel fewer and no 56-channel tensor at
+    full resolution; the result matches the interpreter. From 8 channels they stay apart."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    torch.manual_seed(0)
+    for net, c, dw in ((_CPChain(), 3, 2), (_WideChain(), 8, 3)):
+        x = torch.randn(1, c, 20, 20)
+        g = trace(net.eval(), (x,), name=f"cp_chain_{c}")
+        names = _chain_functions(g, TARGETS[path])
+        assert sum("dwconv2d_f32" in n for n in names) == dw, names
+        assert_close(btvm.build(g, TARGETS[path]).run([x.numpy()])[0],
+                     run(g, [x.numpy()])[0].numpy(), depth=g)
 
 
 class _RankChain(torch.nn.Module):
