@@ -23,13 +23,18 @@ px 466 (620); 250-257 GMAC/s, onnxruntime's level or better, untuned.
 ``winograd`` instead (``winograd.applies``; ``SHRINKC_TVM_WINOGRAD=0``: direct everywhere).
 
 Depthwise convolutions: ``L`` channels per vector, taps unrolled, the padding computed in
-the loads (``schedule_depthwise``). Output channels padded to the lanes (zero weights) are sliced off after
-the kernel, unless the consumer is another of these convolutions: then it reads the
-padded tensor with zero weights for those channels (``READ_PADDED``, up to a sixteenth of
-the channels), as in cp-conv's chains 1×1 → depthwise k×1 → depthwise 1×k → 1×1 at a rank
-of 16·n + 8 on AVX-512 (ResNet-18 64 px after ``cp-conv(ratio=0.5)``, untuned, side by
-side: 1.142 → 1.119 ms, the same output bit for bit). A 1×1's padded channels are x · 0,
-NaN for an infinite x, so a ``where`` fused into it makes them exactly 0 first.
+the loads (``schedule_depthwise``). Everything else (grouped convolutions, other layouts,
+weights that are parameters, dtypes other than float32) keeps the generic kernel, with a
+debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
+with MetaSchedule's generic schedules).
+
+Output channels padded to the lanes (zero weights) are sliced off after the kernel,
+unless the consumer is another of these convolutions: then it reads the padded tensor
+with zero weights for those channels (``READ_PADDED``, up to a sixteenth of the
+channels), as in cp-conv's chains 1×1 → depthwise k×1 → depthwise 1×k → 1×1 at a rank of
+16·n + 8 on AVX-512 (ResNet-18 64 px after ``cp-conv(ratio=0.5)``, untuned, side by side:
+1.142 → 1.119 ms, the same output bit for bit). A 1×1's padded channels are x · 0, NaN
+for an infinite x, so a ``where`` fused into it makes them exactly 0 first.
 
 A 1×1 convolution from at most ``MERGE_MAX_CHANNELS`` (an image's) channels whose output
 a depthwise convolution reads is merged into it first (``_PointwiseDepthwiseMerger``):
@@ -37,10 +42,7 @@ one convolution with the depthwise's window, weights ``K[r, i, j] · B[r, c]``. 
 writes a stem 7×7 as 1×1 3 → R at full resolution, then the strided depthwise 7×1: the
 merged 7×1 conv 3 → R has 1.6× their multiply-adds but no R-channel tensor at full
 resolution (ResNet-18 64 px after ``cp-conv(ratio=0.5)``, R = 56, untuned, side by side:
-1.120 → 1.068 ms; outputs within 4e-5 of 10, a different rounding of the same sum). Everything else (grouped convolutions, other layouts,
-weights that are parameters, dtypes other than float32) keeps the generic kernel, with a
-debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
-with MetaSchedule's generic schedules).
+1.120 → 1.068 ms; outputs within 4e-5 of 10, a different rounding of the same sum).
 """
 
 from __future__ import annotations
