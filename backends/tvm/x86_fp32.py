@@ -1,4 +1,5 @@
-"""x86 fp32 kernels: NHWC convolutions on the CPU's FMA vectors, the weights packed at
+"""x86 fp32 kernels: NHWC convolutions and matmuls by a constant weight on the CPU's FMA
+vectors, the weights packed at
 compile time, scheduled like the int8 kernels (``x86_int8.schedule_dot`` /
 ``schedule_depthwise``).
 
@@ -23,9 +24,13 @@ px 466 (620); 250-257 GMAC/s, onnxruntime's level or better, untuned.
 ``winograd`` instead (``winograd.applies``; ``SHRINKC_TVM_WINOGRAD=0``: direct everywhere).
 
 Depthwise convolutions: ``L`` channels per vector, taps unrolled, the padding computed in
-the loads (``schedule_depthwise``). Everything else (grouped convolutions, other layouts,
-weights that are parameters, dtypes other than float32) keeps the generic kernel, with a
-debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
+the loads (``schedule_depthwise``). Matmuls by a constant 2-D weight (linear layers): the
+weight packed ``[N/L, K, L]``, the same register tile over rows × column vectors
+(``schedule_dot``), with batch dims (measured: the 4-layer BERT of ``bench_quant``,
+untuned, 202 → 6.6 ms; ``SHRINKC_TVM_F32_MATMUL=0`` keeps the generic kernel). Everything
+else (grouped convolutions, other layouts, weights that are parameters, a matmul of two
+activations, dtypes other than float32) keeps the generic kernel, with a debug log line
+saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
 with MetaSchedule's generic schedules).
 
 Output channels padded to the lanes (zero weights) are sliced off after the kernel,
@@ -69,6 +74,8 @@ log = logging.getLogger(__name__)
 ENV = "SHRINKC_TVM_F32_KERNELS"
 #: The one that turns the Winograd kernel off ("0"; the direct kernel for every conv).
 WINOGRAD_ENV = "SHRINKC_TVM_WINOGRAD"
+#: The one that keeps the generic kernel for float32 matmuls ("0"; convolutions unchanged).
+MATMUL_ENV = "SHRINKC_TVM_F32_MATMUL"
 #: Whether a convolution whose input is a kernel's output with its zero-weight padded
 #: channels sliced off reads that output itself instead (see ``_zero_padded_source``).
 READ_PADDED = True
@@ -90,6 +97,12 @@ def pack_conv_weight(w_ohwi: np.ndarray, lanes: int) -> np.ndarray:
     o, kh, kw, i = w_ohwi.shape
     return np.ascontiguousarray(w_ohwi.reshape(o // lanes, lanes, kh, kw, i)
                                 .transpose(0, 2, 3, 4, 1))
+
+
+def pack_matmul_weight(w_kn: np.ndarray, lanes: int) -> np.ndarray:
+    """``[K, N]`` float32 → ``[N/L, K, L]``: the ``L`` columns of one row are one vector."""
+    k, n = w_kn.shape
+    return np.ascontiguousarray(w_kn.reshape(k, n // lanes, lanes).transpose(1, 0, 2))
 
 
 def _attrs(rule: str, path: str) -> dict[str, Any]:
@@ -148,6 +161,17 @@ def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilati
         attrs=depthwise_attrs(F32_DEPTHWISE_RULE, f"f32-{path}", lanes, lanes_of(path)))
 
 
+def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
+    """``x[..., M, K] · W[K, N]``, the weight packed ``[N/L, K, L]``."""
+    k = int(x.shape[-1])
+    nb, _, lanes = (int(d) for d in wp.shape)
+    rk = te.reduce_axis((0, k), "rk")
+    return te.compute(
+        (*(int(d) for d in x.shape[:-1]), nb * lanes),
+        lambda *i: te.sum(x[(*i[:-1], rk)] * wp[i[-1] // lanes, rk, i[-1] % lanes], axis=[rk]),
+        name="matmul_f32", attrs=_attrs(F32_RULE, path))
+
+
 @relax.expr_functor.mutator
 class _PointwiseDepthwiseMerger(relax.PyExprMutator):
     """``depthwise(conv1x1(x, B), K)`` → ``conv(x, W)``, ``W[r, i, j, c] = K[r, i, j] ·
@@ -193,6 +217,7 @@ class _F32KernelRewriter(relax.PyExprMutator):
         self.path = path
         self.lanes = lanes_of(path)
         self.winograd = os.environ.get(WINOGRAD_ENV, "1") != "0"
+        self.matmul = os.environ.get(MATMUL_ENV, "1") != "0"
         self.rewritten = 0
         self.peeled = 0
         # [padded var, its real channels, the var with the padded ones exactly 0: itself,
@@ -228,15 +253,40 @@ class _F32KernelRewriter(relax.PyExprMutator):
         return zeroed, c - n
 
     def _skip(self, call: Any, why: str) -> None:
-        log.debug("fp32 %s kernel not used for conv2d: %s", self.path, why)
+        log.debug("fp32 %s kernel not used for %s: %s", self.path, call.op.name, why)
 
     def visit_call_(self, op: Any) -> Any:
         call = super().visit_call_(op)
-        if (not isinstance(call, relax.Call) or not isinstance(call.ty, relax.TensorType)
-                or getattr(call.op, "name", "") != "relax.nn.conv2d"):
+        if not isinstance(call, relax.Call) or not isinstance(call.ty, relax.TensorType):
+            return call
+        name = getattr(call.op, "name", "")
+        if name not in ("relax.nn.conv2d", "relax.matmul"):
             return call
         if any(expr_dtype(e) != "float32" for e in (call, call.args[0], call.args[1])):
             return call
+        if name == "relax.nn.conv2d":
+            return self._conv(call)
+        return self._matmul(call) if self.matmul else call
+
+    def _matmul(self, call: Any) -> Any:
+        """``x[..., M, K] · W`` with a constant 2-D ``W`` (a linear layer's, transposed) →
+        the packed kernel; columns padded to the lanes with zero weights, sliced off."""
+        if len(expr_shape(call.args[1])) != 2 or len(expr_shape(call.args[0])) < 2:
+            self._skip(call, "not a matmul with a 2-D weight")
+            return call
+        w = bound_constant(self, call.args[1])
+        if w is None:
+            self._skip(call, "the weight is not a constant (keep_params, or an activation)")
+            return call
+        n = w.shape[1]
+        pad = -n % self.lanes
+        wp = pack_matmul_weight(np.pad(w, [(0, 0), (0, pad)]), self.lanes)
+        self.rewritten += 1
+        y = self.builder_.call_te(_matmul_te, call.args[0], relax.const(wp, "float32"),
+                                  path=self.path, primfunc_name_hint="matmul_f32")
+        return slice_channels(self.builder_, y, n, pad)
+
+    def _conv(self, call: Any) -> Any:
         at = call.attrs
         kind, why = nhwc_conv_kind(call)
         if kind is None:
@@ -290,8 +340,8 @@ def enabled() -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="shrinkc.F32Kernels")
 class F32Kernels:
-    """float32 NHWC conv2d (groups 1, or depthwise) with a constant weight → the packed FMA
-    kernels of the current target's fp32 path (``targets.f32_isa``); a no-op on targets
+    """float32 NHWC conv2d (groups 1, or depthwise) and matmul with a constant weight → the
+    packed FMA kernels of the current target's fp32 path (``targets.f32_isa``); a no-op on targets
     without one, or with ``SHRINKC_TVM_F32_KERNELS=0``."""
 
     def transform_module(self, mod: Any, ctx: Any) -> Any:
@@ -304,9 +354,11 @@ class F32Kernels:
         rewriter = _F32KernelRewriter(mod, path)
         mod = rewrite_functions(mod, rewriter)
         if rewriter.rewritten:
-            log.debug("fp32 %s kernels: %d conv2d (%d merged 1×1 → depthwise), %d reading a "
-                      "padded input", path, rewriter.rewritten, merger.merged, rewriter.peeled)
+            log.debug("fp32 %s kernels: %d conv2d / matmul (%d merged 1×1 → depthwise), %d "
+                      "reading a padded input", path, rewriter.rewritten, merger.merged,
+                      rewriter.peeled)
         return mod
 
 
-__all__ = ["ENV", "WINOGRAD_ENV", "F32Kernels", "enabled", "lanes_of", "pack_conv_weight"]
+__all__ = ["ENV", "MATMUL_ENV", "WINOGRAD_ENV", "F32Kernels", "enabled", "lanes_of", "pack_conv_weight",
+           "pack_matmul_weight"]

@@ -19,6 +19,7 @@ from tvm import relax
 
 from shrinkc.backends import tvm as btvm
 from shrinkc.backends.tvm import tuning as tt
+from shrinkc.backends.tvm import x86_fp32
 from suite import assert_close  # the suite's comparison policy
 
 TRIALS_PER_TASK = 4
@@ -85,6 +86,15 @@ def test_build_worker_is_torch_free_and_preimported():
 
 
 # ------------------------------------------------------------------------------ tuning
+
+
+@pytest.fixture(scope="module", autouse=True)
+def generic_matmul():
+    """The tuner's tests tune ``tiny_module``'s matmul as MetaSchedule's generic task (a
+    search space that outlasts their budgets), not as the fp32 kernel (a few tiles)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(x86_fp32.MATMUL_ENV, "0")
+        yield
 
 
 @pytest.fixture(scope="module")

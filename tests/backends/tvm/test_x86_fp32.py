@@ -245,6 +245,55 @@ def test_a_chain_slices_where_the_padding_is_a_large_share(path):
     assert any("strided_slice" in n for n in names) and not any("where" in n for n in names)
 
 
+class _MLP(torch.nn.Module):
+    """Tokens through two linear layers (24 → 20, not a multiple of the lanes, GELU; 20 →
+    32) and an activation × activation matmul (not a constant weight: generic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(24, 20)
+        self.fc2 = torch.nn.Linear(20, 32)
+
+    def forward(self, x):
+        h = self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return h @ h.transpose(-1, -2)
+
+
+def test_matmul_weights_are_packed_lane_major():
+    w = np.arange(5 * 32, dtype=np.float32).reshape(5, 32)
+    p = x86_fp32.pack_matmul_weight(w, 16)
+    assert p.shape == (2, 5, 16)
+    assert p[1, 3, 4] == w[3, 16 + 4]
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_linear_layers_run_on_the_fma_kernel_and_match_the_interpreter(path):
+    """A matmul by a constant weight (a linear layer) takes the packed kernel, with batch
+    dims and padded columns; the activation × activation matmul keeps the generic one."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 24)
+    g = trace(_MLP().eval(), (x,), name="mlp")
+    names = _chain_functions(g, TARGETS[path])
+    assert sum("matmul_f32" in n for n in names) == 2, names
+    assert sum("matmul" in n and "matmul_f32" not in n for n in names) == 1, names
+    module = btvm.build(g, TARGETS[path])
+    assert "vfmadd" in module.assembly()
+    assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
+
+
+def test_linear_weights_kept_as_parameters_keep_the_generic_kernel():
+    if btvm.f32_isa(btvm.resolve_target("host")) is None:
+        pytest.skip("this CPU has no fp32 kernel path")
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 24)
+    g = trace(_MLP().eval(), (x,), name="mlp")
+    lowered = btvm.lower(g, keep_params=True)
+    mod = btvm.optimize_relax(lowered.mod, btvm.resolve_target("host"))
+    assert not any("matmul_f32" in gv.name_hint for gv, _ in mod.functions_items())
+
+
 # ------------------------------------------------------------------------------ Winograd
 
 
