@@ -268,15 +268,22 @@ class _F32KernelRewriter(relax.PyExprMutator):
             return self._conv(call)
         return self._matmul(call) if self.matmul else call
 
+    def _constant_weight(self, call: Any, hint: str) -> np.ndarray | None:
+        """The call's weight (second operand) as numpy, or None (logged) when it is not a
+        constant."""
+        w = bound_constant(self, call.args[1])
+        if w is None:
+            self._skip(call, f"the weight is not a constant ({hint})")
+        return w
+
     def _matmul(self, call: Any) -> Any:
         """``x[..., M, K] · W`` with a constant 2-D ``W`` (a linear layer's, transposed) →
         the packed kernel; columns padded to the lanes with zero weights, sliced off."""
         if len(expr_shape(call.args[1])) != 2 or len(expr_shape(call.args[0])) < 2:
             self._skip(call, "not a matmul with a 2-D weight")
             return call
-        w = bound_constant(self, call.args[1])
+        w = self._constant_weight(call, "keep_params, or an activation")
         if w is None:
-            self._skip(call, "the weight is not a constant (keep_params, or an activation)")
             return call
         n = w.shape[1]
         pad = -n % self.lanes
@@ -292,9 +299,8 @@ class _F32KernelRewriter(relax.PyExprMutator):
         if kind is None:
             self._skip(call, why)
             return call
-        w = bound_constant(self, call.args[1])
+        w = self._constant_weight(call, "keep_params?")
         if w is None:
-            self._skip(call, "the weight is not a constant (keep_params?)")
             return call
         o = w.shape[0]
         x, extra = call.args[0], 0
