@@ -26,11 +26,13 @@ px 466 (620); 250-257 GMAC/s, onnxruntime's level or better, untuned.
 Depthwise convolutions: ``L`` channels per vector, taps unrolled, the padding computed in
 the loads (``schedule_depthwise``). Matmuls by a constant 2-D weight (linear layers): the
 weight packed ``[N/L, K, L]``, the same register tile over rows × column vectors
-(``schedule_dot``), with batch dims (measured: the 4-layer BERT of ``bench_quant``,
-untuned, 202 → 6.6 ms; ``SHRINKC_TVM_F32_MATMUL=0`` keeps the generic kernel). Everything
-else (grouped convolutions, other layouts, weights that are parameters, a matmul of two
-activations, dtypes other than float32) keeps the generic kernel, with a debug log line
-saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
+(``schedule_dot``), with batch dims; matmuls of two activations with the same batch dims
+and ``N`` a multiple of the lanes (attention's Q·Kᵀ and P·V) the same way, the second
+operand's rows read as vectors (measured: the 4-layer BERT of ``bench_quant``, untuned,
+202 → 6.6 ms with the linear layers, 3.5 ms with the attention too;
+``SHRINKC_TVM_F32_MATMUL=0`` keeps the generic kernel). Everything else (grouped
+convolutions, other layouts, weights that are parameters, dtypes other than float32)
+keeps the generic kernel, with a debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
 with MetaSchedule's generic schedules).
 
 Output channels padded to the lanes (zero weights) are sliced off after the kernel,
@@ -172,6 +174,17 @@ def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
         name="matmul_f32", attrs=_attrs(F32_RULE, path))
 
 
+def _matmul_act_te(a: te.Tensor, b: te.Tensor, path: str) -> Any:
+    """``a[..., M, K] · b[..., K, N]`` of two activations with the same batch dims, ``N`` a
+    multiple of the lanes: the rows of ``b`` are read as vectors, unpacked."""
+    k = int(a.shape[-1])
+    rk = te.reduce_axis((0, k), "rk")
+    return te.compute(
+        (*(int(d) for d in a.shape[:-1]), int(b.shape[-1])),
+        lambda *i: te.sum(a[(*i[:-1], rk)] * b[(*i[:-2], rk, i[-1])], axis=[rk]),
+        name="matmul_act_f32", attrs=_attrs(F32_RULE, path))
+
+
 @relax.expr_functor.mutator
 class _PointwiseDepthwiseMerger(relax.PyExprMutator):
     """``depthwise(conv1x1(x, B), K)`` → ``conv(x, W)``, ``W[r, i, j, c] = K[r, i, j] ·
@@ -279,8 +292,15 @@ class _F32KernelRewriter(relax.PyExprMutator):
     def _matmul(self, call: Any) -> Any:
         """``x[..., M, K] · W`` with a constant 2-D ``W`` (a linear layer's, transposed) →
         the packed kernel; columns padded to the lanes with zero weights, sliced off."""
-        if len(expr_shape(call.args[1])) != 2 or len(expr_shape(call.args[0])) < 2:
-            self._skip(call, "not a matmul with a 2-D weight")
+        a_shape, b_shape = expr_shape(call.args[0]), expr_shape(call.args[1])
+        if (len(a_shape) >= 3 and a_shape[:-2] == b_shape[:-2] and b_shape[-1] % self.lanes == 0
+                and bound_constant(self, call.args[1]) is None):
+            self.rewritten += 1  # two activations (attention's Q·Kᵀ and P·V)
+            return self.builder_.call_te(_matmul_act_te, call.args[0], call.args[1],
+                                         path=self.path, primfunc_name_hint="matmul_act_f32")
+        if len(b_shape) != 2 or len(a_shape) < 2:
+            self._skip(call, "not a matmul with a 2-D weight, or of two activations with "
+                       "the same batch dims and N a multiple of the lanes")
             return call
         w = self._constant_weight(call, "keep_params, or an activation")
         if w is None:

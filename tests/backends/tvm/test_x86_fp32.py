@@ -283,6 +283,35 @@ def test_linear_layers_run_on_the_fma_kernel_and_match_the_interpreter(path):
     assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
 
 
+class _Attention(torch.nn.Module):
+    """Self-attention over 16 tokens, 2 heads of 16: Q·Kᵀ and P·V multiply activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(1, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        p = torch.softmax(q @ k.transpose(-1, -2) * 0.25, dim=-1)
+        return (p @ v).transpose(1, 2).reshape(1, 16, 32)
+
+
+@pytest.mark.parametrize("path", list(TARGETS))
+def test_attention_matmuls_of_activations_run_on_the_fma_kernel(path):
+    """Q·Kᵀ and P·V (the same batch dims, N a multiple of the lanes) take the kernel too,
+    reading the second operand's rows as vectors; the result matches the interpreter."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 32)
+    g = trace(_Attention().eval(), (x,), name="attention")
+    names = _chain_functions(g, TARGETS[path])
+    assert sum("matmul_act_f32" in n for n in names) == 2, names
+    assert sum("matmul_f32" in n for n in names) == 1, names  # the qkv linear
+    assert_close(btvm.build(g, TARGETS[path]).run([x.numpy()])[0],
+                 run(g, [x.numpy()])[0].numpy(), depth=g)
+
+
 def test_linear_weights_kept_as_parameters_keep_the_generic_kernel():
     if btvm.f32_isa(btvm.resolve_target("host")) is None:
         pytest.skip("this CPU has no fp32 kernel path")
