@@ -32,8 +32,8 @@ operand's rows read as vectors (measured: the 4-layer BERT of ``bench_quant``, u
 202 → 6.6 ms with the linear layers, 3.5 ms with the attention too;
 ``SHRINKC_TVM_F32_MATMUL=0`` keeps the generic kernel). Everything else (grouped
 convolutions, other layouts, weights that are parameters, dtypes other than float32)
-keeps the generic kernel, with a debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0`` turns the pass off (to compare
-with MetaSchedule's generic schedules).
+keeps the generic kernel, with a debug log line saying why. ``SHRINKC_TVM_F32_KERNELS=0``
+turns the pass off (to compare with MetaSchedule's generic schedules).
 
 Output channels padded to the lanes (zero weights) are sliced off after the kernel,
 unless the consumer is another of these convolutions: then it reads the padded tensor
@@ -163,26 +163,25 @@ def _depthwise_te(x: te.Tensor, w: te.Tensor, strides: Any, padding: Any, dilati
         attrs=depthwise_attrs(F32_DEPTHWISE_RULE, f"f32-{path}", lanes, lanes_of(path)))
 
 
-def _matmul_te(x: te.Tensor, wp: te.Tensor, path: str) -> Any:
-    """``x[..., M, K] · W[K, N]``, the weight packed ``[N/L, K, L]``."""
-    k = int(x.shape[-1])
-    nb, _, lanes = (int(d) for d in wp.shape)
-    rk = te.reduce_axis((0, k), "rk")
-    return te.compute(
-        (*(int(d) for d in x.shape[:-1]), nb * lanes),
-        lambda *i: te.sum(x[(*i[:-1], rk)] * wp[i[-1] // lanes, rk, i[-1] % lanes], axis=[rk]),
-        name="matmul_f32", attrs=_attrs(F32_RULE, path))
+def _matmul_te(x: te.Tensor, w: te.Tensor, path: str, packed: bool) -> Any:
+    """``x[..., M, K] · W``: with ``packed`` a constant weight packed ``[N/L, K, L]``, else
+    an activation ``w[..., K, N]`` with ``x``'s batch dims, its rows read as vectors."""
+    rk = te.reduce_axis((0, int(x.shape[-1])), "rk")
+    if packed:
+        nb, _, lanes = (int(d) for d in w.shape)
+        n = nb * lanes
 
+        def w_at(i: Any) -> Any:
+            return w[i[-1] // lanes, rk, i[-1] % lanes]
+    else:
+        n = int(w.shape[-1])
 
-def _matmul_act_te(a: te.Tensor, b: te.Tensor, path: str) -> Any:
-    """``a[..., M, K] · b[..., K, N]`` of two activations with the same batch dims, ``N`` a
-    multiple of the lanes: the rows of ``b`` are read as vectors, unpacked."""
-    k = int(a.shape[-1])
-    rk = te.reduce_axis((0, k), "rk")
+        def w_at(i: Any) -> Any:
+            return w[(*i[:-2], rk, i[-1])]
     return te.compute(
-        (*(int(d) for d in a.shape[:-1]), int(b.shape[-1])),
-        lambda *i: te.sum(a[(*i[:-1], rk)] * b[(*i[:-2], rk, i[-1])], axis=[rk]),
-        name="matmul_act_f32", attrs=_attrs(F32_RULE, path))
+        (*(int(d) for d in x.shape[:-1]), n),
+        lambda *i: te.sum(x[(*i[:-1], rk)] * w_at(i), axis=[rk]),
+        name="matmul_f32" if packed else "matmul_act_f32", attrs=_attrs(F32_RULE, path))
 
 
 @relax.expr_functor.mutator
@@ -281,36 +280,30 @@ class _F32KernelRewriter(relax.PyExprMutator):
             return self._conv(call)
         return self._matmul(call) if self.matmul else call
 
-    def _constant_weight(self, call: Any, hint: str) -> np.ndarray | None:
-        """The call's weight (second operand) as numpy, or None (logged) when it is not a
-        constant."""
-        w = bound_constant(self, call.args[1])
-        if w is None:
-            self._skip(call, f"the weight is not a constant ({hint})")
-        return w
-
     def _matmul(self, call: Any) -> Any:
         """``x[..., M, K] · W`` with a constant 2-D ``W`` (a linear layer's, transposed) →
         the packed kernel; columns padded to the lanes with zero weights, sliced off."""
         a_shape, b_shape = expr_shape(call.args[0]), expr_shape(call.args[1])
-        if (len(a_shape) >= 3 and a_shape[:-2] == b_shape[:-2] and b_shape[-1] % self.lanes == 0
-                and bound_constant(self, call.args[1]) is None):
+        w = bound_constant(self, call.args[1])
+        if (w is None and len(a_shape) >= 3 and a_shape[:-2] == b_shape[:-2]
+                and b_shape[-1] % self.lanes == 0):
             self.rewritten += 1  # two activations (attention's Q·Kᵀ and P·V)
-            return self.builder_.call_te(_matmul_act_te, call.args[0], call.args[1],
-                                         path=self.path, primfunc_name_hint="matmul_act_f32")
+            return self.builder_.call_te(_matmul_te, call.args[0], call.args[1],
+                                         path=self.path, packed=False,
+                                         primfunc_name_hint="matmul_act_f32")
         if len(b_shape) != 2 or len(a_shape) < 2:
             self._skip(call, "not a matmul with a 2-D weight, or of two activations with "
                        "the same batch dims and N a multiple of the lanes")
             return call
-        w = self._constant_weight(call, "keep_params, or an activation")
         if w is None:
+            self._skip(call, "the weight is not a constant (keep_params, or an activation)")
             return call
         n = w.shape[1]
         pad = -n % self.lanes
         wp = pack_matmul_weight(np.pad(w, [(0, 0), (0, pad)]), self.lanes)
         self.rewritten += 1
         y = self.builder_.call_te(_matmul_te, call.args[0], relax.const(wp, "float32"),
-                                  path=self.path, primfunc_name_hint="matmul_f32")
+                                  path=self.path, packed=True, primfunc_name_hint="matmul_f32")
         return slice_channels(self.builder_, y, n, pad)
 
     def _conv(self, call: Any) -> Any:
@@ -319,8 +312,9 @@ class _F32KernelRewriter(relax.PyExprMutator):
         if kind is None:
             self._skip(call, why)
             return call
-        w = self._constant_weight(call, "keep_params?")
+        w = bound_constant(self, call.args[1])
         if w is None:
+            self._skip(call, "the weight is not a constant (keep_params?)")
             return call
         o = w.shape[0]
         x, extra = call.args[0], 0
@@ -366,9 +360,10 @@ def enabled() -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="shrinkc.F32Kernels")
 class F32Kernels:
-    """float32 NHWC conv2d (groups 1, or depthwise) and matmul with a constant weight → the
-    packed FMA kernels of the current target's fp32 path (``targets.f32_isa``); a no-op on targets
-    without one, or with ``SHRINKC_TVM_F32_KERNELS=0``."""
+    """float32 NHWC conv2d (groups 1, or depthwise) with a constant weight and matmul (by a
+    constant, or of two activations) → the packed FMA kernels of the current target's fp32
+    path (``targets.f32_isa``); a no-op on targets without one, or with
+    ``SHRINKC_TVM_F32_KERNELS=0``."""
 
     def transform_module(self, mod: Any, ctx: Any) -> Any:
         target = tvm.target.Target.current()
@@ -376,7 +371,8 @@ class F32Kernels:
         if path is None or not enabled():
             return mod
         merger = _PointwiseDepthwiseMerger(mod)
-        mod = rewrite_functions(mod, merger) if MERGE_MAX_CHANNELS else mod
+        if MERGE_MAX_CHANNELS:
+            mod = rewrite_functions(mod, merger)
         rewriter = _F32KernelRewriter(mod, path)
         mod = rewrite_functions(mod, rewriter)
         if rewriter.rewritten:
@@ -386,5 +382,5 @@ class F32Kernels:
         return mod
 
 
-__all__ = ["ENV", "MATMUL_ENV", "WINOGRAD_ENV", "F32Kernels", "enabled", "lanes_of", "pack_conv_weight",
-           "pack_matmul_weight"]
+__all__ = ["ENV", "MATMUL_ENV", "WINOGRAD_ENV", "F32Kernels", "enabled", "lanes_of",
+           "pack_conv_weight", "pack_matmul_weight"]

@@ -197,6 +197,18 @@ def _chain_functions(g, target: str) -> list[str]:
     return sorted(gv.name_hint for gv, _ in mod.functions_items())
 
 
+def _traced(path: str, make, shape: tuple[int, ...], name: str):
+    """(graph, input, its Relax functions after the pipeline) of the net ``make()`` on a
+    seeded random input of ``shape`` for the fp32 ``path``; skipped where this CPU cannot
+    run it."""
+    if not _runs(path):
+        pytest.skip(f"this CPU cannot run the {path} fp32 path")
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    g = trace(make().eval(), (x,), name=name)
+    return g, x.numpy(), _chain_functions(g, TARGETS[path])
+
+
 @pytest.mark.parametrize("path", list(TARGETS))
 def test_a_chain_reads_the_padded_channels_instead_of_slicing_them(path, monkeypatch):
     """A rank the lanes leave half a vector of (16·L + L/2): the first 1×1's output keeps
@@ -235,13 +247,9 @@ def test_a_chain_reads_the_padded_channels_instead_of_slicing_them(path, monkeyp
 def test_a_chain_slices_where_the_padding_is_a_large_share(path):
     """Half a vector on a rank of 1.5 vectors: reading the padded channels would cost a
     third more work in the chain (``READ_PADDED_MAX_SHARE``), so they are sliced off."""
-    if not _runs(path):
-        pytest.skip(f"this CPU cannot run the {path} fp32 path")
     lanes = x86_fp32.lanes_of(path)
-    torch.manual_seed(0)
-    x = torch.randn(1, 24, 6, 6)
-    g = trace(_RankChain(lanes + lanes // 2).eval(), (x,), name="rank_chain_short")
-    names = _chain_functions(g, TARGETS[path])
+    _, _, names = _traced(path, lambda: _RankChain(lanes + lanes // 2), (1, 24, 6, 6),
+                          "rank_chain_short")
     assert any("strided_slice" in n for n in names) and not any("where" in n for n in names)
 
 
@@ -270,17 +278,12 @@ def test_matmul_weights_are_packed_lane_major():
 def test_linear_layers_run_on_the_fma_kernel_and_match_the_interpreter(path):
     """A matmul by a constant weight (a linear layer) takes the packed kernel, with batch
     dims and padded columns; the activation × activation matmul keeps the generic one."""
-    if not _runs(path):
-        pytest.skip(f"this CPU cannot run the {path} fp32 path")
-    torch.manual_seed(0)
-    x = torch.randn(2, 5, 24)
-    g = trace(_MLP().eval(), (x,), name="mlp")
-    names = _chain_functions(g, TARGETS[path])
+    g, x, names = _traced(path, _MLP, (2, 5, 24), "mlp")
     assert sum("matmul_f32" in n for n in names) == 2, names
     assert sum("matmul" in n and "matmul_f32" not in n for n in names) == 1, names
     module = btvm.build(g, TARGETS[path])
     assert "vfmadd" in module.assembly()
-    assert_close(module.run([x.numpy()])[0], run(g, [x.numpy()])[0].numpy(), depth=g)
+    assert_close(module.run([x])[0], run(g, [x])[0].numpy(), depth=g)
 
 
 class _Attention(torch.nn.Module):
@@ -300,16 +303,10 @@ class _Attention(torch.nn.Module):
 def test_attention_matmuls_of_activations_run_on_the_fma_kernel(path):
     """Q·Kᵀ and P·V (the same batch dims, N a multiple of the lanes) take the kernel too,
     reading the second operand's rows as vectors; the result matches the interpreter."""
-    if not _runs(path):
-        pytest.skip(f"this CPU cannot run the {path} fp32 path")
-    torch.manual_seed(0)
-    x = torch.randn(1, 16, 32)
-    g = trace(_Attention().eval(), (x,), name="attention")
-    names = _chain_functions(g, TARGETS[path])
+    g, x, names = _traced(path, _Attention, (1, 16, 32), "attention")
     assert sum("matmul_act_f32" in n for n in names) == 2, names
     assert sum("matmul_f32" in n for n in names) == 1, names  # the qkv linear
-    assert_close(btvm.build(g, TARGETS[path]).run([x.numpy()])[0],
-                 run(g, [x.numpy()])[0].numpy(), depth=g)
+    assert_close(btvm.build(g, TARGETS[path]).run([x])[0], run(g, [x])[0].numpy(), depth=g)
 
 
 def test_linear_weights_kept_as_parameters_keep_the_generic_kernel():
