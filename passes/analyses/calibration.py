@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CALIBRATION_BATCH", "CALIBRATORS", "Observer", "WeightQuant", "choose_range", "collect", "cpu_flags",
+    "cpuid_flags",
     "histogram_atoms", "kl_threshold_bins",
     "load_calibration", "needs_reduce_range", "qparams", "quantize_weight",
     "save_calibration",
@@ -495,7 +496,7 @@ def quantize_weight(w: np.ndarray, *, axis: int | None, bits: int = 8, symmetric
 
 # ============================================================================ the CPU
 def cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags of this machine (empty where /proc/cpuinfo does not exist)."""
+    """The CPU feature flags the kernel lists in ``path`` (empty where it does not exist)."""
     try:
         text = Path(path).read_text()
     except OSError:
@@ -508,12 +509,80 @@ def cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str]:
 
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
+# x86-64 System V: ``void cpuid(uint32 leaf, uint32 subleaf, uint32 out[4])``:
+# push rbx; mov r8, rdx; mov eax, edi; mov ecx, esi; cpuid;
+# mov [r8], eax; mov [r8+4], ebx; mov [r8+8], ecx; mov [r8+12], edx; pop rbx; ret
+_CPUID_CODE = bytes.fromhex("53 4989d0 89f8 89f1 0fa2 418900 41895804 41894808 4189500c 5b c3")
+_cpuid_cache: list[set[str] | None] = []
+
+
+def _cpuid_fn():
+    """CPUID as a C function (machine code in an executable page), or None off x86-64 Linux."""
+    import ctypes
+    import mmap
+
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(_CPUID_CODE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32,
+                          ctypes.POINTER(ctypes.c_uint32))(addr)
+    fn._page = page  # the code lives as long as the function
+    return fn
+
+
+def cpuid_flags() -> set[str] | None:
+    """The VNNI flags (``/proc/cpuinfo``'s names) that the CPU instruction CPUID reports to
+    this process, or None where it cannot be run.
+
+    This is what onnxruntime's MLAS reads to pick its u8 × s8 kernel, and it can differ from
+    ``/proc/cpuinfo``: under an emulator (``qemu-x86_64 -cpu EPYC-Milan``, a Zen 3) the
+    kernel's flags are the host's. numpy's own CPUID probe (``__cpu_features__``, which also
+    checks that the OS saves the AVX / AVX-512 registers) decides AVX2 and AVX-512 VNNI; it
+    has no AVX-VNNI entry, so that bit is read here (leaf 7 subleaf 1, EAX bit 4). AMX is
+    not asked for: every CPU with AMX-INT8 has AVX-512 VNNI.
+    """
+    if _cpuid_cache:
+        return _cpuid_cache[0]
+    flags: set[str] | None
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+
+        fn = _cpuid_fn()
+        if fn is None:
+            flags = None
+        else:
+            import ctypes
+
+            regs = (ctypes.c_uint32 * 4)()
+            fn(0, 0, regs)
+            leaf7_1 = 0
+            if regs[0] >= 7:  # the highest leaf
+                fn(7, 0, regs)
+                if regs[0] >= 1:  # the highest subleaf of leaf 7
+                    fn(7, 1, regs)
+                    leaf7_1 = regs[0]
+            flags = {name for name, on in (
+                ("avx2", features.get("AVX2")),
+                ("avx512_vnni", features.get("AVX512VNNI")),
+                ("avx_vnni", features.get("AVX2") and leaf7_1 >> 4 & 1),
+            ) if on}
+    except (ImportError, OSError, ValueError, AttributeError) as e:  # no numpy probe, no exec page
+        log.debug("CPUID not available (%s); reading /proc/cpuinfo", e)
+        flags = None
+    _cpuid_cache.append(flags)
+    return flags
+
 
 def needs_reduce_range(flags: set[str] | None = None, machine: str | None = None) -> bool:
-    """True on an x86 CPU without VNNI (see the module docstring)."""
+    """True on an x86 CPU without VNNI (see the module docstring): by CPUID where it can be
+    run (``cpuid_flags``), else by ``/proc/cpuinfo``."""
     machine = (machine or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i386", "i686"):
         return False
+    if flags is None:
+        flags = cpuid_flags()
     flags = cpu_flags() if flags is None else flags
     return not (flags & _VNNI_FLAGS)
 

@@ -4,6 +4,8 @@ calibration files."""
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 import torch
@@ -302,6 +304,18 @@ def test_reduce_range_only_on_x86_without_vnni(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\n")
     assert cal.cpu_flags(info) == {"fpu", "sse2", "avx2", "fma"}
     assert cal.cpu_flags(tmp_path / "missing") == set()
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64",
+                    reason="CPUID is read on x86-64 Linux")
+def test_cpuid_finds_the_vnni_flags_the_kernel_lists():
+    """Natively, CPUID and /proc/cpuinfo agree on the flags that decide reduce_range (under
+    an emulator only CPUID is the emulated CPU's: tests/tools/test_int8_agreement.py)."""
+    flags = cal.cpuid_flags()
+    assert flags is not None and "avx2" in flags  # every machine of this project has AVX2
+    listed = cal.cpu_flags() & (cal._VNNI_FLAGS | {"avx2"})
+    assert flags == listed, (flags, listed)
+    assert cal.needs_reduce_range() == (not flags & cal._VNNI_FLAGS)
 
 
 # ---------------------------------------------------------------------------- files
