@@ -228,11 +228,14 @@ def test_a_tuning_budget_picks_tvm(reference_graphs):
 
 
 def _fake_timer(medians, calls):
-    """A ``time_backends`` that runs every candidate once and reports fixed medians."""
+    """A ``time_backends`` that runs every candidate once and reports fixed medians (the
+    tuned TVM module against the default schedules: tuned faster unless ``medians`` says)."""
+    table = {"tuned": 1.0, "default": 2.0, **medians}
+
     def time_backends(runs, **_):
         for name, fn in runs.items():
             calls.append((name, fn()))
-        return dict(medians), 7
+        return {name: table[name] for name in runs}, 7
     return time_backends
 
 
@@ -281,12 +284,56 @@ def test_a_covering_database_makes_the_choice_by_measurement(medians, pick, tmp_
         f"{other} {medians[other]:.3f} ms (medians of 7 round-robin runs; tvm was a "
         f"candidate because the tuning database {tmp_path} covers all 3 workloads")
     assert f"backend    {pick}: measured" in str(r)
-    # both candidates ran on the example inputs and agree with the original graph
-    assert [name for name, _ in calls] == ["tvm", "onnxruntime"]
+    # tuned against default schedules, then TVM against onnxruntime: every candidate ran on
+    # the example inputs and agrees with the original graph
+    assert [name for name, _ in calls] == ["tuned", "default", "tvm", "onnxruntime"]
+    assert r.tuning["schedules"] == "tuned" and r.tuning["default_ms"] == 2.0
     for _, outs in calls:
         assert_close(outs[0], _want(g, x), depth=g)
     assert_close(cm(x).numpy(), _want(g, x), depth=g)
     assert (r.target is not None) == (pick == "tvm")
+
+
+@pytest.mark.parametrize("keep", ["tuned", "default"])
+def test_a_database_build_is_timed_against_the_default_schedules(keep, tmp_path, monkeypatch,
+                                                                 reference_graphs):
+    """With a database applied, the same module is also built with the default schedules;
+    the faster on the example inputs (timer faked) is what compile returns and saves."""
+    _, x, g = reference_graphs("lenet_300_100")
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        (tmp_path / f).write_text("")
+    medians = {"tuned": 1.0, "default": 0.5} if keep == "default" else {}
+    calls = []
+    monkeypatch.setattr(shrinkc.compiler, "time_backends", _fake_timer(medians, calls))
+    built = []
+    real_build = btvm.build_lowered
+
+    def build_lowered(*a, **k):
+        built.append((k.get("pipeline"), real_build(*a, **k)))
+        return built[-1][1]
+
+    monkeypatch.setattr(btvm, "build_lowered", build_lowered)
+    cm = shrinkc.compile(g, x, backend="tvm", tuning_db=tmp_path)
+    r = cm.report()
+    assert [p is None for p, _ in built] == [False, True]  # with the database, then without
+    assert [name for name, _ in calls] == ["tuned", "default"]
+    assert r.tuning["schedules"] == keep and r.measured_ms == {}
+    assert f"schedules={keep}" in str(r)
+    assert cm._runner is built[0 if keep == "tuned" else 1][1]
+    for _, outs in calls:
+        assert_close(outs[0], _want(g, x), depth=g)
+    assert_close(cm(x).numpy(), _want(g, x), depth=g)
+    cm.save(tmp_path / "saved")
+    assert_close(shrinkc.load_compiled(tmp_path / "saved")(x).numpy(), _want(g, x), depth=g)
+
+
+def test_a_target_that_does_not_run_here_is_not_timed(tmp_path, monkeypatch, reference_graphs):
+    _, x, g = reference_graphs("lenet_300_100")
+    for f in ("database_workload.json", "database_tuning_record.json"):
+        (tmp_path / f).write_text("")
+    monkeypatch.setattr(shrinkc.compiler, "time_backends", lambda *a, **k: pytest.fail("timed"))
+    cm = shrinkc.compile(g, x, target="aarch64", tuning_db=tmp_path, check=False)
+    assert "schedules" not in cm.report().tuning
 
 
 def test_no_measurement_when_a_target_is_given(monkeypatch, reference_graphs):
