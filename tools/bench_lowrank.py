@@ -18,8 +18,9 @@ their defaults), and measure
   pass took (compile time, measured on whatever machine runs this);
 - latency at batch 1: PyTorch (``to_torch`` of every graph, the baseline included, so every
   row runs the same kind of module) and onnxruntime (``to_onnx`` of every graph), each
-  warmed up, then timed round-robin over every row and backend, so load on a shared
-  machine hits all alike. Medians (p10–p90) and the speed-up over the baseline on the same
+  warmed up, then timed round-robin over every row and backend with the order rotated by
+  one per round (``benchkit.LatencyPool``: no runner always follows the same one), so load
+  on a shared machine hits all alike. Medians (p10–p90) and the speed-up over the baseline on the same
   backend. MACs saved are not time saved: a chain of thin convolutions runs below the
   kernels' peak, so both columns are reported.
 
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import benchkit as bk
 from .bench import Timing, set_threads, speedup
 
 log = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ def bench_lowrank(models=("resnet18", "vgg11_bn"), settings=("energy=0.9", "rati
     if train_images is not None:
         Xt, yt = Xt[:train_images], yt[:train_images]
     rows: list[LowRankRow] = []
-    runners = []
+    pool = bk.LatencyPool(warmup)
     for name in models:
         if trained:
             model, metrics = train.train(name)
@@ -157,20 +159,13 @@ def bench_lowrank(models=("resnet18", "vgg11_bn"), settings=("energy=0.9", "rati
                 return sess.session.run(None, feeds)
 
             for b, fn in (("torch", torch_run), ("onnxruntime", ort_run)):
-                for _ in range(max(warmup, 1)):
-                    fn()
-                row.timings[b] = Timing()
-                runners.append((row.timings[b], fn))
+                row.timings[b] = pool.add(fn)
             rows.append(row)
             log.info("%s %s: %d params, %d MACs, %.1f%% (pass %.1fs)%s", name,
                      pipeline or "baseline", s.params, s.macs, 100 * (row.accuracy or 0), pass_s,
                      "" if row.recovered_accuracy is None else
                      f", recovered {100 * row.recovered_accuracy:.1f}% in {row.recover_s:.0f}s")
-    for _ in range(repeat):  # round-robin over every row and backend
-        for timing, fn in runners:
-            t0 = time.perf_counter()
-            fn()
-            timing.runs_ms.append((time.perf_counter() - t0) * 1e3)
+    pool.run(repeat)  # round-robin over every row and backend, rotated
     return rows
 
 
@@ -179,7 +174,8 @@ def markdown(rows: list[LowRankRow], *, threads: int, repeat: int) -> str:
     from .table import human
 
     base = {r.model: r for r in rows if not r.pipeline}
-    lines = [f"low-rank passes after fold-bn, batch 1, {repeat} timed runs each, round-robin; "
+    lines = [f"low-rank passes after fold-bn, batch 1, {repeat} timed runs each, round-robin "
+             f"(rotated); "
              f"speed-up = baseline median / row median, same backend; recovered = after "
              f"shrinkc.recover (distillation from the baseline); {machine_info(threads)}", "",
              "| model | pass | layers | params | MACs | test acc | recovered acc | "
