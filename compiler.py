@@ -20,8 +20,8 @@ implements the protocol of ``backends/runtime.py`` (run / save / load), which is
    faster is kept;
 3. otherwise onnxruntime — untuned TVM is not built or timed (measured, 2026-12: level
    with or ahead of onnxruntime where shrinkc's x86 kernels cover the model, convolutions
-   and matmuls, fp32 and int8; behind on ops without them: a transformer's layer norm,
-   softmax and GELU run on generic schedules);
+   and matmuls, fp32 and int8; a transformer's layer norm and softmax run on generic
+   schedules);
 4. torch when the onnxruntime backend (``shrinkc.backends.onnx``) is not installed (then
    tuned TVM is not measured against anything in 2).
 

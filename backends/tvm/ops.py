@@ -280,9 +280,28 @@ def _hardtanh(lw: _Lowerer, node: Node, a: list) -> Any:
     return _clip(lw, a[0], node.attrs["min_val"], node.attrs["max_val"], lw.in_type(0).dtype)
 
 
+#: float32 GELU (the erf form) through ``topi.fast_erf`` instead of ``erf``: LLVM has no
+#: vector erf, so ``erf`` is a scalar ``erff`` call per element, which made a 64 × 256 →
+#: 1024 linear + GELU 0.51 ms against 0.17 for the linear alone (Zen 5, 2 threads).
+#: ``fast_erf`` (TVM's rational approximation, clamped to ±4) is within 4.2e-7 of erf
+#: (7 ulp; measured on 2^20 points in [-6, 6] against scipy in float64), and it is
+#: element-wise arithmetic the epilogue of the matmul kernel vectorizes. NaN and ±Inf:
+#: GELU multiplies by x, so NaN stays NaN, +Inf gives +Inf and -Inf gives NaN, as the
+#: ``erf`` form. False keeps ``relax.op.nn.gelu``.
+FAST_GELU = True
+
+
 @lowers("gelu")
 def _gelu(lw: _Lowerer, node: Node, a: list) -> Any:
     approx = node.attrs["approximate"]
+    dtype = lw.in_type(0).dtype
+    if approx == "none" and FAST_GELU and dtype == "f32":
+        from tvm import topi
+
+        half = lw.emit(relax.op.multiply(a[0], lw.const(0.5, dtype)))
+        scaled = lw.emit(relax.op.multiply(a[0], lw.const(0.7071067811865476, dtype)))
+        erf = lw.bb.emit_te(topi.fast_erf, scaled, primfunc_name_hint="fast_erf")
+        return relax.op.multiply(half, relax.op.add(erf, lw.const(1.0, dtype)))
     if approx == "none":
         return relax.op.nn.gelu(a[0])
     if approx == "tanh":
