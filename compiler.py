@@ -794,13 +794,13 @@ def compile(model_or_graph: Any, example_inputs: Any = None, *,  # noqa: A001
     t0 = time.perf_counter()
     measured: dict[str, float] = {}
     if backend == "tvm":
+        arrays = [_to_numpy(x, v.type) for x, v in zip(inputs_t, graph.inputs)]
         runner, resolved_target = _compile_tvm(
             graph, target, tune_trials, budget_s, tuning_db, keep_params, lowered, times,
-            tuning, stage, show_tuning=progress is not None,
-            arrays=[_to_numpy(x, v.type) for x, v in zip(inputs_t, graph.inputs)])
+            tuning, stage, show_tuning=progress is not None, arrays=arrays)
         if measure and runner.runs_here:
             backend, runner, reason, measured = _measured_choice(
-                graph, runner, reason, inputs_t, input_note, times, stage)
+                graph, runner, reason, arrays, input_note, times, stage)
             if backend != "tvm":
                 resolved_target = None
     elif backend == "onnxruntime":
@@ -900,7 +900,7 @@ def time_backends(runs: Mapping[str, Callable[[], Any]], *, rounds: int = 15, wa
     return {name: statistics.median(v) for name, v in runs_ms.items()}, done
 
 
-def _measured_choice(graph: Graph, tvm_runner: Runtime, reason: str, inputs_t: list[Any],
+def _measured_choice(graph: Graph, tvm_runner: Runtime, reason: str, arrays: list[np.ndarray],
                      input_note: str, times: dict[str, float],
                      stage: Callable[[str], None]) -> tuple[str, Runtime, str, dict[str, float]]:
     """Tuned TVM against onnxruntime on the example inputs: (backend, runtime, reason,
@@ -910,7 +910,6 @@ def _measured_choice(graph: Graph, tvm_runner: Runtime, reason: str, inputs_t: l
     ort = _onnxruntime_session(graph, host_threads())
     times["onnxruntime_build_s"] = time.perf_counter() - t0
     stage("timing tvm against onnxruntime")
-    arrays = [_to_numpy(x, v.type) for x, v in zip(inputs_t, graph.inputs)]
     t0 = time.perf_counter()
     medians, rounds = time_backends({"tvm": lambda: tvm_runner.run(arrays),
                                      "onnxruntime": lambda: ort.run(arrays)})

@@ -225,15 +225,17 @@ DOT_INSTRUCTIONS = ("vpdpbusd", "vpmaddubsw")
 
 
 def _save_tvm(graphs: dict, target: dict, d: Path) -> str:
-    """Build and save each graph for ``target``; returns the dot instructions of the last
-    (the whole graph's) kernels, e.g. ``vpmaddubsw ×52``."""
+    """Build and save each graph for ``target``; returns the dot instructions of the whole
+    graph's (``full``) kernels, e.g. ``vpmaddubsw ×52``."""
     from ..backends import tvm as btvm
 
     entries, dots = {}, ""
     for part, g in graphs.items():
         m = btvm.build(g, target)
-        asm = m.assembly()
-        dots = ", ".join(f"{i} ×{asm.count(i)}" for i in DOT_INSTRUCTIONS if i in asm) or "none"
+        if part == "full":
+            asm = m.assembly()
+            dots = ", ".join(f"{i} ×{asm.count(i)}" for i in DOT_INSTRUCTIONS
+                             if i in asm) or "none"
         entries[part] = {"entry": m.save(d / f"tvm_{part}"),
                          "inputs": [[n, t.dtype, list(t.shape)] for n, t in m.inputs],
                          "outputs": [[n, t.dtype, list(t.shape)] for n, t in m.outputs]}

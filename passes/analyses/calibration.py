@@ -53,6 +53,7 @@ non-x86 CPUs need no reduction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import platform
@@ -513,7 +514,6 @@ _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 # push rbx; mov r8, rdx; mov eax, edi; mov ecx, esi; cpuid;
 # mov [r8], eax; mov [r8+4], ebx; mov [r8+8], ecx; mov [r8+12], edx; pop rbx; ret
 _CPUID_CODE = bytes.fromhex("53 4989d0 89f8 89f1 0fa2 418900 41895804 41894808 4189500c 5b c3")
-_cpuid_cache: list[set[str] | None] = []
 
 
 def _cpuid_fn():
@@ -532,7 +532,8 @@ def _cpuid_fn():
     return fn
 
 
-def cpuid_flags() -> set[str] | None:
+@functools.cache
+def cpuid_flags() -> frozenset[str] | None:
     """The VNNI flags (``/proc/cpuinfo``'s names) that the CPU instruction CPUID reports to
     this process, or None where it cannot be run.
 
@@ -543,36 +544,30 @@ def cpuid_flags() -> set[str] | None:
     has no AVX-VNNI entry, so that bit is read here (leaf 7 subleaf 1, EAX bit 4). AMX is
     not asked for: every CPU with AMX-INT8 has AVX-512 VNNI.
     """
-    if _cpuid_cache:
-        return _cpuid_cache[0]
-    flags: set[str] | None
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
 
         fn = _cpuid_fn()
-        if fn is None:
-            flags = None
-        else:
-            import ctypes
-
-            regs = (ctypes.c_uint32 * 4)()
-            fn(0, 0, regs)
-            leaf7_1 = 0
-            if regs[0] >= 7:  # the highest leaf
-                fn(7, 0, regs)
-                if regs[0] >= 1:  # the highest subleaf of leaf 7
-                    fn(7, 1, regs)
-                    leaf7_1 = regs[0]
-            flags = {name for name, on in (
-                ("avx2", features.get("AVX2")),
-                ("avx512_vnni", features.get("AVX512VNNI")),
-                ("avx_vnni", features.get("AVX2") and leaf7_1 >> 4 & 1),
-            ) if on}
     except (ImportError, OSError, ValueError, AttributeError) as e:  # no numpy probe, no exec page
         log.debug("CPUID not available (%s); reading /proc/cpuinfo", e)
-        flags = None
-    _cpuid_cache.append(flags)
-    return flags
+        return None
+    if fn is None:
+        return None
+    import ctypes
+
+    regs = (ctypes.c_uint32 * 4)()
+    fn(0, 0, regs)
+    leaf7_1 = 0
+    if regs[0] >= 7:  # the highest leaf
+        fn(7, 0, regs)
+        if regs[0] >= 1:  # the highest subleaf of leaf 7
+            fn(7, 1, regs)
+            leaf7_1 = regs[0]
+    return frozenset(name for name, on in (
+        ("avx2", features.get("AVX2")),
+        ("avx512_vnni", features.get("AVX512VNNI")),
+        ("avx_vnni", features.get("AVX2") and leaf7_1 >> 4 & 1),
+    ) if on)
 
 
 def needs_reduce_range(flags: set[str] | None = None, machine: str | None = None) -> bool:
@@ -583,7 +578,8 @@ def needs_reduce_range(flags: set[str] | None = None, machine: str | None = None
         return False
     if flags is None:
         flags = cpuid_flags()
-    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        flags = cpu_flags()
     return not (flags & _VNNI_FLAGS)
 
 
